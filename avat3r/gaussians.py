@@ -127,7 +127,7 @@ class Gaussians:
     @staticmethod
     def from_raw(means, log_scales, logit_opacities, sh0, quats, sh_rest=None) -> "Gaussians":
         return Gaussians(means, torch.nn.functional.normalize(quats, dim=-1), torch.exp(log_scales),
-                         torch.sigmoid(logit_opacities), sh0 * SH_C0 + 0.5,
+                         torch.sigmoid(logit_opacities), sh0.reshape(sh0.shape[:-2] + (3,)) * SH_C0 + 0.5,
                          sh_rest if sh_rest is not None and sh_rest.shape[-2] > 0 else None)
 
 
