@@ -2,12 +2,102 @@
 
 from __future__ import annotations
 
+import os
+import stat
+import sys
+import tempfile
+from pathlib import Path
+from typing import Optional
+
 import typer
 
-from .common import not_built
+from .common import LazyBar, fail, info
+
+HELP = """Drive an avatar with an expression sequence; writes a frame stream (tar) to stdout or a file.
+
+Only the expression decoder runs (the identity was encoded by reconstruct), --batch frames per call. Each
+frame is written as soon as it is decoded, so a renderer on the other end of a pipe starts at once:
+
+  avat3r animate head.avt expr.parquet | avat3r render --video out.mp4
+
+  avat3r animate head.avt --builtin demo -o frames.tar
+"""
+
+TTY_MESSAGE = ("refusing to write a binary frame stream to a terminal; redirect it (> frames.tar), pipe it "
+               "(| avat3r render --video out.mp4) or pass -o FILE")
+
+
+def _open_output(out: Optional[Path]):
+    """(file object, finish(ok)) for -o FILE (written atomically), a FIFO/device, or stdout (never a terminal)."""
+    if out is None or str(out) == "-":
+        if sys.stdout.isatty():
+            fail(TTY_MESSAGE)
+        return sys.stdout.buffer, lambda ok: None
+    if out.exists() and not stat.S_ISREG(out.stat().st_mode):  # a named pipe or device: write through
+        f = open(out, "wb")
+        return f, lambda ok: f.close()
+    out.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=out.parent, prefix=f".{out.name}.", suffix=".tmp")
+    f = os.fdopen(fd, "wb")
+
+    def finish(ok: bool) -> None:
+        f.close()
+        if ok:
+            os.replace(tmp, out)
+        elif os.path.exists(tmp):
+            os.unlink(tmp)
+
+    return f, finish
 
 
 def register(app: typer.Typer) -> None:
-    @app.command("animate", help="Drive an avatar with an expression sequence; writes a frame stream (tar) to stdout or a file.")
-    def animate() -> None:
-        not_built("animate")
+    @app.command("animate", help=HELP)
+    def animate(
+        avatar: Path = typer.Argument(..., help="The avatar (.avt) from reconstruct."),
+        sequence: Optional[Path] = typer.Argument(None, help="Expression sequence (expr.parquet)."),
+        builtin: Optional[str] = typer.Option(None, "--builtin", help="Use a built-in sequence instead: demo "
+                                              "(neutral → smile → jaw open → tongue → blink) or neutral."),
+        out: Optional[Path] = typer.Option(None, "--out", "-o", help="Frame stream file (default: stdout)."),
+        fps: Optional[float] = typer.Option(None, "--fps", help="Frame rate (default: the sequence's; 25 for "
+                                            "built-ins)."),
+        batch: int = typer.Option(8, "--batch", min=1, help="Frames decoded per network call."),
+        checkpoint: Optional[Path] = typer.Option(None, "--checkpoint", "-c", help="The checkpoint the avatar was "
+                                                  "reconstructed with (needed unless it is self-contained)."),
+        device: str = typer.Option("auto", "--device", help="cpu, cuda, cuda:N or auto."),
+        quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar."),
+    ) -> None:
+        from avat3r.expressions import builtin_sequence, read_sequence
+        from avat3r.pipeline import animate as run_animate, error_line, load_animatable, user_errors
+
+        if (sequence is None) == (builtin is None):
+            fail("give an expression sequence (expr.parquet) or --builtin demo, not both and not neither")
+        if (out is None or str(out) == "-") and sys.stdout.isatty():
+            fail(TTY_MESSAGE)  # before any work: the user forgot a redirect
+        try:
+            av = load_animatable(avatar, checkpoint, device)
+            if builtin is not None:
+                seq = builtin_sequence(builtin, av.expression_space, fps or 25.0)
+            else:
+                seq = read_sequence(sequence)
+                if fps is not None:
+                    seq.fps = float(fps)
+        except user_errors() as e:
+            fail(error_line(e))
+        stream, finish = _open_output(out)
+        ok = False
+        try:
+            bar = LazyBar(total=len(seq), desc="animate", disable=quiet)
+            try:
+                n = run_animate(av, seq, stream, batch=batch, progress=bar.update)
+            finally:
+                bar.close()
+            ok = True
+        except BrokenPipeError:
+            # the reader went away; keep Python from complaining again when it flushes stdout at exit
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+            fail("the frame stream's reader closed the pipe before the last frame")
+        except user_errors() as e:
+            fail(error_line(e))
+        finally:
+            finish(ok)
+        info(f"animate: {n} frames at {seq.fps:g} fps ({seq.space}) → {out if out else 'stdout'}")

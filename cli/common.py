@@ -22,3 +22,23 @@ def not_built(stage: str) -> NoReturn:
 def info(message: str) -> None:
     """Progress and log lines go to stderr so stdout can carry data (frame streams)."""
     print(message, file=sys.stderr, flush=True)
+
+
+class LazyBar:
+    """A tqdm progress bar (on stderr) that appears with the first finished item, so an error raised before
+    any work was done prints only its one line."""
+
+    def __init__(self, total: int | None = None, desc: str = "", unit: str = "frame", disable: bool = False):
+        self._kw = {"total": total, "desc": desc, "unit": unit, "file": sys.stderr, "disable": disable}
+        self._bar = None
+
+    def update(self, n: int = 1) -> None:
+        if self._bar is None:
+            from tqdm import tqdm
+
+            self._bar = tqdm(**self._kw)
+        self._bar.update(n)
+
+    def close(self) -> None:
+        if self._bar is not None:
+            self._bar.close()

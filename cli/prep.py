@@ -1,13 +1,95 @@
-"""`avat3r prep`: Prepare data as WebDataset shards + manifest.parquet: `synth` (procedural SynthHeads), `images` (your photos + cams.json)."""
+"""`avat3r prep`: prepare data as WebDataset shards + manifest.parquet (`synth`, `images`)."""
 
 from __future__ import annotations
 
+import sys
+from pathlib import Path
+from typing import List, Optional
+
 import typer
 
-from .common import not_built
+from .common import fail, info
+
+HELP = ("Prepare data as WebDataset shards + manifest.parquet: `synth` (procedural SynthHeads), "
+        "`images` (your photos + cams.json).")
 
 
 def register(app: typer.Typer) -> None:
-    @app.command("prep", help="Prepare data as WebDataset shards + manifest.parquet: `synth` (procedural SynthHeads), `images` (your photos + cams.json).")
-    def prep() -> None:
-        not_built("prep")
+    prep_app = typer.Typer(help=HELP, no_args_is_help=True, add_completion=False)
+    app.add_typer(prep_app, name="prep")
+
+    @prep_app.command("synth")
+    def synth(
+        out: Path = typer.Option(..., "-o", "--out", help="Output folder for shard-*.tar and manifest.parquet."),
+        persons: int = typer.Option(8, "--persons", min=1, help="Number of identities."),
+        frames: int = typer.Option(4, "--frames", min=1, help="Frames per segment."),
+        cameras: int = typer.Option(16, "--cameras", min=1, help="Cameras in the rig."),
+        res: int = typer.Option(128, "--res", min=8, help="Image resolution (square)."),
+        seed: int = typer.Option(0, "--seed", help="Seed of the whole set; equal arguments give equal bytes."),
+        segments: Optional[List[str]] = typer.Option(
+            None, "--segments", help="Segments to render (repeat the option); default: all."),
+        workers: int = typer.Option(1, "--workers", min=1, help="Parallel processes (output does not depend on it)."),
+        val_persons: Optional[int] = typer.Option(
+            None, "--val-persons", min=0, help="Persons held out for validation (default ≈10 %, ≥1 from 3 persons)."),
+        test_persons: Optional[int] = typer.Option(
+            None, "--test-persons", min=0, help="Persons held out for testing (default ≈10 %, ≥1 from 3 persons)."),
+        depth: bool = typer.Option(True, "--depth/--no-depth", help="Store depth.npy (for ground-truth priors)."),
+        preview: Optional[Path] = typer.Option(None, "--preview", help="Also write a contact sheet PNG here."),
+        maxsize_mb: float = typer.Option(1024, "--shard-mb", help="Largest shard size in MB."),
+        source: str = typer.Option("avat3r.data.synthheads", "--source", hidden=True,
+                                   help="Module with the SynthHeads API (module or module:object)."),
+    ) -> None:
+        """Render SynthHeads identities × segments × frames × cameras into shards + manifest.parquet.
+
+        Persons are split by id: the last --test-persons are `test`, the --val-persons before them `val`."""
+        from tqdm import tqdm
+
+        from avat3r.data.prep import load_source, prep_synth
+        from avat3r.data.shards import encode_png
+
+        try:
+            src = load_source(source)
+        except (ImportError, AttributeError) as err:
+            fail(f"the SynthHeads generator is not available ({err})")
+        n_seg = len(segments) if segments else len(src.SEGMENTS)
+        total = persons * n_seg * frames * cameras
+        info(f"avat3r prep synth: {persons} persons × {n_seg} segments × {frames} frames × {cameras} cameras "
+             f"at {res}² = {total} samples → {out}")
+        try:
+            with tqdm(total=total, unit="sample", desc="prep synth", file=sys.stderr) as bar:
+                summary = prep_synth(out, persons, frames, cameras, res, seed=seed, segments=segments,
+                                     workers=workers, n_val=val_persons, n_test=test_persons, depth=depth, source=source,
+                                     maxsize=int(maxsize_mb * 1e6), progress=bar.update)
+        except ValueError as err:
+            fail(str(err))
+        counts = {s: sum(1 for v in summary.splits.values() if v == s) for s in ("train", "val", "test")}
+        info(f"wrote {summary.n_samples} samples in {len(summary.shards)} shard(s), {summary.bytes / 1e6:.1f} MB; "
+             f"persons train/val/test = {counts['train']}/{counts['val']}/{counts['test']}")
+        if preview is not None:
+            from avat3r.cameras import atomic_write_bytes
+
+            sheet = src.contact_sheet(seed, list(range(min(persons, 8))), res, cameras)
+            atomic_write_bytes(preview, encode_png(sheet))
+            info(f"contact sheet → {preview}")
+
+    @prep_app.command("images")
+    def images(
+        image_dir: Path = typer.Argument(..., help="Folder with the photos named in cams.json."),
+        cams: Path = typer.Option(..., "--cams", help="cams.json (OpenCV, world-to-camera, metres; head at origin)."),
+        out: Path = typer.Option(..., "-o", "--out", help="Output folder for shard-*.tar and manifest.parquet."),
+        res: int = typer.Option(512, "--res", min=8, help="Output resolution of the square, head-centred crops."),
+        masks: Optional[Path] = typer.Option(
+            None, "--masks", help="Folder of foreground masks (same file stems); default: GrabCut from the head box."),
+    ) -> None:
+        """Crop your photos to the head, resize, black out the background, and write shards + manifest."""
+        from avat3r.cameras import CameraError
+        from avat3r.data.images import ImagePrepError, prep_images
+
+        try:
+            prepared = prep_images(image_dir, cams, out, res=res, masks=masks)
+        except (ImagePrepError, CameraError) as err:
+            fail(str(err))
+        for warning in prepared.warnings:
+            info(f"avat3r: warning: {warning}")
+        how = "the given masks" if prepared.mask_source == "given" else "GrabCut seeded by the head box"
+        info(f"wrote {len(prepared.names)} views at {res}² to {out}; background removed with {how}")

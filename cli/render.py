@@ -2,12 +2,73 @@
 
 from __future__ import annotations
 
+import sys
+from pathlib import Path
+from typing import Optional
+
 import typer
 
-from .common import not_built
+from .common import LazyBar, fail, info
+
+HELP = """Render a frame stream, an .avt or a .ply along a camera path to MP4, PNG frames or PLY files.
+
+SOURCE is a frame stream (a file, or - / nothing for stdin, rendered as frames arrive), an avatar (.avt,
+shown with --expr) or a 3DGS .ply (static). Camera paths: frontal, orbit (one turn over the sequence),
+inputs (cycles the avatar's input cameras) or a cams.json (cycles its cameras).
+
+  avat3r animate head.avt expr.parquet | avat3r render --path orbit --video out.mp4
+
+  avat3r render head.avt --ply head.ply
+
+  avat3r render scene.ply --path orbit --n-frames 90 --frames frames/
+"""
 
 
 def register(app: typer.Typer) -> None:
-    @app.command("render", help="Render a frame stream, an .avt or a .ply along a camera path to MP4, PNG frames or PLY files.")
-    def render() -> None:
-        not_built("render")
+    @app.command("render", help=HELP)
+    def render(
+        source: Optional[str] = typer.Argument(None, help="Frame stream file, - for stdin (default), .avt or .ply."),
+        path: str = typer.Option("frontal", "--path", help="Camera path: frontal, orbit, inputs or a cams.json."),
+        video: Optional[Path] = typer.Option(None, "--video", help="Write an H.264 MP4 here."),
+        frames: Optional[Path] = typer.Option(None, "--frames", help="Write PNG frames (000000.png, …) into this "
+                                              "folder."),
+        ply: Optional[Path] = typer.Option(None, "--ply", help="Write 3DGS PLYs: a folder gets one per frame, a "
+                                           "name ending in .ply gets the first (or only) frame."),
+        size: int = typer.Option(512, "--size", min=2, help="Image width in pixels (height follows the cameras' "
+                                 "aspect; square for frontal/orbit)."),
+        background: str = typer.Option("0,0,0", "--background", help="Background colour r,g,b in [0,1]."),
+        fps: Optional[float] = typer.Option(None, "--fps", help="Video frame rate (default: the stream's, else 25)."),
+        radius: float = typer.Option(1.0, "--radius", help="Camera distance from the head centre in metres "
+                                     "(frontal/orbit)."),
+        n_frames: Optional[int] = typer.Option(None, "--n-frames", min=1, help="Frames for a static source (.ply, "
+                                               ".avt at neutral) (default: 60 for orbit, 1 for frontal, one "
+                                               "pass over cycled cameras)."),
+        expr: str = typer.Option("neutral", "--expr", help="For .avt sources: neutral, a built-in sequence "
+                                 "(demo) or an expr.parquet."),
+        checkpoint: Optional[Path] = typer.Option(None, "--checkpoint", "-c", help="For .avt sources without "
+                                                  "decoder weights: the checkpoint they were made with."),
+        backend: str = typer.Option("auto", "--backend", help="Rasterizer: auto, torch, gsplat or dense."),
+        device: str = typer.Option("auto", "--device", help="cpu, cuda, cuda:N or auto."),
+        quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar."),
+    ) -> None:
+        from avat3r.pipeline import error_line, open_render_source, parse_background, user_errors
+        from avat3r.pipeline import render as run_render
+
+        if video is None and frames is None and ply is None:
+            fail("nothing to write: pass --video out.mp4, --frames DIR and/or --ply DIR|file.ply")
+        if (source is None or source == "-") and sys.stdin.isatty():
+            fail("no frame stream on stdin; pipe one in (avat3r animate … | avat3r render …) or name a source")
+        try:
+            bg = parse_background(background)
+            src = open_render_source(source, expr=expr, checkpoint=checkpoint, device=device, fps=fps)
+            bar = LazyBar(total=src.n_frames if src.static is None else n_frames, desc="render", disable=quiet)
+            try:
+                n = run_render(src, path, {"video": video, "frames_dir": frames, "ply": ply}, size=size,
+                               background=bg, fps=fps, radius=radius, n_frames=n_frames, backend=backend,
+                               device=device, progress=bar.update)
+            finally:
+                bar.close()
+        except user_errors() as e:
+            fail(error_line(e))
+        written = ", ".join(str(p) for p in (video, frames, ply) if p is not None)
+        info(f"render: {n} frames → {written}")

@@ -1,13 +1,51 @@
-"""`avat3r train`: Train the Avat3r network from a recipe (one CPU process, or `accelerate launch` for many GPUs)."""
+"""`avat3r train`: train the Avat3r network from a recipe (one CPU process, or `accelerate launch` for many GPUs)."""
 
 from __future__ import annotations
 
+from pathlib import Path
+from typing import List, Optional
+
 import typer
 
-from .common import not_built
+from .common import fail, info
+
+HELP = """Train the Avat3r network from a recipe (recipes/*.toml).
+
+One process by default (CPU, or one GPU with bf16 autocast). For several GPUs or CPU processes launch the
+same command through Accelerate, e.g.
+
+  accelerate launch --num_processes 8 -m cli.main train --recipe recipes/paper.toml -o runs/paper
+
+Writes RUN_DIR/checkpoints/step_XXXXXXXX/ (model.safetensors, config.json, train_state/), TensorBoard logs in
+RUN_DIR/logs and PNG previews (inputs | prediction | ground truth) in RUN_DIR/previews.
+"""
 
 
 def register(app: typer.Typer) -> None:
-    @app.command("train", help="Train the Avat3r network from a recipe (one CPU process, or `accelerate launch` for many GPUs).")
-    def train() -> None:
-        not_built("train")
+    @app.command("train", help=HELP)
+    def train(
+        recipe: Path = typer.Option(..., "--recipe", "-r", help="Training recipe (TOML), e.g. recipes/synthheads-tiny.toml."),
+        out: Optional[Path] = typer.Option(None, "--out", "-o", help="Run directory (default: runs/<recipe name>)."),
+        resume: bool = typer.Option(False, "--resume", help="Continue from the run directory's last complete checkpoint."),
+        max_steps: Optional[int] = typer.Option(None, "--max-steps", help="Stop after this many steps in total "
+                                                "(the recipe's optim.max_steps otherwise)."),
+        overrides: List[str] = typer.Option([], "--set", help="Override a recipe value: section.key=value "
+                                            "(TOML value), e.g. --set optim.lr=3e-4. Repeatable."),
+        quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar."),
+    ) -> None:
+        from avat3r.model.checkpoint import CheckpointError as ModelCheckpointError
+        from avat3r.model.config import ConfigError
+        from avat3r.train.checkpointing import CheckpointError
+        from avat3r.train.losses import LpipsWeightsMissing
+        from avat3r.train.loop import TrainError, train as run_training
+        from avat3r.train.recipe import RecipeError, load_recipe
+
+        try:
+            parsed = load_recipe(recipe, overrides)
+            run_dir = out if out is not None else Path("runs") / recipe.stem
+            result = run_training(parsed, run_dir, resume=resume, max_steps=max_steps, progress=not quiet, log=info)
+        except (RecipeError, TrainError, LpipsWeightsMissing, CheckpointError, ModelCheckpointError,
+                ConfigError, FileNotFoundError, ValueError) as e:
+            fail(str(e).splitlines()[0] if str(e) else type(e).__name__)
+        if result.checkpoint is not None:
+            info(f"step {result.step}: checkpoint {result.checkpoint}")

@@ -1,2 +1,244 @@
-"""Tiled pure-PyTorch rasterizer (placeholder: delegates to the dense reference until the tiled one lands)."""
-from .dense import rasterize_dense as rasterize_tiled  # noqa: F401
+"""Tiled pure-PyTorch rasterizer: gsplat's semantics (DESIGN §2) on any device, memory-bounded, differentiable.
+
+Plan (the same as gsplat's CUDA kernels, expressed as tensor ops):
+1. project every Gaussian once (``projection.project``) and list the (tile, Gaussian) pairs its radius box
+   touches; sort them by tile, then by camera depth;
+2. walk every tile's depth-sorted list in segments of ``segment`` Gaussians, all tiles at once: evaluate
+   alpha for the tile's pixels, carry each pixel's transmittance from segment to segment, apply the
+   T ≤ 1e-4 stop rule, and retire a tile once all its pixels have stopped (front surfaces hide the rest);
+3. backward: walk the same segments again, recomputing alpha instead of storing it, so memory stays bounded
+   by one batch of segments (``max_pairs`` Gaussian–pixel pairs) in both passes.
+
+Alpha is evaluated as a polynomial in tile-local pixel coordinates, σ = k·[u², v², uv, u, v, 1], so one
+matrix product replaces the per-pair arithmetic; the origin at the tile centre keeps float32 cancellation
+small. Colours, depth and alpha are accumulated with one batched matrix product as well.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from .projection import ALPHA_MAX, ALPHA_MIN, T_MIN, project
+
+# feature columns accumulated per pixel: r, g, b, camera z, 1 (→ alpha)
+_RGB, _Z, _A = slice(0, 3), 3, 4
+
+
+def rasterize_tiled(means, quats, scales, opacities, colors, K, w2c, width, height, eps2d=0.3, near=0.01,
+                    far=1e10, alpha_min: float = ALPHA_MIN, t_min: float = T_MIN, cull: bool = True,
+                    tile_size: int = 8, segment: int = 32, max_pairs: int = 1 << 21):
+    """C cameras → rgb (C,H,W,3) (no background), alpha (C,H,W), accumulated depth Σwᵢzᵢ (C,H,W).
+
+    ``alpha_min``, ``t_min`` and ``cull`` (radius-box culling) exist to switch the discontinuities off in
+    gradient tests, as in ``dense.rasterize_dense``; with ``cull=False`` every Gaussian in front of the near
+    plane reaches every pixel. ``max_pairs`` bounds the Gaussian–pixel pairs held at once.
+    """
+    proj = project(means, quats, scales, opacities, K, w2c, width, height, eps2d, near, far)
+    if cull:
+        vis = (proj.radii > 0).any(-1)
+    else:
+        vis = proj.depths > near
+    cam, gid = vis.nonzero(as_tuple=True)
+    plan = _intersections(proj.means2d[cam, gid].detach(), proj.radii[cam, gid], proj.depths[cam, gid].detach(),
+                          cam, K.shape[0], width, height, tile_size, cull)
+    conics = proj.conics[cam, gid]
+    return _TiledComposite.apply(proj.means2d[cam, gid], conics, proj.opacities[cam, gid], proj.depths[cam, gid],
+                                 colors[gid], plan, (width, height, tile_size, segment, max_pairs, alpha_min, t_min))
+
+
+class _Plan:
+    """Depth-sorted (tile, Gaussian) intersection lists of C cameras' tiles."""
+
+    def __init__(self, entries, tile_start, tile_count, tiles_x, tiles_y, n_cameras):
+        self.entries = entries  # (M,) index of the projected Gaussian, grouped by tile, front to back
+        self.tile_start = tile_start  # (C·Ty·Tx,) first position of each tile's list in ``entries``
+        self.tile_count = tile_count  # (C·Ty·Tx,) list lengths
+        self.tiles_x, self.tiles_y, self.n_cameras = tiles_x, tiles_y, n_cameras
+
+
+def _intersections(means2d, radii, depths, cam, n_cameras, width, height, tile_size, cull) -> _Plan:
+    tx_n, ty_n = -(-width // tile_size), -(-height // tile_size)
+    dev = means2d.device
+    if cull:
+        r = radii.to(means2d.dtype)
+        lo = torch.floor((means2d - r) / tile_size).clamp_min(0).long()
+        hi = torch.ceil((means2d + r) / tile_size).long()
+        x0, y0 = lo.unbind(-1)
+        x1, y1 = hi[:, 0].clamp_max(tx_n), hi[:, 1].clamp_max(ty_n)
+    else:  # every Gaussian reaches every tile
+        x0 = y0 = torch.zeros_like(cam)
+        x1, y1 = torch.full_like(cam, tx_n), torch.full_like(cam, ty_n)
+    nx = (x1 - x0).clamp_min(0)
+    counts = nx * (y1 - y0).clamp_min(0)
+    # expand each projected Gaussian (in depth order) into its tiles, then group stably by tile. Pair j of a
+    # Gaussian whose pairs start at f lies at local = j − f in its box, row local // nx: tile = first tile of
+    # the box + local + row·(tiles_x − nx). Float64 arithmetic is exact here and much faster than int64.
+    by_depth = torch.argsort(depths)
+    counts_d = counts[by_depth]
+    first_tile = (cam * ty_n + y0) * tx_n + x0
+    per = torch.stack([by_depth.double(), (torch.cumsum(counts_d, 0) - counts_d).double(),
+                       nx[by_depth].double().clamp_min(1), first_tile[by_depth].double()], dim=-1)
+    gid, first, nx_r, t0 = torch.repeat_interleave(per, counts_d, dim=0).unbind(-1)
+    local = torch.arange(gid.shape[0], device=dev, dtype=torch.float64) - first
+    tile = (t0 + local + torch.floor(local / nx_r) * (tx_n - nx_r)).int()
+    tile, order = torch.sort(tile, stable=True)
+    tile_count = torch.bincount(tile, minlength=n_cameras * ty_n * tx_n)
+    return _Plan(gid[order].long(), torch.cumsum(tile_count, 0) - tile_count, tile_count, tx_n, ty_n, n_cameras)
+
+
+def _pixel_basis(tile_size, dtype, device):
+    """(P, 6) monomials [u², v², uv, u, v, 1] of pixel centres relative to the tile centre, row-major."""
+    c = torch.arange(tile_size, dtype=dtype, device=device) + 0.5 - tile_size / 2
+    v, u = torch.meshgrid(c, c, indexing="ij")
+    u, v = u.reshape(-1), v.reshape(-1)
+    return torch.stack([u * u, v * v, u * v, u, v, torch.ones_like(u)], dim=-1)
+
+
+def _tile_centers(tiles, plan, tile_size, dtype):
+    tx = tiles % plan.tiles_x
+    ty = (tiles // plan.tiles_x) % plan.tiles_y
+    return (tx.to(dtype) + 0.5) * tile_size, (ty.to(dtype) + 0.5) * tile_size
+
+
+def _neg_sigma_coeffs(mx, my, a, b, c):
+    """Coefficients of −σ(u, v) = −½[a(u−mx)² + c(v−my)² + 2b(u−mx)(v−my)] on the monomial basis, (..., 6)."""
+    return -torch.stack([0.5 * a, 0.5 * c, b, -(a * mx + b * my), -(c * my + b * mx),
+                         0.5 * a * mx * mx + 0.5 * c * my * my + b * mx * my], dim=-2)
+
+
+class _Segments:
+    """Iterates batches of (tile, depth segment) blocks front to back, shared by forward and backward so both
+    visit exactly the same blocks. The caller updates ``alive`` after each batch."""
+
+    def __init__(self, plan: _Plan, segment: int, n_pixels: int, max_pairs: int):
+        self.plan, self.segment = plan, segment
+        self.tiles_per_batch = max(1, max_pairs // (segment * n_pixels))
+        self.alive = plan.tile_count > 0
+
+    def __iter__(self):
+        plan, S = self.plan, self.segment
+        longest = int(plan.tile_count.max()) if plan.tile_count.numel() else 0
+        steps = torch.arange(S, device=plan.tile_count.device)
+        for start in range(0, longest, S):
+            active = ((plan.tile_count > start) & self.alive).nonzero()[:, 0]
+            for tiles in active.split(self.tiles_per_batch):
+                pos = start + steps
+                real = pos < plan.tile_count[tiles, None]  # (A, S) padding mask
+                idx = plan.entries[(plan.tile_start[tiles, None] + pos).clamp_max(plan.entries.numel() - 1)]
+                yield tiles, idx, real
+
+
+def _gather(feats, tiles, idx, real, plan, tile_size):
+    """Per block: −σ coefficients (A,6,S), opacity (A,S) (0 on padding), features (A,S,5), local means."""
+    means2d, conics, opac, depths, colors = feats
+    ox, oy = _tile_centers(tiles, plan, tile_size, means2d.dtype)
+    mx, my = means2d[idx, 0] - ox[:, None], means2d[idx, 1] - oy[:, None]
+    a, b, c = conics[idx].unbind(-1)
+    o = torch.where(real, opac[idx], torch.zeros((), dtype=opac.dtype, device=opac.device))
+    f = torch.cat([colors[idx], depths[idx, None], torch.ones_like(depths[idx, None])], dim=-1)
+    return _neg_sigma_coeffs(mx, my, a, b, c), o, f, (mx, my, a, b, c)
+
+
+def _alpha(ns, o, T_in, alpha_min, t_min):
+    """From −σ (A,P,S): raw alpha, effective alpha, transmittance before each Gaussian, and the masks."""
+    g = torch.exp(ns)  # conics are positive definite, so σ ≥ 0 up to rounding: no σ<0 test needed
+    a_raw = g * o[:, None, :]
+    above = a_raw >= alpha_min
+    alpha = a_raw.clamp_max(ALPHA_MAX).mul_(above)
+    T_raw = torch.cumprod(1 - alpha, dim=-1).mul_(T_in[..., None])
+    keep = T_raw > t_min  # the Gaussian that would take T to ≤ t_min, and all after it, are excluded
+    alpha.mul_(keep)
+    T_before = torch.cat([T_in[..., None], T_raw[..., :-1]], dim=-1)
+    return g, a_raw, alpha, T_before, T_raw, keep & above
+
+
+class _TiledComposite(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, means2d, conics, opac, depths, colors, plan, cfg):
+        width, height, ts, S, max_pairs, alpha_min, t_min = cfg
+        dtype, dev = means2d.dtype, means2d.device
+        feats = (means2d, conics, opac, depths, colors)
+        n_tiles, P = plan.tile_count.numel(), ts * ts
+        basis = _pixel_basis(ts, dtype, dev)
+        T = _inside_mask(plan, ts, width, height, dtype)  # pixels beyond the image border never blend
+        out = torch.zeros(n_tiles, P, 5, dtype=dtype, device=dev)
+        segs = _Segments(plan, S, P, max_pairs)
+        for tiles, idx, real in segs:
+            kn, o, f, _ = _gather(feats, tiles, idx, real, plan, ts)
+            _, _, alpha, T_before, T_raw, _ = _alpha(basis @ kn, o, T[tiles], alpha_min, t_min)
+            out[tiles] += alpha.mul_(T_before) @ f
+            T[tiles] = T_raw[..., -1]
+            segs.alive[tiles] = (T[tiles] > t_min).any(-1)
+        ctx.save_for_backward(*feats, out)
+        ctx.plan, ctx.cfg = plan, cfg
+        return _untile(out, plan, ts, width, height)
+
+    @staticmethod
+    def backward(ctx, g_rgb, g_alpha, g_depth):
+        means2d, conics, opac, depths, colors, out = ctx.saved_tensors
+        plan, (width, height, ts, S, max_pairs, alpha_min, t_min) = ctx.plan, ctx.cfg
+        feats = (means2d, conics, opac, depths, colors)
+        dtype, dev = means2d.dtype, means2d.device
+        P, E = ts * ts, means2d.shape[0]
+        basis = _pixel_basis(ts, dtype, dev)
+        G = _tile_grads(g_rgb, g_alpha, g_depth, plan, ts, width, height, out)  # (T, P, 5)
+        total = (G * out).sum(-1)  # Σᵢ wᵢ sᵢ per pixel, so the sum behind a Gaussian is total − prefix
+        T = _inside_mask(plan, ts, width, height, dtype)
+        prefix = torch.zeros_like(T)
+        # one spare row takes the padding's contributions
+        d_geo = torch.zeros(E + 1, 5, dtype=dtype, device=dev)  # mx, my, a, b, c
+        d_o = torch.zeros(E + 1, dtype=dtype, device=dev)
+        d_f = torch.zeros(E + 1, 5, dtype=dtype, device=dev)
+        segs = _Segments(plan, S, P, max_pairs)
+        for tiles, idx, real in segs:
+            kn, o, f, (mx, my, a, b, c) = _gather(feats, tiles, idx, real, plan, ts)
+            g, a_raw, alpha, T_before, T_raw, live = _alpha(basis @ kn, o, T[tiles], alpha_min, t_min)
+            w = alpha * T_before
+            Gt = G[tiles]
+            s = Gt @ f.transpose(1, 2)  # (A,P,S): dL/d(wᵢ)
+            pre = torch.cumsum(w * s, dim=-1).add_(prefix[tiles, :, None])
+            behind = total[tiles, :, None] - pre
+            d_alpha = (T_before * s - behind / (1 - alpha)).mul_(live & (a_raw < ALPHA_MAX))
+            slot = torch.where(real, idx, torch.full_like(idx, E)).reshape(-1)
+            d_o.index_add_(0, slot, (d_alpha * g).sum(1).reshape(-1))
+            dk = -(basis.T @ (d_alpha * a_raw))  # (A,6,S) gradient of the σ coefficients
+            g0, g1, g2, g3, g4, g5 = dk.unbind(1)
+            d_geo.index_add_(0, slot, torch.stack([
+                -a * g3 - b * g4 + (a * mx + b * my) * g5,
+                -c * g4 - b * g3 + (c * my + b * mx) * g5,
+                0.5 * g0 - mx * g3 + 0.5 * mx * mx * g5,
+                g2 - my * g3 - mx * g4 + mx * my * g5,
+                0.5 * g1 - my * g4 + 0.5 * my * my * g5], dim=-1).reshape(-1, 5))
+            d_f.index_add_(0, slot, (w.transpose(1, 2) @ Gt).reshape(-1, 5))
+            T[tiles] = T_raw[..., -1]
+            prefix[tiles] = pre[..., -1]
+            segs.alive[tiles] = (T[tiles] > t_min).any(-1)
+        return (d_geo[:E, :2], d_geo[:E, 2:], d_o[:E], d_f[:E, _Z], d_f[:E, _RGB], None, None)
+
+
+def _inside_mask(plan, ts, width, height, dtype):
+    """(C·Ty·Tx, P) 1 for pixels inside the image, 0 for the padding of border tiles."""
+    ys = torch.arange(plan.tiles_y * ts, device=plan.tile_count.device) < height
+    xs = torch.arange(plan.tiles_x * ts, device=plan.tile_count.device) < width
+    m = (ys[:, None] & xs[None, :]).to(dtype)
+    m = m.reshape(plan.tiles_y, ts, plan.tiles_x, ts).permute(0, 2, 1, 3).reshape(-1, ts * ts)
+    return m.repeat(plan.n_cameras, 1)
+
+
+def _untile(out, plan, ts, width, height):
+    C, ty, tx = plan.n_cameras, plan.tiles_y, plan.tiles_x
+    img = out.reshape(C, ty, tx, ts, ts, 5).permute(0, 1, 3, 2, 4, 5).reshape(C, ty * ts, tx * ts, 5)
+    img = img[:, :height, :width]
+    return img[..., _RGB].contiguous(), img[..., _A].contiguous(), img[..., _Z].contiguous()
+
+
+def _tile_grads(g_rgb, g_alpha, g_depth, plan, ts, width, height, like):
+    C, ty, tx = plan.n_cameras, plan.tiles_y, plan.tiles_x
+    G = like.new_zeros(C, ty * ts, tx * ts, 5)
+    if g_rgb is not None:
+        G[:, :height, :width, _RGB] = g_rgb
+    if g_depth is not None:
+        G[:, :height, :width, _Z] = g_depth
+    if g_alpha is not None:
+        G[:, :height, :width, _A] = g_alpha
+    return G.reshape(C, ty, ts, tx, ts, 5).permute(0, 1, 3, 2, 4, 5).reshape(-1, ts * ts, 5)

@@ -1,0 +1,231 @@
+"""Training examples (paper §4 / App. C, DESIGN §4): 4 inputs + 8 supervision views of one person.
+
+Inputs: 4 cameras picked by k-farthest viewpoint sampling (10 evenly spread candidates from a random start,
+4 of them at random, never a back-only camera), each at an independently random timestep of the person, so the
+network learns to be robust to inconsistent expressions across inputs (``random_timesteps=False`` puts every
+input at the target timestep, for the ablation). Supervision: 8 cameras (back ones allowed) at the target
+timestep, whose expression code drives the decoder.
+
+An example is a pure function of ``(seed, index)``: ``ExampleSampler(manifest, split, seed).example(i)``
+reads its samples by byte span. ``ExampleDataset`` deals indices to ranks and DataLoader workers without
+overlap; a trainer that starts at ``start`` resumes on exactly the examples it would have seen.
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from dataclasses import dataclass
+from typing import Iterator, Sequence
+
+import numpy as np
+import torch
+
+from ..cameras import Cameras, k_farthest_viewpoints
+from .manifest import Manifest, read_manifest
+
+N_INPUTS = 4
+N_TARGETS = 8
+N_CANDIDATES = 10
+
+
+@dataclass(frozen=True)
+class ExamplePlan:
+    """Which manifest rows make up one example."""
+
+    person: str
+    target_timestep: tuple[str, int]  # (segment, frame)
+    inputs: tuple[int, ...]  # manifest rows of the input views
+    targets: tuple[int, ...]  # manifest rows of the supervision views
+
+
+def _camera_from_json(cam: dict) -> Cameras:
+    return Cameras(torch.tensor(cam["K"], dtype=torch.float32), torch.tensor(cam["w2c"], dtype=torch.float32),
+                   int(cam["width"]), int(cam["height"]))
+
+
+class ExampleSampler:
+    """Draws training examples of one split of a manifest; ``example(i)`` depends only on (seed, i)."""
+
+    def __init__(self, manifest: Manifest | str, split: str | None = "train", seed: int = 0,
+                 n_inputs: int = N_INPUTS, n_targets: int = N_TARGETS, n_candidates: int = N_CANDIDATES,
+                 random_timesteps: bool = True, require_prior: bool = True):
+        self.manifest = read_manifest(manifest) if not isinstance(manifest, Manifest) else manifest
+        self.split, self.seed = split, int(seed)
+        self.n_inputs, self.n_targets, self.n_candidates = n_inputs, n_targets, n_candidates
+        self.random_timesteps, self.require_prior = random_timesteps, require_prior
+        m = self.manifest
+        rows = m.rows(split)
+        eligible = np.ones(len(m), bool) if not require_prior else m["has_prior"].astype(bool)
+        # person → timestep → rows, and person → camera → input-eligible rows (in manifest order)
+        self._by_time: dict[str, dict[tuple[str, int], list[int]]] = defaultdict(lambda: defaultdict(list))
+        self._inputs_by_cam: dict[str, dict[str, list[int]]] = defaultdict(lambda: defaultdict(list))
+        for r in rows.tolist():
+            p = m["person"][r]
+            self._by_time[p][(m["segment"][r], int(m["frame"][r]))].append(r)
+            if eligible[r]:
+                self._inputs_by_cam[p][m["camera"][r]].append(r)
+        # plain dicts: the sampler is pickled into DataLoader workers, and lambdas do not pickle
+        self._by_time = {p: dict(v) for p, v in self._by_time.items()}
+        self._inputs_by_cam = {p: dict(v) for p, v in self._inputs_by_cam.items()}
+        self.persons = sorted(p for p in self._by_time if len(self._inputs_by_cam.get(p, {})) >= n_inputs)
+        if not self.persons:
+            what = "with a prior (run `avat3r prior` first)" if require_prior else ""
+            raise ValueError(f"no person of split {split!r} in {m.root} has {n_inputs} cameras {what}".strip())
+        self._timesteps = {p: sorted(self._by_time[p]) for p in self.persons}
+        self._eligible = {p: {r for rs in self._inputs_by_cam[p].values() for r in rs} for p in self.persons}
+        self._cam_cache: dict[tuple[str, str], Cameras] = {}
+
+    def _reference_camera(self, person: str, camera: str) -> Cameras:
+        """The camera as seen in its first input-eligible sample (head pose varies little over a capture)."""
+        key = (person, camera)
+        if key not in self._cam_cache:
+            row = self._inputs_by_cam[person][camera][0]
+            self._cam_cache[key] = _camera_from_json(self.manifest.read(row, entries=["camera.json"])["camera"])
+        return self._cam_cache[key]
+
+    def plan(self, index: int) -> ExamplePlan:
+        m = self.manifest
+        rng = np.random.default_rng([self.seed, int(index)])
+        person = self.persons[int(rng.integers(len(self.persons)))]
+        timesteps = self._timesteps[person]
+        t_target = timesteps[int(rng.integers(len(timesteps)))]
+        at_target = self._by_time[person][t_target]
+
+        eligible = self._eligible[person]
+        if self.random_timesteps:
+            cams = sorted(self._inputs_by_cam[person])
+        else:
+            row_of_cam = {m["camera"][r]: r for r in at_target if r in eligible}
+            cams = sorted(row_of_cam)
+            if len(cams) < self.n_inputs:
+                raise ValueError(f"{person} has only {len(cams)} input cameras at {t_target[0]}/{t_target[1]}")
+        cameras = Cameras.cat([self._reference_camera(person, c) for c in cams])
+        gen = torch.Generator().manual_seed(int(rng.integers(2**62)))
+        picked = k_farthest_viewpoints(cameras, k=self.n_inputs, n_candidates=self.n_candidates, generator=gen,
+                                       exclude_back=True)
+        inputs = []
+        for i in picked:
+            if self.random_timesteps:
+                cam_rows = self._inputs_by_cam[person][cams[i]]
+                inputs.append(cam_rows[int(rng.integers(len(cam_rows)))])
+            else:
+                inputs.append(row_of_cam[cams[i]])
+        replace = len(at_target) < self.n_targets  # small rigs repeat views rather than fail
+        targets = rng.choice(np.asarray(at_target), size=self.n_targets, replace=replace)
+        return ExamplePlan(person, t_target, tuple(inputs), tuple(int(t) for t in targets))
+
+    def example(self, index: int) -> dict:
+        """The example dict of DESIGN §4 (see module docstring); tensors float32."""
+        plan = self.plan(index)
+        m = self.manifest
+        ins = [m.read(r) for r in plan.inputs]
+        tgs = [m.read(r) for r in plan.targets]
+        h, w = ins[0]["rgb"].shape[:2]
+        for s in ins + tgs:
+            if s["rgb"].shape[:2] != (h, w):
+                raise ValueError(f"{s['__key__']}: image size {s['rgb'].shape[1]}x{s['rgb'].shape[0]} differs from "
+                                 f"{w}x{h} of {ins[0]['__key__']}; prep all views at one resolution")
+
+        def prior(s, name, shape):
+            if name in s:
+                return torch.from_numpy(np.asarray(s[name], dtype=np.float32))
+            if self.require_prior:
+                raise ValueError(f"{s['__key__']}: the manifest says it has a prior but {name}.npy is missing")
+            return torch.zeros(shape)
+
+        def mask(s):
+            if "mask" in s:
+                return torch.from_numpy(s["mask"].astype(np.float32) / 255.0)
+            return torch.from_numpy((s["rgb"].max(axis=-1) > 0).astype(np.float32))
+
+        def rgb(s):
+            return torch.from_numpy(s["rgb"].astype(np.float32) / 255.0)
+
+        out = {
+            "inputs_rgb": torch.stack([rgb(s) for s in ins]),
+            "inputs_cameras": Cameras.cat([_camera_from_json(s["camera"]) for s in ins]),
+            "inputs_pos": torch.stack([prior(s, "pos", (h, w, 3)) for s in ins]),
+            "inputs_conf": torch.stack([prior(s, "conf", (h, w)) for s in ins]),
+            "inputs_expr": torch.from_numpy(m["expr"][list(plan.inputs)].astype(np.float32)),
+            "target_rgb": torch.stack([rgb(s) for s in tgs]),
+            "target_mask": torch.stack([mask(s) for s in tgs]),
+            "target_cameras": Cameras.cat([_camera_from_json(s["camera"]) for s in tgs]),
+            "expr": torch.from_numpy(m["expr"][plan.targets[0]].astype(np.float32)),
+            "person": plan.person,
+        }
+        if all("feat" in s for s in ins):
+            out["inputs_feat"] = torch.stack([torch.from_numpy(s["feat"].astype(np.float32)) for s in ins])
+        return out
+
+
+# -- distributed iteration -----------------------------------------------------------------------
+def shard_indices(rank: int, world_size: int, worker: int, num_workers: int, start: int = 0,
+                  stop: int | None = None) -> Iterator[int]:
+    """Example indices of one (rank, worker): rank r owns i ≡ r (mod world_size) — independent of the worker
+    count — and its workers take turns over those. Together all (rank, worker) pairs cover [start, stop) once."""
+    if not (0 <= rank < world_size and 0 <= worker < num_workers):
+        raise ValueError(f"bad rank/worker {rank}/{world_size}, {worker}/{num_workers}")
+    first = start + (rank - start) % world_size  # first index ≥ start owned by this rank
+    i = first + worker * world_size
+    step = world_size * num_workers
+    while stop is None or i < stop:
+        yield i
+        i += step
+
+
+def buffered_shuffle(items: Iterator[int], size: int, rng: np.random.Generator) -> Iterator[int]:
+    """Shuffle a (possibly endless) stream with a bounded buffer of ``size`` items."""
+    if size <= 1:
+        yield from items
+        return
+    buf: list[int] = []
+    for x in items:
+        if len(buf) < size:
+            buf.append(x)
+            continue
+        j = int(rng.integers(size))
+        yield buf[j]
+        buf[j] = x
+    rng.shuffle(buf)
+    yield from buf
+
+
+class ExampleDataset(torch.utils.data.IterableDataset):
+    """Examples ``start, start+1, …`` (up to ``num_examples`` in total, or endless) split across ranks and
+    DataLoader workers without duplicates, optionally through a bounded shuffle buffer (seeded by the
+    sampler's seed, rank and worker, so the order is reproducible too). ``with_index`` adds each example's
+    ``index`` (an int) to its dict."""
+
+    def __init__(self, sampler: ExampleSampler, num_examples: int | None = None, start: int = 0, rank: int = 0,
+                 world_size: int = 1, shuffle_buffer: int = 0, with_index: bool = False):
+        super().__init__()
+        self.with_index = with_index
+        self.sampler, self.num_examples, self.start = sampler, num_examples, start
+        self.rank, self.world_size, self.shuffle_buffer = rank, world_size, shuffle_buffer
+
+    def indices(self, worker: int = 0, num_workers: int = 1) -> Iterator[int]:
+        stop = None if self.num_examples is None else self.start + self.num_examples
+        idx = shard_indices(self.rank, self.world_size, worker, num_workers, self.start, stop)
+        rng = np.random.default_rng([self.sampler.seed, self.rank, worker, num_workers, self.start, 0x5EED])
+        return buffered_shuffle(idx, self.shuffle_buffer, rng)
+
+    def __iter__(self) -> Iterator[dict]:
+        info = torch.utils.data.get_worker_info()
+        worker, num_workers = (info.id, info.num_workers) if info is not None else (0, 1)
+        for i in self.indices(worker, num_workers):
+            ex = self.sampler.example(i)
+            if self.with_index:
+                ex["index"] = i
+            yield ex
+
+
+def collate_examples(batch: Sequence[dict]) -> dict:
+    """Stack tensors along a new batch axis; Cameras stay per example (a list), as do strings and ints."""
+    out = {}
+    for key in batch[0]:
+        values = [b[key] for b in batch]
+        if isinstance(values[0], torch.Tensor):
+            out[key] = torch.stack(values)
+        else:
+            out[key] = list(values)
+    return out

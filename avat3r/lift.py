@@ -1,0 +1,128 @@
+"""Single image → 4 posed views: the pluggable "lifting" step in front of ``reconstruct``.
+
+The paper turns one photo into the model's 4 inputs with a 3D GAN inversion; no such backend (and no
+weights) ships with avat3r. A backend is any callable
+
+    lifter(image: torch.Tensor (H, W, 3) float in [0, 1]) -> (views (4, H', W', 3) float in [0, 1], Cameras (4))
+
+with cameras in avat3r's conventions (OpenCV axes, head-centric world in metres, DESIGN §2) and a black
+background. Backends are found, in this order:
+
+1. registered in-process: ``avat3r.lift.register_lifter("name", factory)``;
+2. installed packages that declare an entry point in the group ``avat3r.lifters``, e.g. in their
+   ``pyproject.toml``::
+
+       [project.entry-points."avat3r.lifters"]
+       mygan = "mypackage.lifting:make_lifter"
+
+3. a module path given directly as the backend name: ``--backend mypackage.lifting:make_lifter``.
+
+In each case the object named is a *factory*: called with no arguments, it returns the lifter (so weights are
+loaded only when the backend is used).
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable
+from importlib import import_module
+from importlib.metadata import entry_points
+from pathlib import Path
+
+import torch
+
+from .cameras import Cameras, write_cams_json
+
+ENTRY_POINT_GROUP = "avat3r.lifters"
+N_VIEWS = 4
+
+Lifter = Callable[[torch.Tensor], tuple[torch.Tensor, Cameras]]
+_REGISTRY: dict[str, Callable[[], Lifter]] = {}
+
+
+class LiftError(RuntimeError):
+    """No usable lifting backend, or a backend returned something malformed; one-line message."""
+
+
+def register_lifter(name: str, factory: Callable[[], Lifter]) -> None:
+    _REGISTRY[name] = factory
+
+
+def _entry_points() -> dict:
+    return {ep.name: ep for ep in entry_points(group=ENTRY_POINT_GROUP)}
+
+
+def available_lifters() -> list[str]:
+    """Names of the registered and installed backends."""
+    return sorted(set(_REGISTRY) | set(_entry_points()))
+
+
+def _no_backend_message(name: str | None) -> str:
+    installed = available_lifters()
+    how = (f"install a package that registers an '{ENTRY_POINT_GROUP}' entry point, or pass "
+           "--backend package.module:factory")
+    if not installed:
+        return f"no lifting backend installed; {how}"
+    return f"unknown lifting backend {name!r}; installed: {', '.join(installed)} (or {how})"
+
+
+def get_lifter(name: str | None = None) -> Lifter:
+    """Build the named backend (or the only installed one when ``name`` is None)."""
+    if name is None:
+        installed = available_lifters()
+        if len(installed) != 1:
+            raise LiftError(_no_backend_message(None) if not installed else
+                            f"several lifting backends are installed ({', '.join(installed)}); pick one with --backend")
+        name = installed[0]
+    if name in _REGISTRY:
+        factory = _REGISTRY[name]
+    elif name in (eps := _entry_points()):
+        try:
+            factory = eps[name].load()
+        except Exception as err:  # a broken third-party package can fail in any way on import
+            raise LiftError(f"lifting backend {name!r} failed to load ({type(err).__name__}: {err})") from None
+    elif ":" in name:
+        module, _, attr = name.partition(":")
+        try:
+            factory = getattr(import_module(module), attr)
+        except (ImportError, AttributeError) as err:
+            raise LiftError(f"cannot import lifting backend {name!r} ({err})") from None
+    else:
+        raise LiftError(_no_backend_message(name))
+    lifter = factory()
+    if not callable(lifter):
+        raise LiftError(f"lifting backend {name!r}: its factory returned {type(lifter).__name__}, not a callable")
+    return lifter
+
+
+def check_lifted(views: torch.Tensor, cameras: Cameras, name: str = "backend") -> None:
+    if views.ndim != 4 or views.shape[0] != N_VIEWS or views.shape[-1] != 3:
+        raise LiftError(f"lifting {name} returned views of shape {tuple(views.shape)}, expected ({N_VIEWS}, H, W, 3)")
+    if len(cameras) != N_VIEWS:
+        raise LiftError(f"lifting {name} returned {len(cameras)} cameras, expected {N_VIEWS}")
+    H, W = views.shape[1:3]
+    if cameras.image_size != (W, H):
+        raise LiftError(f"lifting {name}: cameras are {cameras.image_size[0]}x{cameras.image_size[1]} but the "
+                        f"views are {W}x{H}")
+    cameras.validate([f"view {i}" for i in range(N_VIEWS)])
+    if not bool(torch.isfinite(views).all()):
+        raise LiftError(f"lifting {name} returned non-finite pixels")
+
+
+def lift_image(image_path: str | os.PathLike, out_dir: str | os.PathLike, backend: str | None = None) -> list[Path]:
+    """Lift one photo to ``out_dir``/view_0.png … view_3.png + cams.json; returns the written image paths."""
+    from .video import read_png, write_png
+
+    lifter = get_lifter(backend)  # fail before touching any file when no backend is available
+    image = torch.from_numpy(read_png(image_path).copy()).float() / 255.0
+    views, cameras = lifter(image)
+    views = torch.as_tensor(views).float().clamp(0, 1)
+    check_lifted(views, cameras, repr(backend))
+    out = Path(out_dir)
+    names = [f"view_{i}.png" for i in range(N_VIEWS)]
+    paths = []
+    for name, view in zip(names, views):
+        write_png(out / name, view)
+        paths.append(out / name)
+    write_cams_json(out / "cams.json", cameras.to("cpu"), names)
+    return paths

@@ -1,0 +1,213 @@
+"""The weights-free position prior: a visual hull from the silhouettes, refined by multi-view photo-consistency.
+
+Per input view and pixel ray (all views at once, vectorised):
+1. Visual hull. March depths through a head-sized bounding sphere around the origin and keep the first depth
+   that lies inside every other view's silhouette wherever that view sees it (a view whose image the point
+   falls outside of cannot carve it), refined by bisection. The hull contains the head, so the true surface
+   lies on or behind this depth along the ray.
+2. Plane sweep. Try depths in a band behind the hull surface; score each by windowed normalised
+   cross-correlation (plus a robust colour term) between the reference view and each other view's image
+   reprojected onto it, ignoring views that do not see the point (off-image, outside their silhouette, or
+   occluded: behind that view's own surface estimate). Winner-take-all with a parabola fit for sub-step depth.
+   A second pass repeats the sweep with the refined depth maps as the occlusion test.
+3. Confidence: the foreground mask, scaled by how well the views agree at the chosen depth; low off the head,
+   where no other view sees the pixel and where the ray missed the hull (silhouettes disagree).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+
+from ..cameras import Cameras, rays
+from .base import check_inputs, ellipsoid_positions, foreground_masks, ray_ellipsoid
+
+
+@dataclass
+class GeometricPrior:
+    """Visual hull + plane-sweep photo-consistency on the known cameras (CPU friendly, no weights)."""
+
+    bound_radius: float = 0.2  # m, sphere around the origin that holds head and hair
+    hull_samples: int = 160  # depth samples per ray through the bounding sphere
+    hull_bisections: int = 6  # halve the hull step this many times at the first occupied sample
+    band: float = 0.05  # m behind the hull surface searched by the plane sweep
+    front: float = 0.004  # m in front of the hull also searched (mask edges shrink the hull slightly)
+    sweep_steps: int = 48
+    window: int = 7  # NCC window (pixels)
+    ncc_weight: float = 0.8  # cost = w·(1−NCC)/2 + (1−w)·colour term
+    colour_scale: float = 0.15  # mean absolute colour difference that counts as a full mismatch
+    hull_pull: float = 0.02  # tiny cost ramp over the band: on flat costs prefer depths near the hull
+    occlusion_tolerance: float = 0.006  # m: a point more than this behind another view's surface is hidden there
+    passes: int = 2
+    mask_threshold: float = 0.02  # luminance above which a pixel is foreground when no masks are given
+    name: str = "geometric"
+
+    def __call__(self, images: torch.Tensor, cameras: Cameras, masks: torch.Tensor | None = None):
+        V, H, W = check_inputs(images, cameras, masks)
+        images = images.to(torch.float32).cpu()
+        cameras = cameras.to("cpu", torch.float32)
+        fg = foreground_masks(images, None if masks is None else masks.cpu(), self.mask_threshold)
+        o, d = rays(cameras)  # (V,H,W,3) world, unit d
+        fwd = cameras.forward  # (V,3): camera z of a point o + t d is t (d·fwd)
+        cos = (d * fwd[:, None, None, :]).sum(-1)
+
+        t_hull, hull_hit = self._visual_hull(o, d, fg, cameras, H, W)
+        t_cur = t_hull
+        score = torch.zeros(V, H, W)
+        n_vis = torch.zeros(V, H, W)
+        occluder_z = t_hull * cos  # pass 1: the hull depths bound each view's visible surface from the front
+        tolerance = self.band
+        for _ in range(max(1, self.passes)):
+            t_cur, score, n_vis = self._sweep(images, fg, o, d, t_hull, occluder_z, tolerance, cameras, H, W)
+            occluder_z = torch.where(hull_hit, t_cur * cos, t_hull * cos)
+            tolerance = self.occlusion_tolerance
+
+        fallback, _ = ellipsoid_positions(cameras)
+        pos = torch.where(hull_hit[..., None], o + t_cur[..., None] * d, fallback)
+        agree = score * (n_vis > 0)
+        conf = fg * torch.where(hull_hit, 0.6 + 0.4 * agree, torch.full_like(agree, 0.2))
+        pos = torch.nan_to_num(pos, nan=0.0, posinf=0.0, neginf=0.0)
+        return pos.to(torch.float32).contiguous(), conf.clamp(0, 1).to(torch.float32).contiguous()
+
+    # -- 1. visual hull ---------------------------------------------------------------------------
+    def _visual_hull(self, o, d, fg, cameras, H, W):
+        V = o.shape[0]
+        carve = _dilate(fg, 1)  # a slightly generous silhouette: mask edge errors must not carve the head
+        t0, t1, hit = ray_ellipsoid(o, d, (self.bound_radius,) * 3)
+        t0 = t0.clamp_min(1e-3)
+        steps = torch.linspace(0, 1, self.hull_samples)
+        t_hull = t0.clone()
+        hull_hit = torch.zeros(V, H, W, dtype=torch.bool)
+        for i in range(V):
+            sel = (fg[i] > 0.5) & hit[i]
+            if not sel.any():
+                continue
+            oi, di = o[i][sel], d[i][sel]  # (P,3)
+            a, b = t0[i][sel], t1[i][sel]
+            ts = a[:, None] + (b - a)[:, None] * steps  # (P,N)
+            occ = self._inside_all(oi[:, None] + ts[..., None] * di[:, None], carve, cameras, i, H, W)
+            anyocc = occ.any(-1)
+            first = torch.argmax(occ.to(torch.uint8), dim=-1)
+            hi = ts.gather(1, first[:, None])[:, 0]
+            lo = ts.gather(1, (first - 1).clamp_min(0)[:, None])[:, 0]
+            for _ in range(self.hull_bisections):  # invariant: lo outside (or the entry point), hi inside
+                mid = 0.5 * (lo + hi)
+                inside = self._inside_all((oi + mid[:, None] * di)[:, None], carve, cameras, i, H, W)[:, 0]
+                hi = torch.where(inside, mid, hi)
+                lo = torch.where(inside, lo, mid)
+            t_sel = t_hull[i][sel]
+            t_hull[i][sel] = torch.where(anyocc, hi, t_sel)
+            h = hull_hit[i].clone()
+            h[sel] = anyocc
+            hull_hit[i] = h
+        return t_hull, hull_hit
+
+    def _inside_all(self, pts, carve, cameras, ref, H, W):
+        """(P,N) bool: inside the silhouette of every view other than ``ref`` that sees the point."""
+        P, N, _ = pts.shape
+        others = [j for j in range(len(cameras)) if j != ref]
+        flat = pts.reshape(1, P * N, 3).expand(len(others), -1, -1)
+        uv, z = _project(cameras[others], flat)
+        m = _sample(carve[others][:, None], uv, W, H)[:, 0]  # (J, P·N)
+        seen = (z > 1e-4) & _in_image(uv, W, H)
+        inside = (m > 0.5) | ~seen
+        return inside.all(0).reshape(P, N)
+
+    # -- 2. plane sweep ---------------------------------------------------------------------------
+    def _sweep(self, images, fg, o, d, t_hull, occluder_z, tolerance, cameras, H, W):
+        V = images.shape[0]
+        img = images.permute(0, 3, 1, 2)  # (V,3,H,W)
+        deltas = torch.linspace(-self.front, self.band, self.sweep_steps)
+        ramp = self.hull_pull * (deltas - deltas[0]) / (deltas[-1] - deltas[0])
+        t_out = t_hull.clone()
+        score_out = torch.zeros(V, H, W)
+        nvis_out = torch.zeros(V, H, W)
+        for i in range(V):
+            others = [j for j in range(V) if j != i]
+            cams_j = cameras[others]
+            ref = img[i:i + 1].expand(len(others), -1, -1, -1)
+            mu_a, var_a = _box_stats(ref, self.window)
+            costs, nvis = [], []
+            for k, delta in enumerate(deltas):
+                t = t_hull[i] + delta
+                X = (o[i] + t[..., None] * d[i]).reshape(1, H * W, 3).expand(len(others), -1, -1)
+                uv, z = _project(cams_j, X)
+                warped = _sample(img[others], uv, W, H).reshape(len(others), 3, H, W)
+                m = _sample(fg[others][:, None], uv, W, H).reshape(len(others), H, W)
+                zj = _sample(occluder_z[others][:, None], uv, W, H, mode="nearest").reshape(len(others), H, W)
+                inimg = _in_image(uv, W, H).reshape(len(others), H, W)
+                z = z.reshape(len(others), H, W)
+                vis = inimg & (z > 1e-4) & (m > 0.5) & (z <= zj + tolerance)
+                cost = self._match_cost(ref, warped, mu_a, var_a)  # (J,H,W)
+                visf = vis.to(torch.float32)
+                n = visf.sum(0)
+                agg = torch.where(n > 0, (cost * visf).sum(0) / n.clamp_min(1), torch.full_like(n, 0.5))
+                costs.append(agg + ramp[k])
+                nvis.append(n)
+            C = torch.stack(costs)  # (K,H,W)
+            best = torch.argmin(C, dim=0)
+            step = float(deltas[1] - deltas[0])
+            offset = _parabola_offset(C, best)
+            delta_best = deltas[best] + offset * step
+            t_out[i] = t_hull[i] + delta_best
+            c_best = C.gather(0, best[None])[0] - ramp[best]
+            score_out[i] = (1 - 2 * c_best).clamp(0, 1)  # cost 0 → 1; cost ≥ 0.5 (no better than chance) → 0
+            nvis_out[i] = torch.stack(nvis).gather(0, best[None])[0]
+        return t_out, score_out, nvis_out
+
+    def _match_cost(self, a, b, mu_a, var_a):
+        """(J,H,W) in [0,1]: windowed NCC over the RGB window (channels as extra samples) + colour difference."""
+        mu_b, var_b = _box_stats(b, self.window)
+        cov = _box(a * b, self.window).sum(1) - (mu_a * mu_b).sum(1)
+        ncc = cov / torch.sqrt(var_a * var_b + 1e-6)
+        sad = _box((a - b).abs().mean(1, keepdim=True), self.window)[:, 0]
+        colour = (sad / self.colour_scale).clamp(0, 1)
+        return self.ncc_weight * (1 - ncc.clamp(-1, 1)) / 2 + (1 - self.ncc_weight) * colour
+
+
+# -- small tensor helpers ---------------------------------------------------------------------------
+def _project(cameras: Cameras, pts: torch.Tensor):
+    p = torch.einsum("nij,npj->npi", cameras.w2c[:, :3, :3], pts) + cameras.w2c[:, None, :3, 3]
+    z = p[..., 2]
+    uv = torch.einsum("nij,npj->npi", cameras.K, p)[..., :2] / z.clamp_min(1e-6)[..., None]
+    return uv, z
+
+
+def _in_image(uv, W, H):
+    return (uv[..., 0] >= 0) & (uv[..., 0] <= W) & (uv[..., 1] >= 0) & (uv[..., 1] <= H)
+
+
+def _sample(maps: torch.Tensor, uv: torch.Tensor, W: int, H: int, mode: str = "bilinear") -> torch.Tensor:
+    """Sample (J,C,H,W) maps at continuous pixel coordinates (J,P,2) (centres at +.5) → (J,C,P)."""
+    grid = torch.stack([uv[..., 0] / W * 2 - 1, uv[..., 1] / H * 2 - 1], dim=-1)[:, :, None, :]
+    grid = torch.nan_to_num(grid, nan=-2.0, posinf=-2.0, neginf=-2.0)
+    return F.grid_sample(maps, grid, mode=mode, padding_mode="border", align_corners=False)[..., 0]
+
+
+def _box(x: torch.Tensor, k: int) -> torch.Tensor:
+    return F.avg_pool2d(x, k, stride=1, padding=k // 2, count_include_pad=False)
+
+
+def _box_stats(x: torch.Tensor, k: int):
+    """Windowed per-channel means (J,3,H,W) and the RGB-window variance summed over channels (J,H,W)."""
+    mu = _box(x, k)
+    var = (_box(x * x, k) - mu * mu).sum(1).clamp_min(0)
+    return mu, var
+
+
+def _dilate(mask: torch.Tensor, r: int) -> torch.Tensor:
+    return F.max_pool2d(mask[:, None], 2 * r + 1, stride=1, padding=r)[:, 0]
+
+
+def _parabola_offset(C: torch.Tensor, best: torch.Tensor) -> torch.Tensor:
+    """Sub-step offset in [−½, ½] of the minimum of the parabola through the best cost and its neighbours."""
+    K = C.shape[0]
+    lo = (best - 1).clamp_min(0)
+    hi = (best + 1).clamp_max(K - 1)
+    c0, c1, c2 = C.gather(0, lo[None])[0], C.gather(0, best[None])[0], C.gather(0, hi[None])[0]
+    denom = c0 - 2 * c1 + c2
+    off = torch.where(denom > 1e-9, 0.5 * (c0 - c2) / denom.clamp_min(1e-9), torch.zeros_like(c1))
+    interior = (best > 0) & (best < K - 1)
+    return torch.where(interior, off.clamp(-0.5, 0.5), torch.zeros_like(off))

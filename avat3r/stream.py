@@ -1,0 +1,248 @@
+"""The frame stream between ``animate`` and ``render`` (DESIGN §4).
+
+An uncompressed tar stream, WebDataset style, one sample per frame with key ``{frame:06d}``:
+
+- ``{frame:06d}.gaussians.safetensors`` — the frame's valid Gaussians only (``means``, ``quats``,
+  ``scales``, ``opacities``, ``colors``, and ``sh_rest`` when present), float32;
+- ``{frame:06d}.meta.json`` — ``stream_version``, ``frame``, ``n_frames`` (of the sequence, when known),
+  ``fps``, ``expression_space``, the frame's expression code ``expr`` and the avatar's
+  ``input_cameras`` (``K``, ``w2c``, ``width``, ``height``) so a renderer can look through them.
+
+The writer emits tar headers itself and flushes after each frame, so a reader on the other end of a pipe
+sees a frame as soon as it is produced (no seeking, no buffering of the whole archive). The reader uses
+``tarfile`` in streaming mode (``"r|"``) over a short-read adapter, so it never waits for more bytes than
+the member it is reading. Nothing is ever unpickled: safetensors and JSON only.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import tarfile
+from collections.abc import Iterator
+from typing import IO
+
+import torch
+from safetensors import SafetensorError
+from safetensors.torch import load as st_load
+from safetensors.torch import save as st_save
+
+from .cameras import Cameras
+from .gaussians import Gaussians
+
+STREAM_VERSION = 1
+GAUSSIANS_MEMBER = "gaussians.safetensors"
+META_MEMBER = "meta.json"
+_FIELDS = ("means", "quats", "scales", "opacities", "colors")
+
+
+class StreamError(ValueError):
+    """The frame stream is malformed or truncated; the message says where."""
+
+
+# -- camera (de)serialisation for meta.json -------------------------------------------------------
+def cameras_to_meta(cameras: Cameras) -> list[dict]:
+    return [{"K": cameras.K[i].double().tolist(), "w2c": cameras.w2c[i].double().tolist(),
+             "width": int(cameras.width[i]), "height": int(cameras.height[i])} for i in range(len(cameras))]
+
+
+def cameras_from_meta(entries: list[dict]) -> Cameras:
+    try:
+        return Cameras(torch.tensor([e["K"] for e in entries], dtype=torch.float32),
+                       torch.tensor([e["w2c"] for e in entries], dtype=torch.float32),
+                       torch.tensor([int(e["width"]) for e in entries]),
+                       torch.tensor([int(e["height"]) for e in entries]))
+    except (KeyError, TypeError, ValueError) as err:
+        raise StreamError(f"frame stream: malformed input_cameras ({err})") from None
+
+
+def frame_cameras(meta: dict) -> Cameras | None:
+    """The avatar's input cameras recorded in a frame's meta, or None if the stream has none."""
+    entries = meta.get("input_cameras")
+    return cameras_from_meta(entries) if entries else None
+
+
+# -- writing -------------------------------------------------------------------------------------
+def gaussians_bytes(g: Gaussians) -> bytes:
+    """safetensors bytes of the valid Gaussians of an unbatched set (float32, contiguous, on CPU)."""
+    if g.means.ndim != 2:
+        raise StreamError("a stream frame holds one unbatched set of Gaussians")
+    g = g.compact().detach().to("cpu", torch.float32)
+    tensors = {name: getattr(g, name).contiguous() for name in _FIELDS}
+    if g.sh_rest is not None:
+        tensors["sh_rest"] = g.sh_rest.contiguous()
+    return st_save(tensors)
+
+
+def gaussians_from_bytes(data: bytes, where: str = "frame stream") -> Gaussians:
+    try:
+        t = st_load(data)
+    except (SafetensorError, ValueError, RuntimeError) as err:
+        raise StreamError(f"{where}: gaussians.safetensors is not readable ({err})") from None
+    missing = [f for f in _FIELDS if f not in t]
+    if missing:
+        raise StreamError(f"{where}: gaussians.safetensors lacks {', '.join(missing)}")
+    try:
+        return Gaussians(*(t[f] for f in _FIELDS), sh_rest=t.get("sh_rest"))
+    except ValueError as err:
+        raise StreamError(f"{where}: {err}") from None
+
+
+def _tar_member(name: str, data: bytes) -> bytes:
+    """One ustar member: header, data, zero padding to the 512-byte block. Fixed mtime/owner: deterministic."""
+    info = tarfile.TarInfo(name)
+    info.size = len(data)
+    info.mode = 0o644
+    info.mtime = 0
+    info.uid = info.gid = 0
+    info.uname = info.gname = ""
+    pad = (-len(data)) % tarfile.BLOCKSIZE
+    return info.tobuf(format=tarfile.USTAR_FORMAT) + data + b"\0" * pad
+
+
+class FrameStreamWriter:
+    """Write frames to a binary file object (a pipe, stdout or a file) one at a time.
+
+    ``write(frame, gaussians, ...)`` emits the frame's two members and flushes; ``close()`` ends the
+    archive (it does not close ``fileobj``). Use as a context manager.
+    """
+
+    def __init__(self, fileobj: IO[bytes], fps: float, expression_space: str,
+                 input_cameras: Cameras | None = None, n_frames: int | None = None):
+        self.fileobj = fileobj
+        self.fps = float(fps)
+        self.expression_space = expression_space
+        self.n_frames = n_frames
+        self._cameras = cameras_to_meta(input_cameras) if input_cameras is not None else []
+        self._written = 0
+        self._bytes = 0
+        self._closed = False
+
+    def write(self, frame: int, gaussians: Gaussians, expr: torch.Tensor | None = None) -> None:
+        if self._closed:
+            raise StreamError("the frame stream is already closed")
+        key = f"{int(frame):06d}"
+        meta = {"stream_version": STREAM_VERSION, "frame": int(frame), "n_frames": self.n_frames,
+                "fps": self.fps, "expression_space": self.expression_space,
+                "n_gaussians": int(gaussians.valid.sum()) if gaussians.valid is not None else len(gaussians),
+                "input_cameras": self._cameras}
+        if expr is not None:
+            meta["expr"] = [float(x) for x in torch.as_tensor(expr).reshape(-1).tolist()]
+        payload = (_tar_member(f"{key}.{GAUSSIANS_MEMBER}", gaussians_bytes(gaussians))
+                   + _tar_member(f"{key}.{META_MEMBER}", json.dumps(meta).encode()))
+        self.fileobj.write(payload)
+        self.fileobj.flush()  # the reader may be waiting for this very frame
+        self._written += 1
+        self._bytes += len(payload)
+
+    @property
+    def frames_written(self) -> int:
+        return self._written
+
+    def close(self) -> None:
+        """End of archive: two zero blocks, padded to a whole tar record as tar(1) expects."""
+        if self._closed:
+            return
+        self._closed = True
+        end = 2 * tarfile.BLOCKSIZE
+        end += (-(self._bytes + end)) % tarfile.RECORDSIZE
+        self.fileobj.write(b"\0" * end)
+        self.fileobj.flush()
+
+    def __enter__(self) -> FrameStreamWriter:
+        return self
+
+    def __exit__(self, exc_type, exc, tb) -> None:
+        # an aborted writer leaves the archive unterminated, so readers report truncation instead of
+        # taking a partial sequence for a whole one
+        if exc_type is None:
+            self.close()
+
+
+# -- reading -------------------------------------------------------------------------------------
+class _ShortReads(io.RawIOBase):
+    """Return whatever bytes are available (≥ 1) instead of blocking until a full buffer arrives.
+
+    tarfile's stream mode asks its file for 10 KiB at a time; on a pipe a buffered ``read(n)`` would wait
+    for all of them, holding back a frame that has fully arrived.
+    """
+
+    def __init__(self, fileobj):
+        self._f = fileobj
+        if hasattr(fileobj, "read1"):
+            self._read = fileobj.read1
+        elif hasattr(fileobj, "fileno") and not isinstance(fileobj, io.BytesIO):
+            fd = fileobj.fileno()
+            self._read = lambda n: os.read(fd, n)
+        else:
+            self._read = fileobj.read
+
+    def readable(self) -> bool:
+        return True
+
+    def read(self, n: int = -1) -> bytes:
+        if n is None or n < 0:
+            return self._f.read()
+        return self._read(n)
+
+
+def read_frame_stream(fileobj: IO[bytes]) -> Iterator[tuple[dict, Gaussians]]:
+    """Yield ``(meta, gaussians)`` per frame as frames arrive. Raises StreamError on a malformed stream."""
+    try:
+        tar = tarfile.open(fileobj=_ShortReads(fileobj), mode="r|")
+    except tarfile.TarError as err:
+        if "empty" in str(err):
+            raise StreamError("the frame stream is empty (did the writer fail?)") from None
+        raise StreamError(f"not a frame stream (expected a tar stream: {err})") from None
+    pending: dict[str, dict[str, bytes]] = {}
+    n = 0
+    expected = None  # the sequence length the writer announced, to detect a stream cut at a frame boundary
+    try:
+        for member in tar:
+            if not member.isfile():
+                continue
+            key, dot, ext = member.name.rpartition("/")[2].partition(".")
+            if not dot or ext not in (GAUSSIANS_MEMBER, META_MEMBER):
+                raise StreamError(f"frame stream: unexpected member {member.name!r}")
+            f = tar.extractfile(member)
+            data = f.read() if f is not None else b""
+            if len(data) != member.size:
+                raise StreamError(f"frame stream: member {member.name!r} is truncated")
+            sample = pending.setdefault(key, {})
+            sample[ext] = data
+            if len(sample) == 2:
+                del pending[key]
+                meta, g = _decode_frame(key, sample)
+                expected = meta.get("n_frames") if expected is None else expected
+                yield meta, g
+                n += 1
+    except tarfile.TarError as err:
+        raise StreamError(f"frame stream ended abruptly after {n} frame(s) ({err})") from None
+    if pending:
+        raise StreamError(f"frame stream: incomplete frame(s) {', '.join(sorted(pending))}")
+    if n == 0:
+        raise StreamError("the frame stream holds no frames")
+    if isinstance(expected, int) and n < expected:
+        raise StreamError(f"frame stream ended after {n} of {expected} frames (did the writer fail?)")
+
+
+def _decode_frame(key: str, sample: dict[str, bytes]) -> tuple[dict, Gaussians]:
+    where = f"frame stream, frame {key}"
+    try:
+        meta = json.loads(sample[META_MEMBER])
+    except (json.JSONDecodeError, UnicodeDecodeError) as err:
+        raise StreamError(f"{where}: meta.json is not JSON ({err})") from None
+    if not isinstance(meta, dict) or meta.get("stream_version") != STREAM_VERSION:
+        version = meta.get("stream_version") if isinstance(meta, dict) else None
+        raise StreamError(f"{where}: unsupported stream_version {version!r} (this reader knows {STREAM_VERSION})")
+    return meta, gaussians_from_bytes(sample[GAUSSIANS_MEMBER], where)
+
+
+def open_stream_source(path: str | os.PathLike | None):
+    """A binary file object for ``path``; ``None`` or ``-`` is standard input."""
+    import sys
+
+    if path is None or str(path) == "-":
+        return sys.stdin.buffer
+    return open(path, "rb")

@@ -1,0 +1,384 @@
+"""The training loop (paper §4.1) on Hugging Face Accelerate.
+
+One step, per process: a batch of examples (4 input views at random timesteps + 8 supervised views at the target
+expression), ``model(...) → Gaussians``, each example's Gaussians rendered into its 8 target cameras on black,
+Eq. (18) against the target images, Adam, gradient clipping. bf16 autocast only on GPU; the renderer always
+runs in float32.
+
+Determinism: example ``(step · world + rank) · batch + j`` is a pure function of the data seed and that index,
+and every step reseeds torch from ``(run seed, step, rank)``; together with the optimizer state restored from
+the checkpoint, a resumed run continues exactly the example stream and the loss curve of an uninterrupted one.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Protocol
+
+import numpy as np
+import torch
+
+from ..cameras import Cameras
+from ..render import rasterize
+from .checkpointing import (TRAIN_JSON, latest_checkpoint, prune_checkpoints, read_train_json, write_checkpoint,
+                            write_json)
+from .losses import LossWeights, PhotometricLoss
+from .recipe import Recipe
+
+TRAIN_STATE = "train_state"
+
+
+class TrainError(RuntimeError):
+    """A run cannot start or continue; the message is one line."""
+
+
+class ExampleSource(Protocol):
+    def example(self, i: int) -> dict: ...
+
+
+@dataclass
+class DataInfo:
+    """What a checkpoint must record about the data it was trained on (DESIGN §4)."""
+
+    expression_space: str
+    expression_names: list[str]
+    neutral: list[float]
+
+    @property
+    def expression_dim(self) -> int:
+        return len(self.neutral)
+
+
+@dataclass
+class TrainResult:
+    step: int  # optimisation steps completed
+    losses: dict[int, float] = field(default_factory=dict)  # step → loss averaged over processes
+    baseline: dict | None = None  # the untrained model's step-0 metrics (the reprojection baseline)
+    checkpoint: Path | None = None
+
+
+# -- batches -------------------------------------------------------------------------------------------
+def example_index(step: int, rank: int, world: int, batch: int, j: int) -> int:
+    """The global example index: disjoint across processes, independent of the process count for a fixed
+    global batch (one process with batch 2 sees what two processes with batch 1 see)."""
+    return (step * world + rank) * batch + j
+
+
+def collate_examples(examples: list[dict]) -> dict:
+    """Stack tensors along a new batch axis; keep Cameras and strings per example (lists)."""
+    out: dict[str, Any] = {}
+    for key in examples[0]:
+        values = [ex[key] for ex in examples]
+        if isinstance(values[0], torch.Tensor):
+            out[key] = torch.stack(values)
+        elif isinstance(values[0], np.ndarray):
+            out[key] = torch.stack([torch.from_numpy(v) for v in values])
+        else:
+            out[key] = values
+    return out
+
+
+class StepBatches(torch.utils.data.Dataset):
+    """Item k = this process's batch for step ``start + k``; map-style, so DataLoader workers prefetch it."""
+
+    def __init__(self, source: ExampleSource, start: int, stop: int, rank: int, world: int, batch: int):
+        self.source, self.start, self.stop = source, start, stop
+        self.rank, self.world, self.batch = rank, world, batch
+
+    def __len__(self) -> int:
+        return max(self.stop - self.start, 0)
+
+    def __getitem__(self, k: int) -> dict:
+        step = self.start + k
+        return collate_examples([self.source.example(example_index(step, self.rank, self.world, self.batch, j))
+                                 for j in range(self.batch)])
+
+
+def to_device(batch: dict, device: torch.device) -> dict:
+    out = {}
+    for key, value in batch.items():
+        if isinstance(value, torch.Tensor):
+            out[key] = value.to(device)
+        elif isinstance(value, list) and value and isinstance(value[0], Cameras):
+            out[key] = [c.to(device) for c in value]
+        else:
+            out[key] = value
+    return out
+
+
+# -- one step ------------------------------------------------------------------------------------------
+def predict(model: torch.nn.Module, batch: dict) -> Any:
+    """The model's Gaussians (B, N, …) for a collated batch."""
+    images = batch["inputs_rgb"].float()
+    cameras = Cameras.cat(batch["inputs_cameras"])  # B·V cameras, b-major (the model's convention)
+    feats = batch.get("inputs_feat")
+    return model(images, cameras, batch["inputs_pos"].float(), batch["inputs_conf"].float(), batch["expr"].float(),
+                 feats=None if feats is None else feats.float())
+
+
+def render_targets(gaussians, target_cameras: list[Cameras], backend: str = "auto") -> torch.Tensor:
+    """Render example b's Gaussians into its target cameras on black, in float32: (B, T, H, W, 3)."""
+    device_type = gaussians.means.device.type
+    with torch.autocast(device_type=device_type, enabled=False):
+        images = [rasterize(gaussians[b].to(dtype=torch.float32), cams, background=None, backend=backend)[0]
+                  for b, cams in enumerate(target_cameras)]
+    return torch.stack(images)
+
+
+def psnr_of(pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    mse = ((pred.detach().float() - target.float()) ** 2).mean()
+    return -10.0 * torch.log10(mse.clamp_min(1e-12))
+
+
+def step_seed(seed: int, step: int, rank: int) -> int:
+    return int(np.random.SeedSequence([seed, step, rank]).generate_state(1)[0])
+
+
+# -- components ----------------------------------------------------------------------------------------
+def default_example_source(recipe: Recipe) -> ExampleSource:
+    from ..data.examples import ExampleSampler
+
+    if not recipe.data.manifest:
+        raise TrainError(f"{recipe.source}: data.manifest is empty; point it at a manifest.parquet "
+                         f"(e.g. --set data.manifest=path/to/manifest.parquet)")
+    if not Path(recipe.data.manifest).is_file():
+        raise TrainError(f"manifest {recipe.data.manifest} does not exist (run `avat3r prep` and `avat3r prior`)")
+    return ExampleSampler(recipe.data.manifest, recipe.data.split, recipe.data.seed,
+                          n_inputs=recipe.data.n_inputs, n_targets=recipe.data.n_targets, **recipe.data.options)
+
+
+def data_info(source: ExampleSource, first_example: dict) -> DataInfo:
+    """Expression space, names and neutral code: from the source if it declares them, else from the known
+    expression spaces, else a zero neutral code of the examples' dimension."""
+    e = int(first_example["expr"].shape[-1])
+    space = (getattr(source, "expression_space", None)
+             or getattr(getattr(source, "manifest", None), "expression_space", None) or "unknown")
+    names = getattr(source, "expression_names", None)
+    neutral = getattr(source, "neutral", None)
+    if (names is None or neutral is None) and space != "unknown":
+        try:
+            from .. import expressions
+
+            spec = expressions.get_space(space)
+            names = names if names is not None else list(spec.names)
+            neutral = neutral if neutral is not None else spec.neutral
+        except (ImportError, AttributeError, KeyError, ValueError):
+            pass
+    names = list(names) if names is not None else [f"e{i}" for i in range(e)]
+    neutral = [float(x) for x in (torch.as_tensor(neutral).reshape(-1).tolist() if neutral is not None
+                                  else [0.0] * e)]
+    if len(names) != e or len(neutral) != e:
+        raise TrainError(f"expression space {space} has {len(names)} names and a {len(neutral)}-d neutral code "
+                         f"but the examples carry {e}-d codes")
+    return DataInfo(space, names, neutral)
+
+
+def default_model_factory(recipe: Recipe, info: DataInfo) -> torch.nn.Module:
+    from ..model import Avat3r, Avat3rConfig
+
+    overrides = dict(recipe.model.overrides)
+    overrides.setdefault("expression_dim", info.expression_dim)
+    overrides.setdefault("use_features", recipe.data.feature_prior != "none")
+    if not overrides["use_features"]:
+        overrides.setdefault("feature_dim", 0)
+    try:
+        config = Avat3rConfig.preset(recipe.model.preset, **overrides)
+    except TypeError as e:  # an unknown override name
+        raise TrainError(f"{recipe.source}: model.overrides: {e}") from None
+    return Avat3r(config)
+
+
+def default_save_model(directory: Path, model: torch.nn.Module, meta: dict) -> None:
+    from ..model.checkpoint import save_checkpoint
+
+    save_checkpoint(directory, model, meta)
+
+
+def model_meta(recipe: Recipe, info: DataInfo, step: int) -> dict:
+    """Recorded with every checkpoint, so `reconstruct`, `animate` and `eval` know what the model expects."""
+    return {"step": step, "recipe": recipe.to_dict(), "data": {
+        "manifest": recipe.data.manifest, "split": recipe.data.split, "seed": recipe.data.seed,
+        "n_inputs": recipe.data.n_inputs, "n_targets": recipe.data.n_targets, "options": recipe.data.options},
+        "expression_space": info.expression_space, "expression_names": info.expression_names,
+        "neutral": info.neutral, "position_prior": recipe.data.position_prior,
+        "feature_prior": recipe.data.feature_prior}
+
+
+# -- the loop ------------------------------------------------------------------------------------------
+def _mixed_precision(recipe: Recipe) -> str:
+    if recipe.run.mixed_precision == "auto":
+        return "bf16" if torch.cuda.is_available() else "no"
+    if recipe.run.mixed_precision == "bf16" and not torch.cuda.is_available():
+        return "no"  # bf16 autocast on CPU is slow and not what the recipe is tuned for
+    return recipe.run.mixed_precision
+
+
+def _make_optimizer(recipe: Recipe, model: torch.nn.Module) -> torch.optim.Optimizer:
+    params = [p for p in model.parameters() if p.requires_grad]
+    cls = torch.optim.Adam if recipe.optim.optimizer == "adam" else torch.optim.AdamW
+    return cls(params, lr=recipe.optim.lr, betas=tuple(recipe.optim.betas), weight_decay=recipe.optim.weight_decay)
+
+
+def _warmup(recipe: Recipe) -> Callable[[int], float]:
+    n = recipe.optim.warmup_steps
+    return lambda step: min(1.0, (step + 1) / n) if n > 0 else 1.0
+
+
+def train(recipe: Recipe, run_dir: str | Path, *, resume: bool = False, max_steps: int | None = None,
+          examples: ExampleSource | None = None,
+          model_factory: Callable[[Recipe, DataInfo], torch.nn.Module] = default_model_factory,
+          save_model: Callable[[Path, torch.nn.Module, dict], None] = default_save_model,
+          allow_random_lpips: bool = False, progress: bool = True,
+          log: Callable[[str], None] = lambda message: None) -> TrainResult:
+    """Train ``recipe`` into ``run_dir`` (checkpoints, TensorBoard logs, previews).
+
+    ``max_steps`` stops early (the recipe's ``optim.max_steps`` otherwise); ``resume`` continues from the last
+    complete checkpoint. ``examples``/``model_factory``/``save_model`` replace the data, the network and its
+    serialisation (tests); ``log`` receives one-line progress messages (the CLI prints them to stderr).
+    """
+    from accelerate import Accelerator
+    from accelerate.utils import DistributedDataParallelKwargs
+
+    run_dir = Path(run_dir)
+    stop = min(max_steps, recipe.optim.max_steps) if max_steps is not None else recipe.optim.max_steps
+    # Build the loss first: missing LPIPS weights stop the run before anything else happens.
+    loss_fn = PhotometricLoss(LossWeights(recipe.loss.l1, recipe.loss.ssim, recipe.loss.lpips,
+                                          recipe.loss.lpips_start_step),
+                              recipe.loss.lpips_net, recipe.loss.lpips_weights or None, allow_random_lpips)
+
+    accelerator = Accelerator(mixed_precision=_mixed_precision(recipe), cpu=not torch.cuda.is_available(),
+                              kwargs_handlers=[DistributedDataParallelKwargs(find_unused_parameters=True)])
+    rank, world, main = accelerator.process_index, accelerator.num_processes, accelerator.is_main_process
+    device = accelerator.device
+    loss_fn.to(device)
+
+    source = examples if examples is not None else default_example_source(recipe)
+    info = data_info(source, source.example(0))
+
+    torch.manual_seed(recipe.run.seed)  # identical initial weights on every process
+    model = model_factory(recipe, info)
+    optimizer = _make_optimizer(recipe, model)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, _warmup(recipe))
+    model, optimizer, scheduler = accelerator.prepare(model, optimizer, scheduler)
+
+    start = 0
+    result = TrainResult(step=0)
+    if resume:
+        checkpoint = latest_checkpoint(run_dir)
+        if checkpoint is None:
+            raise TrainError(f"--resume: {run_dir} has no complete checkpoint to continue from")
+        state = read_train_json(checkpoint)
+        accelerator.load_state(str(checkpoint / TRAIN_STATE))
+        start = int(state["step"])
+        result.baseline = state.get("baseline")
+        log(f"resuming {run_dir} from step {start} ({checkpoint.name})")
+    elif latest_checkpoint(run_dir) is not None:
+        raise TrainError(f"{run_dir} already holds checkpoints; pass --resume to continue it or choose another -o")
+    result.step = start
+    if start >= stop:
+        log(f"nothing to do: the run is at step {start} and stops at {stop}")
+        return result
+
+    writer = None
+    if main:
+        from torch.utils.tensorboard import SummaryWriter
+
+        run_dir.mkdir(parents=True, exist_ok=True)
+        write_json(run_dir / "recipe.json", recipe.to_dict())
+        writer = SummaryWriter(str(run_dir / "logs"), purge_step=start)
+
+    loader = torch.utils.data.DataLoader(
+        StepBatches(source, start, stop, rank, world, recipe.optim.batch_size), batch_size=None, shuffle=False,
+        num_workers=recipe.data.num_workers, collate_fn=lambda item: item,
+        persistent_workers=False, prefetch_factor=2 if recipe.data.num_workers > 0 else None)
+
+    bar = None
+    if progress and main:
+        from tqdm import tqdm
+
+        bar = tqdm(total=stop, initial=start, desc="train", unit="step", dynamic_ncols=True)
+
+    def save(step: int) -> Path:
+        meta = model_meta(recipe, info, step)
+
+        def fill(tmp: Path) -> None:
+            if main:
+                save_model(tmp, accelerator.unwrap_model(model), meta)
+                write_json(tmp / TRAIN_JSON, {"step": step, "world_size": world, "recipe": recipe.to_dict(),
+                                              "baseline": result.baseline})
+            accelerator.save_state(str(tmp / TRAIN_STATE), safe_serialization=True)
+
+        path = write_checkpoint(run_dir, step, fill, is_main=main, barrier=accelerator.wait_for_everyone)
+        if main:
+            prune_checkpoints(run_dir, recipe.run.keep_checkpoints)
+        return path
+
+    model.train()
+    t_last, steps_since = time.perf_counter(), 0
+    step = start
+    for step, batch in zip(range(start, stop), loader):
+        torch.manual_seed(step_seed(recipe.run.seed, step, rank))
+        batch = to_device(batch, device)
+        with accelerator.autocast():
+            gaussians = predict(model, batch)
+        pred = render_targets(gaussians, batch["target_cameras"], recipe.run.render_backend)
+        target = batch["target_rgb"].float()
+        loss, parts = loss_fn(pred, target, step)
+        if not torch.isfinite(loss):
+            raise TrainError(f"the loss became {loss.item()} at step {step}; lower optim.lr or check the data")
+        accelerator.backward(loss)
+        grad_norm = (accelerator.clip_grad_norm_(model.parameters(), recipe.optim.grad_clip)
+                     if recipe.optim.grad_clip > 0 else None)
+        optimizer.step()
+        scheduler.step()
+        optimizer.zero_grad(set_to_none=True)
+
+        parts["psnr"] = psnr_of(pred, target)
+        names = sorted(parts)
+        mean = accelerator.reduce(torch.stack([loss.detach(), *[parts[k] for k in names]]).float(), "mean")
+        scalars = {"loss": float(mean[0]), **{k: float(v) for k, v in zip(names, mean[1:])}}
+        result.losses[step] = scalars["loss"]
+        if step == 0:
+            # The untrained model reprojects its inputs (zero-initialised Δp, Δc heads): the reference to beat.
+            result.baseline = {k: scalars[k] for k in ("loss", "l1", "dssim", "psnr") if k in scalars}
+            if main:
+                write_json(run_dir / "baseline.json", {"step": 0, **result.baseline})
+                log("step-0 reprojection baseline: " + ", ".join(f"{k} {v:.4f}" for k, v in result.baseline.items()))
+        done = step + 1
+        steps_since += 1
+        if main:
+            if done % recipe.run.log_every == 0 or step == start:
+                now = time.perf_counter()
+                for k, v in scalars.items():
+                    writer.add_scalar(f"train/{k}", v, done)
+                writer.add_scalar("train/lr", scheduler.get_last_lr()[0], done)
+                if grad_norm is not None:
+                    writer.add_scalar("train/grad_norm", float(grad_norm), done)
+                writer.add_scalar("train/steps_per_s", steps_since / max(now - t_last, 1e-9), done)
+                t_last, steps_since = now, 0
+            if done % recipe.run.preview_every == 0 or done == stop:
+                write_preview(run_dir / "previews" / f"step_{done:08d}.png", batch, pred)
+            if bar is not None:
+                bar.set_postfix(loss=f"{scalars['loss']:.4f}", psnr=f"{scalars['psnr']:.2f}", refresh=False)
+                bar.update(1)
+        if done % recipe.run.checkpoint_every == 0 or done == stop:
+            result.checkpoint = save(done)
+        result.step = done
+
+    if bar is not None:
+        bar.close()
+    if writer is not None:
+        writer.close()
+    accelerator.wait_for_everyone()
+    accelerator.end_training()
+    return result
+
+
+def write_preview(path: Path, batch: dict, pred: torch.Tensor) -> None:
+    """inputs | prediction | ground truth of the batch's first example, as one PNG."""
+    from ..eval.sheet import comparison_rows, write_png
+
+    write_png(path, comparison_rows(batch["inputs_rgb"][0], pred[0].detach(), batch["target_rgb"][0]))
+

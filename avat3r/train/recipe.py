@@ -1,0 +1,210 @@
+"""Training recipes: a TOML file of five sections, parsed into dataclasses that reject unknown keys.
+
+A recipe fixes everything a run needs except where it writes (the run directory) and whether it resumes::
+
+    [model]  preset = "tiny", overrides = {...}     # Avat3rConfig.preset(preset, **overrides)
+    [data]   manifest, split, seed, n_inputs, n_targets, priors, loader workers
+    [optim]  Adam(W), learning rate, batch size per process, steps, gradient clipping
+    [loss]   λ's of Eq. (18) and when LPIPS starts
+    [run]    checkpoint / preview / log cadence, mixed precision, render backend
+
+``--set section.key=value`` overrides any field; values are parsed as TOML (``--set optim.lr=3e-4``,
+``--set data.manifest='"x.parquet"'`` or simply ``--set data.manifest=x.parquet``: a value that is not valid
+TOML is taken as a string).
+"""
+
+from __future__ import annotations
+
+import copy
+import tomllib
+from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
+from typing import Any
+
+
+class RecipeError(ValueError):
+    """A recipe is malformed; the message is one line naming the offending key."""
+
+
+@dataclass
+class ModelSection:
+    preset: str = "tiny"
+    # Keyword overrides for Avat3rConfig.preset(); the expression dimension is taken from the data.
+    overrides: dict = field(default_factory=dict)
+
+
+@dataclass
+class DataSection:
+    manifest: str = ""  # manifest.parquet written by `avat3r prep` (+ `avat3r prior`)
+    split: str = "train"
+    seed: int = 0  # examples are a pure function of (seed, step, rank)
+    n_inputs: int = 4  # paper §4.1: 4 input views at random timesteps
+    n_targets: int = 8  # paper §4.1: 8 supervised views at the target expression
+    position_prior: str = "geometric"  # recorded in the checkpoint; must match what `prior` wrote
+    feature_prior: str = "none"  # "sapiens" for the paper model
+    num_workers: int = 0  # DataLoader workers per process (example decoding/rendering)
+    options: dict = field(default_factory=dict)  # extra keyword arguments for ExampleSampler
+
+
+@dataclass
+class OptimSection:
+    optimizer: str = "adam"  # "adam" (paper §4.1) or "adamw"
+    # The paper's learning rate did not survive in our copy of the text (§4.1 "a learning rate of ."); 1e-4 is
+    # the usual value for ViT-base LRMs trained at small global batch sizes.
+    lr: float = 1e-4
+    betas: tuple = (0.9, 0.999)
+    weight_decay: float = 0.0
+    warmup_steps: int = 0  # linear warm-up, then constant (the paper names no schedule)
+    batch_size: int = 1  # examples per process and step (paper: 1 per GPU on 8 GPUs)
+    max_steps: int = 1000
+    grad_clip: float = 1.0  # global gradient-norm clip; 0 disables
+
+
+@dataclass
+class LossSection:
+    # Eq. (18). The λ values did not survive in our copy of the paper (§3.3 "with , and ."); L1/D-SSIM use the
+    # 3DGS weights 0.8/0.2 that Eq. (15)–(16) follow. λ_lpips is our choice (LPIPS ≈ 0.1–0.4, L1 ≈ 0.02–0.05).
+    l1: float = 0.8
+    ssim: float = 0.2
+    lpips: float = 0.1
+    lpips_start_step: int = 0  # paper: LPIPS only after 3M of 3.5M steps
+    lpips_net: str = "alex"  # "alex" or "vgg"
+    lpips_weights: str = ""  # torchvision backbone file; "" = $TORCH_HOME/hub/checkpoints/<standard name>
+
+
+@dataclass
+class RunSection:
+    checkpoint_every: int = 500
+    keep_checkpoints: int = 3  # most recent complete checkpoints kept (0 = keep all)
+    preview_every: int = 500  # PNG previews (inputs | prediction | ground truth)
+    log_every: int = 10  # TensorBoard scalars
+    mixed_precision: str = "auto"  # "auto" = bf16 autocast on GPU, none on CPU; or "no" / "bf16"
+    render_backend: str = "auto"  # rasterize() backend: gsplat on CUDA, torch otherwise
+    seed: int = 0  # parameter initialisation and per-step randomness (dropout)
+
+
+SECTIONS = {"model": ModelSection, "data": DataSection, "optim": OptimSection, "loss": LossSection,
+            "run": RunSection}
+
+
+@dataclass
+class Recipe:
+    model: ModelSection = field(default_factory=ModelSection)
+    data: DataSection = field(default_factory=DataSection)
+    optim: OptimSection = field(default_factory=OptimSection)
+    loss: LossSection = field(default_factory=LossSection)
+    run: RunSection = field(default_factory=RunSection)
+    source: str = "<defaults>"
+
+    def to_dict(self) -> dict:
+        d = asdict(self)
+        d.pop("source")
+        d["optim"]["betas"] = list(d["optim"]["betas"])
+        return d
+
+    def validate(self) -> "Recipe":
+        problems = []
+        if self.optim.optimizer not in ("adam", "adamw"):
+            problems.append(f"optim.optimizer must be 'adam' or 'adamw', not {self.optim.optimizer!r}")
+        if self.optim.lr <= 0:
+            problems.append("optim.lr must be positive")
+        if self.optim.batch_size < 1 or self.optim.max_steps < 1:
+            problems.append("optim.batch_size and optim.max_steps must be ≥ 1")
+        if len(self.optim.betas) != 2:
+            problems.append("optim.betas must have two values")
+        if min(self.loss.l1, self.loss.ssim, self.loss.lpips) < 0:
+            problems.append("loss weights must be ≥ 0")
+        if self.loss.lpips_net not in ("alex", "vgg"):
+            problems.append(f"loss.lpips_net must be 'alex' or 'vgg', not {self.loss.lpips_net!r}")
+        if self.run.mixed_precision not in ("auto", "no", "bf16"):
+            problems.append(f"run.mixed_precision must be auto, no or bf16, not {self.run.mixed_precision!r}")
+        if min(self.run.checkpoint_every, self.run.preview_every, self.run.log_every) < 1:
+            problems.append("run.checkpoint_every, run.preview_every and run.log_every must be ≥ 1")
+        if problems:
+            raise RecipeError(f"{self.source}: " + "; ".join(problems))
+        return self
+
+
+def _section(name: str, cls, values: dict, source: str):
+    if not isinstance(values, dict):
+        raise RecipeError(f"{source}: [{name}] must be a table")
+    known = {f.name: f for f in fields(cls)}
+    unknown = sorted(set(values) - set(known))
+    if unknown:
+        raise RecipeError(f"{source}: unknown key {name}.{unknown[0]} (known in [{name}]: {', '.join(known)})")
+    kwargs = {}
+    for key, value in values.items():
+        default = getattr(cls(), key)
+        kwargs[key] = _coerce(f"{name}.{key}", value, default, source)
+    return cls(**kwargs)
+
+
+def _coerce(key: str, value: Any, default: Any, source: str):
+    """Check a value against its default's type (ints are accepted where floats are expected)."""
+    if isinstance(default, bool):
+        ok = isinstance(value, bool)
+    elif isinstance(default, float):
+        ok = isinstance(value, (int, float)) and not isinstance(value, bool)
+        value = float(value) if ok else value
+    elif isinstance(default, int):
+        ok = isinstance(value, int) and not isinstance(value, bool)
+    elif isinstance(default, str):
+        ok = isinstance(value, str)
+    elif isinstance(default, tuple):
+        ok = isinstance(value, (list, tuple))
+        value = tuple(value) if ok else value
+    elif isinstance(default, dict):
+        ok = isinstance(value, dict)
+    else:
+        ok = True
+    if not ok:
+        raise RecipeError(f"{source}: {key} must be a {type(default).__name__}, got {value!r}")
+    return value
+
+
+def recipe_from_dict(doc: dict, source: str = "<recipe>") -> Recipe:
+    unknown = sorted(set(doc) - set(SECTIONS))
+    if unknown:
+        raise RecipeError(f"{source}: unknown section [{unknown[0]}] (known: {', '.join(SECTIONS)})")
+    parts = {name: _section(name, cls, doc.get(name, {}), source) for name, cls in SECTIONS.items()}
+    return Recipe(**parts, source=source).validate()
+
+
+def parse_override(text: str) -> tuple[list[str], Any]:
+    """``a.b=value`` → (["a", "b"], value parsed as TOML, or the raw string if it is not TOML)."""
+    if "=" not in text:
+        raise RecipeError(f"--set {text!r}: expected section.key=value")
+    key, raw = text.split("=", 1)
+    path = [p for p in key.strip().split(".") if p]
+    if len(path) < 2:
+        raise RecipeError(f"--set {text!r}: the key needs a section, e.g. optim.lr=1e-4")
+    try:
+        value = tomllib.loads(f"v = {raw.strip()}")["v"]
+    except tomllib.TOMLDecodeError:
+        value = raw.strip()
+    return path, value
+
+
+def apply_overrides(doc: dict, overrides: list[str]) -> dict:
+    doc = copy.deepcopy(doc)
+    for text in overrides:
+        path, value = parse_override(text)
+        node = doc
+        for part in path[:-1]:
+            node = node.setdefault(part, {})
+            if not isinstance(node, dict):
+                raise RecipeError(f"--set {text!r}: {part} is not a table")
+        node[path[-1]] = value
+    return doc
+
+
+def load_recipe(path: str | Path, overrides: list[str] | None = None) -> Recipe:
+    path = Path(path)
+    if not path.is_file():
+        raise RecipeError(f"recipe {path} does not exist")
+    try:
+        doc = tomllib.loads(path.read_text())
+    except tomllib.TOMLDecodeError as e:
+        raise RecipeError(f"{path}: not valid TOML ({e})") from None
+    # Relative data paths are taken relative to the working directory, as on the command line.
+    return recipe_from_dict(apply_overrides(doc, overrides or []), source=str(path))

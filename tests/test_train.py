@@ -1,0 +1,317 @@
+"""Training: losses, recipes, the Accelerate loop (overfit, resume, crash-safe checkpoints, 2 processes)."""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from safetensors.torch import load_file, save_file
+
+from avat3r.cameras import Cameras, intrinsics_from_fov, look_at, unproject
+from avat3r.gaussians import Gaussians
+from avat3r.render import rasterize
+from avat3r.train import checkpointing
+from avat3r.train.losses import (LossWeights, LpipsWeightsMissing, PhotometricLoss, build_lpips, dssim_loss,
+                                 gaussian_window, l1_loss, ssim_map)
+from avat3r.train.loop import DataInfo, example_index, train
+from avat3r.train.recipe import RecipeError, load_recipe, recipe_from_dict
+
+REPO = Path(__file__).resolve().parents[1]
+RES = 16  # tiny images keep every loop test to a few seconds on 2 cores
+
+
+# -- small fakes: a fixed Gaussian "head" seen from random cameras, and a pixel-aligned splat model ------
+def _scene(seed: int = 0, n: int = 300) -> Gaussians:
+    g = torch.Generator().manual_seed(seed)
+    d = torch.nn.functional.normalize(torch.randn(n, 3, generator=g), dim=-1)
+    return Gaussians(means=0.1 * d, quats=torch.tensor([[1.0, 0, 0, 0]]).repeat(n, 1),
+                     scales=torch.full((n, 3), 0.02), opacities=torch.full((n,), 0.9),
+                     colors=0.5 + 0.4 * d)
+
+
+class FakeExamples:
+    """Example i: 4 input and 8 target views of one fixed scene from cameras drawn from (seed, i)."""
+
+    expression_space = "fake-v1"
+    expression_names = ["a", "b", "c"]
+    neutral = [0.0, 0.0, 0.0]
+
+    def __init__(self, seed: int = 0, fixed: bool = False):
+        self.seed, self.fixed, self.scene = seed, fixed, _scene()
+
+    def _cams(self, g: torch.Generator, n: int) -> Cameras:
+        yaw = (torch.rand(n, generator=g) - 0.5) * 2.0
+        pitch = (torch.rand(n, generator=g) - 0.5) * 0.6
+        eye = 0.5 * torch.stack([torch.sin(yaw) * torch.cos(pitch), torch.sin(pitch),
+                                 torch.cos(yaw) * torch.cos(pitch)], -1)
+        return Cameras(intrinsics_from_fov(40.0, RES, RES).expand(n, 3, 3), look_at(eye), RES, RES)
+
+    def example(self, i: int) -> dict:
+        g = torch.Generator().manual_seed(self.seed * 100_003 + (0 if self.fixed else i))
+        cin, cout = self._cams(g, 4), self._cams(g, 8)
+        rgb, alpha, depth = rasterize(self.scene, cin)
+        pos = unproject(cin, depth)
+        tgt, tmask, _ = rasterize(self.scene, cout)
+        expr = torch.rand(3, generator=g)
+        return {"inputs_rgb": rgb, "inputs_cameras": cin, "inputs_pos": pos, "inputs_conf": alpha,
+                "inputs_expr": expr.expand(4, 3).clone(), "target_rgb": tgt, "target_mask": tmask,
+                "target_cameras": cout, "expr": expr, "person": f"p{i % 2}"}
+
+
+class FakeModel(torch.nn.Module):
+    """One Gaussian per input pixel at the prior's position with the pixel's colour through learnable
+    colour/scale/opacity heads (a skip-connected model, as Eq. 11–12, small enough for unit tests)."""
+
+    def __init__(self, expression_dim: int = 3):
+        super().__init__()
+        self.color = torch.nn.Linear(expression_dim, 3)
+        self.log_scale = torch.nn.Parameter(torch.tensor(-3.0))
+        self.opacity = torch.nn.Parameter(torch.tensor(0.0))
+        torch.nn.init.normal_(self.color.weight, std=0.5)
+
+    def forward(self, images, cameras, pos, conf, codes, feats=None):
+        b = images.shape[0]
+        rgb = images.reshape(b, -1, 3).clamp(1e-3, 1 - 1e-3)
+        n = rgb.shape[1]
+        colors = torch.sigmoid(torch.logit(rgb) + self.color(codes)[:, None, :])
+        return Gaussians(means=pos.reshape(b, n, 3), quats=torch.tensor([1.0, 0, 0, 0]).expand(b, n, 4),
+                         scales=torch.exp(self.log_scale).expand(b, n, 3),
+                         opacities=torch.sigmoid(self.opacity).expand(b, n), colors=colors,
+                         valid=conf.reshape(b, n) > 0.5)
+
+
+def fake_model_factory(recipe, info: DataInfo):
+    return FakeModel(info.expression_dim)
+
+
+def fake_save(directory: Path, model: torch.nn.Module, meta: dict) -> None:
+    save_file({k: v.contiguous() for k, v in model.state_dict().items()}, str(directory / "model.safetensors"))
+    (directory / "config.json").write_text(json.dumps({"meta": meta}))
+
+
+def tiny_recipe(**sections):
+    doc = {"model": {"preset": "tiny"}, "data": {"seed": 3},
+           "optim": {"lr": 0.05, "batch_size": 1, "max_steps": 6, "grad_clip": 1.0},
+           "loss": {"lpips": 0.0},
+           "run": {"checkpoint_every": 3, "preview_every": 3, "log_every": 1, "keep_checkpoints": 0}}
+    for name, values in sections.items():
+        doc.setdefault(name, {}).update(values)
+    return recipe_from_dict(doc, source="test")
+
+
+def run(recipe, run_dir, examples=None, **kw):
+    return train(recipe, run_dir, examples=examples or FakeExamples(seed=recipe.data.seed),
+                 model_factory=fake_model_factory, save_model=fake_save, progress=False, **kw)
+
+
+# -- losses ------------------------------------------------------------------------------------------
+def test_gaussian_window_matches_3dgs():
+    w = gaussian_window()
+    assert w.shape == (11, 11)
+    assert w.sum().item() == pytest.approx(1.0, abs=1e-6)
+    x = torch.arange(11.0) - 5
+    g = torch.exp(-x ** 2 / (2 * 1.5 ** 2))
+    g = g / g.sum()
+    torch.testing.assert_close(w, g[:, None] * g[None, :])
+
+
+def test_l1_and_dssim_values():
+    a = torch.zeros(2, 8, 8, 3)
+    b = torch.full((2, 8, 8, 3), 0.25)
+    assert l1_loss(a, b).item() == pytest.approx(0.25)
+    x = torch.rand(2, 12, 12, 3, generator=torch.Generator().manual_seed(0))
+    assert dssim_loss(x, x).item() == pytest.approx(0.0, abs=1e-6)
+    # Constant images c1, c2 inside the zero-padded interior: SSIM = (2 c1 c2 + C1) / (c1² + c2² + C1).
+    c1, c2 = 0.2, 0.6
+    m = ssim_map(torch.full((1, 40, 40, 3), c1), torch.full((1, 40, 40, 3), c2))
+    centre = (2 * c1 * c2 + 1e-4) / (c1 ** 2 + c2 ** 2 + 1e-4)  # zero variances: the contrast term is 1
+    torch.testing.assert_close(m[..., 5:-5, 5:-5], torch.full_like(m[..., 5:-5, 5:-5], centre))
+    assert (m[..., 0, 0] != m[..., 20, 20]).all()  # border windows see the zero padding (as 3DGS)
+
+
+def test_photometric_loss_weights_and_lpips_schedule():
+    a = torch.rand(1, 32, 32, 3, generator=torch.Generator().manual_seed(1))
+    b = torch.rand(1, 32, 32, 3, generator=torch.Generator().manual_seed(2))
+    loss = PhotometricLoss(LossWeights(l1=0.8, ssim=0.2, lpips=0.5, lpips_start_step=10),
+                           allow_random_backbone=True)
+    before, parts = loss(a, b, step=9)
+    assert "lpips" not in parts
+    assert before.item() == pytest.approx(0.8 * l1_loss(a, b).item() + 0.2 * dssim_loss(a, b).item(), rel=1e-6)
+    after, parts = loss(a, b, step=10)
+    assert after.item() == pytest.approx(before.item() + 0.5 * parts["lpips"].item(), rel=1e-6)
+    assert parts["lpips"].item() > 0
+
+
+def test_lpips_missing_weights_is_one_line(tmp_path, monkeypatch):
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch_home"))
+    with pytest.raises(LpipsWeightsMissing) as err:
+        build_lpips("alex")
+    msg = str(err.value)
+    assert "\n" not in msg and "alexnet-owt-7be5be79.pth" in msg and str(tmp_path / "torch_home") in msg
+    # ...and a run with an LPIPS weight stops before its first step with the same message.
+    with pytest.raises(LpipsWeightsMissing):
+        run(tiny_recipe(loss={"lpips": 0.1, "lpips_start_step": 1000}), tmp_path / "run")
+    assert not (tmp_path / "run").exists()
+
+
+def test_lpips_loads_a_local_backbone_file(tmp_path):
+    import torchvision
+
+    torch.manual_seed(0)
+    reference = torchvision.models.alexnet(weights=None)
+    path = tmp_path / "alexnet.pth"
+    torch.save(reference.state_dict(), path)
+    module = build_lpips("alex", weights=path)
+    torch.testing.assert_close(module.net.slice1[0].weight, reference.features[0].weight)
+    torch.testing.assert_close(getattr(module.net.slice5, "10").weight, reference.features[10].weight)
+    bad = tmp_path / "bad.pth"
+    torch.save({"x": torch.zeros(1)}, bad)
+    with pytest.raises(ValueError, match="not a torchvision alex checkpoint"):
+        build_lpips("alex", weights=bad)
+
+
+# -- recipes -------------------------------------------------------------------------------------------
+def test_recipe_rejects_unknown_keys_with_one_line(tmp_path):
+    p = tmp_path / "r.toml"
+    p.write_text('[optim]\nlr = 1e-3\nlearning_rate = 2\n')
+    with pytest.raises(RecipeError) as err:
+        load_recipe(p)
+    assert "\n" not in str(err.value) and "optim.learning_rate" in str(err.value)
+    p.write_text('[optimizer]\nlr = 1e-3\n')
+    with pytest.raises(RecipeError, match=r"unknown section \[optimizer\]"):
+        load_recipe(p)
+    p.write_text('[optim]\nlr = "fast"\n')
+    with pytest.raises(RecipeError, match="optim.lr must be a float"):
+        load_recipe(p)
+    p.write_text("")
+    with pytest.raises(RecipeError, match="unknown key optim.nope"):
+        load_recipe(p, ["optim.nope=1"])
+
+
+def test_recipe_overrides_and_shipped_recipes():
+    r = load_recipe(REPO / "recipes" / "synthheads-tiny.toml",
+                    ["optim.lr=3e-4", "data.manifest=some/path.parquet", "model.overrides.dim=64"])
+    assert r.optim.lr == 3e-4 and r.data.manifest == "some/path.parquet" and r.model.overrides["dim"] == 64
+    assert r.model.preset == "tiny" and r.data.position_prior == "geometric"
+    paper = load_recipe(REPO / "recipes" / "paper.toml")
+    assert paper.model.preset == "paper" and paper.optim.optimizer == "adam"
+    assert paper.optim.max_steps == 3_500_000 and paper.loss.lpips_start_step == 3_000_000
+    assert paper.data.n_inputs == 4 and paper.data.n_targets == 8 and paper.optim.batch_size == 1
+    assert paper.data.position_prior == "dust3r" and paper.data.feature_prior == "sapiens"
+
+
+def test_example_indices_are_disjoint_and_process_count_invariant():
+    one = {example_index(s, 0, 1, 4, j) for s in range(5) for j in range(4)}
+    four = {example_index(s, r, 4, 1, 0) for s in range(5) for r in range(4)}
+    assert one == four == set(range(20))
+
+
+# -- the loop --------------------------------------------------------------------------------------------
+def test_training_overfits_a_fixed_example(tmp_path):
+    recipe = tiny_recipe(optim={"max_steps": 25, "lr": 0.1}, run={"checkpoint_every": 25, "preview_every": 25})
+    result = run(recipe, tmp_path / "run", examples=FakeExamples(seed=3, fixed=True))
+    losses = [result.losses[s] for s in range(25)]
+    assert result.step == 25
+    assert losses[-1] < 0.7 * losses[0], losses
+    assert result.baseline["loss"] == pytest.approx(losses[0])
+    assert json.loads((tmp_path / "run" / "baseline.json").read_text())["psnr"] == pytest.approx(
+        result.baseline["psnr"])
+    ck = checkpointing.latest_checkpoint(tmp_path / "run")
+    assert ck.name == "step_00000025"
+    meta = json.loads((ck / "config.json").read_text())["meta"]
+    assert meta["step"] == 25 and meta["expression_space"] == "fake-v1" and meta["neutral"] == [0.0] * 3
+    assert meta["position_prior"] == "geometric" and meta["recipe"]["optim"]["lr"] == 0.1
+    assert (ck / "train_state").is_dir() and (tmp_path / "run" / "previews" / "step_00000025.png").is_file()
+    assert any((tmp_path / "run" / "logs").iterdir())
+
+
+def test_resume_reproduces_the_uninterrupted_loss_curve(tmp_path):
+    recipe = tiny_recipe()
+    full = run(recipe, tmp_path / "full")
+    first = run(recipe, tmp_path / "split", max_steps=3)
+    assert first.step == 3 and checkpointing.latest_checkpoint(tmp_path / "split").name == "step_00000003"
+    with pytest.raises(RuntimeError, match="--resume"):
+        run(recipe, tmp_path / "split")
+    second = run(recipe, tmp_path / "split", resume=True)
+    assert second.step == 6 and sorted(second.losses) == [3, 4, 5]
+    for s in range(3):
+        assert first.losses[s] == pytest.approx(full.losses[s], rel=1e-6, abs=1e-7)
+    for s in range(3, 6):
+        assert second.losses[s] == pytest.approx(full.losses[s], rel=1e-5, abs=1e-6)
+    a = load_file(str(tmp_path / "full/checkpoints/step_00000006/model.safetensors"))
+    b = load_file(str(tmp_path / "split/checkpoints/step_00000006/model.safetensors"))
+    for k in a:
+        torch.testing.assert_close(a[k], b[k], rtol=1e-5, atol=1e-6)
+
+
+def test_a_failed_save_keeps_the_previous_checkpoint(tmp_path):
+    recipe = tiny_recipe(optim={"max_steps": 6})
+    calls = {"n": 0}
+
+    def dying_save(directory, model, meta):
+        calls["n"] += 1
+        if calls["n"] == 2:  # second checkpoint: weights half-written, then the process "dies"
+            (directory / "model.safetensors").write_bytes(b"\x00" * 10)
+            raise KeyboardInterrupt
+        fake_save(directory, model, meta)
+
+    with pytest.raises(KeyboardInterrupt):
+        train(recipe, tmp_path / "run", examples=FakeExamples(seed=3), model_factory=fake_model_factory,
+              save_model=dying_save, progress=False)
+    found = checkpointing.list_checkpoints(tmp_path / "run")
+    assert [s for s, _ in found] == [3]
+    assert not [p for p in (tmp_path / "run" / "checkpoints").iterdir() if p.name.startswith(".tmp")]
+    state = load_file(str(found[0][1] / "model.safetensors"))
+    assert set(state) == {"color.weight", "color.bias", "log_scale", "opacity"}
+    resumed = run(recipe, tmp_path / "run", resume=True)  # and the run continues from it
+    assert resumed.step == 6 and min(resumed.losses) == 3
+
+
+def test_write_checkpoint_replaces_a_stale_temp_folder(tmp_path):
+    stale = tmp_path / "checkpoints" / ".tmp-step_00000007"
+    stale.mkdir(parents=True)
+    (stale / "junk").write_text("x")
+    out = checkpointing.write_checkpoint(tmp_path, 7, lambda d: (d / "a.txt").write_text("ok"))
+    assert out.name == "step_00000007" and sorted(p.name for p in out.iterdir()) == ["a.txt"]
+    assert checkpointing.resolve_checkpoint(tmp_path) == out or not (out / "model.safetensors").exists()
+    checkpointing.write_checkpoint(tmp_path, 9, lambda d: None)
+    checkpointing.prune_checkpoints(tmp_path, keep=1)
+    assert [s for s, _ in checkpointing.list_checkpoints(tmp_path)] == [9]
+
+
+# -- two processes (gloo) -----------------------------------------------------------------------------------
+def _ddp_worker(rank: int, world: int, port: int, run_dir: str, out: str) -> None:
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank), WORLD_SIZE=str(world),
+                      LOCAL_RANK=str(rank), LOCAL_WORLD_SIZE=str(world))
+    torch.set_num_threads(1)
+    result = run(tiny_recipe(optim={"max_steps": 4}), run_dir)
+    if rank == 0:
+        Path(out).write_text(json.dumps({str(k): v for k, v in result.losses.items()}))
+
+
+@pytest.mark.slow
+def test_two_cpu_processes_match_one_process_with_twice_the_batch(tmp_path):
+    """DDP averages the two processes' gradients; the global batch (examples 2s, 2s+1) is the same as one
+    process with batch 2, so the loss curves agree."""
+    import socket
+
+    import torch.multiprocessing as mp
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    mp.spawn(_ddp_worker, args=(2, port, str(tmp_path / "ddp"), str(tmp_path / "ddp.json")), nprocs=2)
+    ddp = {int(k): v for k, v in json.loads((tmp_path / "ddp.json").read_text()).items()}
+    single = run(tiny_recipe(optim={"max_steps": 4, "batch_size": 2}), tmp_path / "single")
+    assert sorted(ddp) == [0, 1, 2, 3]
+    for s in range(4):
+        assert ddp[s] == pytest.approx(single.losses[s], rel=1e-4, abs=1e-6)
+    ck = checkpointing.latest_checkpoint(tmp_path / "ddp")
+    assert ck.name == "step_00000004" and (ck / "train_state").is_dir()
