@@ -21,6 +21,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
+from safetensors import SafetensorError
 from safetensors.torch import load as load_safetensors_bytes
 from safetensors.torch import save as save_safetensors_bytes
 
@@ -172,7 +173,7 @@ def load_avatar(path: str | os.PathLike, device: str | torch.device = "cpu") -> 
         state = IdentityState.from_tensors(load_safetensors_bytes(data[STATE]))
     except ModelInputError as err:
         raise AvatarError(f"{path}: {err}") from None
-    except Exception as err:  # safetensors raises several error types on garbage
+    except (SafetensorError, ValueError, TypeError) as err:
         raise AvatarError(f"{path}: state.safetensors is unreadable ({err})") from None
     _check_state(state, config, len(cams), str(path))
     if len(meta["neutral"]) != config.expression_dim:
@@ -185,7 +186,7 @@ def load_avatar(path: str | os.PathLike, device: str | torch.device = "cpu") -> 
             load_weights(model, load_safetensors_bytes(data[DECODER]), f"{path}:{DECODER}")
         except CheckpointError as err:
             raise AvatarError(str(err)) from None
-        except Exception as err:
+        except (SafetensorError, ValueError, TypeError) as err:
             raise AvatarError(f"{path}: {DECODER} is unreadable ({err})") from None
         model = model.to(device).eval()
     return Avatar(state=state.to(device), meta=meta, config=config, model=model)

@@ -197,58 +197,32 @@ def read_sequence(path: str | os.PathLike) -> ExpressionSequence:
 # -- built-in sequences --------------------------------------------------------------------------
 BUILTIN_SEQUENCES = ("neutral", "demo")
 
-# the demo's beats: (expression dimension names whose value ramps to 1, seconds held at the peak)
-_DEMO_BEATS = (
-    ((), 0.5),  # neutral
-    (("smile",), 0.6),
-    (("jaw_open",), 0.6),
-    (("jaw_open", "tongue"), 0.6),  # the tongue only shows with the mouth open
-    (("blink",), 0.3),
-)
-_DEMO_RAMP_SECONDS = 0.4
-
-
-def _dims_matching(space: ExpressionSpace, key: str) -> list[int]:
-    """Indices of the dimensions whose name contains ``key`` (e.g. 'smile' → smile_l, smile_r)."""
-    return [i for i, n in enumerate(space.names) if key in n.lower()]
-
-
-def _smoothstep(x: torch.Tensor) -> torch.Tensor:
-    x = x.clamp(0, 1)
-    return x * x * (3 - 2 * x)
+# the demo: SynthHeads segments played back to back, (segment, seconds); each starts and ends near neutral
+_DEMO_SEGMENTS = (("neutral", 0.5), ("EXP_smile", 1.6), ("EXP_jaw003", 1.6), ("EXP_tongue001", 1.6),
+                  ("EXP_eye_wide", 1.6))  # neutral → smile → jaw open → tongue out → eyes wide + blink
 
 
 def builtin_sequence(name: str, space: str = "synthheads-v1", fps: float = DEFAULT_FPS,
                      n_frames: int | None = None) -> ExpressionSequence:
-    """A ready-made sequence: ``neutral`` (the neutral code, ``n_frames`` long, default 1 s) or ``demo``
-    (neutral → smile → jaw open → tongue out → blink → neutral, eased), for spaces with named dimensions."""
-    sp = get_space(space)
-    neutral = sp.neutral_code()
+    """A ready-made sequence: ``neutral`` (the space's neutral code, ``n_frames`` long, default 1 s) or
+    ``demo`` (synthheads-v1 only: neutral → smile → jaw open → tongue out → blink, ~7 s, resampled to
+    ``n_frames`` when given)."""
+    if n_frames is not None and n_frames <= 0:
+        raise ExpressionError("a sequence needs at least one frame")
     if name == "neutral":
+        neutral = get_space(space).neutral_code()
         t = max(1, round(fps)) if n_frames is None else n_frames
-        if t <= 0:
-            raise ExpressionError("a sequence needs at least one frame")
         return ExpressionSequence(neutral.expand(t, -1).clone(), fps, space)
     if name != "demo":
         raise ExpressionError(f"unknown built-in sequence {name!r}; choose one of {', '.join(BUILTIN_SEQUENCES)}")
-    codes = [neutral[None]]
-    for keys, hold in _DEMO_BEATS:
-        dims = sorted({i for k in keys for i in _dims_matching(sp, k)})
-        if keys and not dims:
-            raise ExpressionError(f"built-in sequence 'demo' needs named dimensions ({', '.join(keys)}) that "
-                                  f"expression space {space!r} does not have")
-        peak = neutral.clone()
-        peak[dims] = 1.0
-        ramp = _smoothstep(torch.linspace(0, 1, max(2, round(_DEMO_RAMP_SECONDS * fps))))[:, None]
-        n_hold = max(1, round(hold * fps))
-        codes += [neutral + ramp[1:] * (peak - neutral), peak.expand(n_hold, -1),
-                  peak + ramp[1:] * (neutral - peak)]
-    seq = torch.cat(codes)
-    if n_frames is not None:  # resample the same motion to the requested length
-        if n_frames <= 0:
-            raise ExpressionError("a sequence needs at least one frame")
-        idx = torch.linspace(0, len(seq) - 1, n_frames).round().long()
-        seq = seq[idx]
+    if space != "synthheads-v1":
+        raise ExpressionError(f"built-in sequence 'demo' is made of synthheads-v1 segments; expression space "
+                              f"{space!r} has no named segments (write an expr.parquet instead)")
+    from .data import synthheads
+
+    seq = torch.cat([synthheads.segment_codes(seg, max(1, round(sec * fps))) for seg, sec in _DEMO_SEGMENTS])
+    if n_frames is not None:  # the same motion at another length
+        seq = seq[torch.linspace(0, len(seq) - 1, n_frames).round().long()]
     return ExpressionSequence(seq.contiguous(), fps, space)
 
 

@@ -62,7 +62,8 @@ def _no_backend_message(name: str | None) -> str:
     how = (f"install a package that registers an '{ENTRY_POINT_GROUP}' entry point, or pass "
            "--backend package.module:factory")
     if not installed:
-        return f"no lifting backend installed; {how}"
+        asked = f" (asked for {name!r})" if name else ""
+        return f"no lifting backend installed{asked}; {how}"
     return f"unknown lifting backend {name!r}; installed: {', '.join(installed)} (or {how})"
 
 

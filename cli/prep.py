@@ -2,13 +2,11 @@
 
 from __future__ import annotations
 
-import sys
 from pathlib import Path
-from typing import List, Optional
 
 import typer
 
-from .common import fail, info
+from .common import LazyBar, fail, info
 
 HELP = ("Prepare data as WebDataset shards + manifest.parquet: `synth` (procedural SynthHeads), "
         "`images` (your photos + cams.json).")
@@ -26,15 +24,15 @@ def register(app: typer.Typer) -> None:
         cameras: int = typer.Option(16, "--cameras", min=1, help="Cameras in the rig."),
         res: int = typer.Option(128, "--res", min=8, help="Image resolution (square)."),
         seed: int = typer.Option(0, "--seed", help="Seed of the whole set; equal arguments give equal bytes."),
-        segments: Optional[List[str]] = typer.Option(
+        segments: list[str] | None = typer.Option(
             None, "--segments", help="Segments to render (repeat the option); default: all."),
         workers: int = typer.Option(1, "--workers", min=1, help="Parallel processes (output does not depend on it)."),
-        val_persons: Optional[int] = typer.Option(
+        val_persons: int | None = typer.Option(
             None, "--val-persons", min=0, help="Persons held out for validation (default ≈10 %, ≥1 from 3 persons)."),
-        test_persons: Optional[int] = typer.Option(
+        test_persons: int | None = typer.Option(
             None, "--test-persons", min=0, help="Persons held out for testing (default ≈10 %, ≥1 from 3 persons)."),
         depth: bool = typer.Option(True, "--depth/--no-depth", help="Store depth.npy (for ground-truth priors)."),
-        preview: Optional[Path] = typer.Option(None, "--preview", help="Also write a contact sheet PNG here."),
+        preview: Path | None = typer.Option(None, "--preview", help="Also write a contact sheet PNG here."),
         maxsize_mb: float = typer.Option(1024, "--shard-mb", help="Largest shard size in MB."),
         source: str = typer.Option("avat3r.data.synthheads", "--source", hidden=True,
                                    help="Module with the SynthHeads API (module or module:object)."),
@@ -42,8 +40,6 @@ def register(app: typer.Typer) -> None:
         """Render SynthHeads identities × segments × frames × cameras into shards + manifest.parquet.
 
         Persons are split by id: the last --test-persons are `test`, the --val-persons before them `val`."""
-        from tqdm import tqdm
-
         from avat3r.data.prep import load_source, prep_synth
         from avat3r.data.shards import encode_png
 
@@ -55,13 +51,15 @@ def register(app: typer.Typer) -> None:
         total = persons * n_seg * frames * cameras
         info(f"avat3r prep synth: {persons} persons × {n_seg} segments × {frames} frames × {cameras} cameras "
              f"at {res}² = {total} samples → {out}")
+        bar = LazyBar(total=total, unit="sample", desc="prep synth")  # appears with the first person done
         try:
-            with tqdm(total=total, unit="sample", desc="prep synth", file=sys.stderr) as bar:
-                summary = prep_synth(out, persons, frames, cameras, res, seed=seed, segments=segments,
-                                     workers=workers, n_val=val_persons, n_test=test_persons, depth=depth, source=source,
-                                     maxsize=int(maxsize_mb * 1e6), progress=bar.update)
+            summary = prep_synth(out, persons, frames, cameras, res, seed=seed, segments=segments,
+                                 workers=workers, n_val=val_persons, n_test=test_persons, depth=depth, source=source,
+                                 maxsize=int(maxsize_mb * 1e6), progress=bar.update)
         except ValueError as err:
+            bar.close()
             fail(str(err))
+        bar.close()
         counts = {s: sum(1 for v in summary.splits.values() if v == s) for s in ("train", "val", "test")}
         info(f"wrote {summary.n_samples} samples in {len(summary.shards)} shard(s), {summary.bytes / 1e6:.1f} MB; "
              f"persons train/val/test = {counts['train']}/{counts['val']}/{counts['test']}")
@@ -78,7 +76,7 @@ def register(app: typer.Typer) -> None:
         cams: Path = typer.Option(..., "--cams", help="cams.json (OpenCV, world-to-camera, metres; head at origin)."),
         out: Path = typer.Option(..., "-o", "--out", help="Output folder for shard-*.tar and manifest.parquet."),
         res: int = typer.Option(512, "--res", min=8, help="Output resolution of the square, head-centred crops."),
-        masks: Optional[Path] = typer.Option(
+        masks: Path | None = typer.Option(
             None, "--masks", help="Folder of foreground masks (same file stems); default: GrabCut from the head box."),
     ) -> None:
         """Crop your photos to the head, resize, black out the background, and write shards + manifest."""

@@ -45,7 +45,7 @@ def assert_states_equal(a, b):
 
 
 def test_round_trip_without_decoder(tmp_path, encoded):
-    model, state = encoded
+    _, state = encoded
     save_avatar(tmp_path / "head.avt", state, {**META, "config": CFG.to_dict()})
     av = load_avatar(tmp_path / "head.avt")
     assert_states_equal(av.state, state)
@@ -116,7 +116,7 @@ def test_foreign_and_corrupt_files_are_refused(tmp_path, encoded):
     (tmp_path / "text.avt").write_text("hello")
     truncated = tmp_path / "truncated.avt"
     truncated.write_bytes(good.read_bytes()[:-200])
-    cases.append((truncated, ""))
+    cases.append((truncated, "not an avatar"))  # the central directory is gone
     for path, match in cases:
         with pytest.raises(AvatarError, match=match) as err:
             load_avatar(path)

@@ -132,7 +132,7 @@ def test_paper_preset_runs_on_a_small_input():
     cfg = Avat3rConfig.preset("paper", input_res=32)  # patch 16: 2×2 tokens per view, unpatchify ×8
     model = make_model(cfg)
     images, cams, pos, conf = sphere_scene(32)
-    feats = torch.randn(1, 4, cfg.feature_dim, 4, 4)
+    feats = torch.randn(1, 4, cfg.feature_dim, 4, 4).half()  # feat.npy is float16 (DESIGN §4)
     with torch.no_grad():
         state = model.encode(images, cams, pos, conf, feats)
         g = model.decode(state, torch.zeros(2, 256))
@@ -157,6 +157,36 @@ def test_input_errors_are_one_line():
 
 
 # -- behaviour ------------------------------------------------------------------------------------
+def test_upsampler_shuffles_each_view_on_its_own_grid():
+    from avat3r.model.upsampler import TransformerUpsampler, pixel_shuffle_tokens
+
+    x = torch.randn(3, 4, 5, 2 * 2 * 6)
+    ref = torch.nn.PixelShuffle(2)(x.permute(0, 3, 1, 2)).permute(0, 2, 3, 1)
+    assert torch.equal(pixel_shuffle_tokens(x, 2), ref)
+    torch.manual_seed(0)
+    up = TransformerUpsampler(128, [64, 64], layers=2, head_dim=64, window=16, mlp_ratio=4.0).eval()
+    views = torch.randn(4, 4, 4, 128)
+    changed = views.clone()
+    changed[1] += 1.0
+    with torch.no_grad():
+        a, b = up(views), up(changed)
+    assert a.shape == (4, 16, 16, 64)
+    assert (a[1] - b[1]).abs().max() > 1e-3  # the changed view changes ...
+    for v in (0, 2, 3):  # ... and windows never mix views
+        assert torch.equal(a[v], b[v])
+
+
+def test_feature_sampling_to_the_token_grid():
+    from avat3r.model.embed import sample_to_grid
+
+    f = torch.randn(2, 5, 4, 4, generator=torch.Generator().manual_seed(0))
+    assert torch.allclose(sample_to_grid(f, 4), f, atol=1e-6)  # same grid: unchanged
+    fine = torch.randn(2, 5, 8, 8, generator=torch.Generator().manual_seed(1))
+    pooled = torch.nn.functional.avg_pool2d(fine, 2)  # token centres sit between 2×2 feature pixels
+    assert torch.allclose(sample_to_grid(fine, 4), pooled, atol=1e-6)
+    assert torch.allclose(sample_to_grid(f.half(), 4), f.half().float(), atol=1e-6)
+
+
 def test_each_view_influences_every_views_tokens():
     cfg = tiny()
     model = make_model(cfg)

@@ -192,6 +192,9 @@ def tiny_checkpoint(tmp_path_factory):
 
     torch.manual_seed(0)
     model = Avat3r(Avat3rConfig.preset("tiny"))
+    with torch.no_grad():  # the Δ heads start at zero; perturb them so expressions visibly move Gaussians
+        for p in model.decoder.heads.parameters():
+            p.add_(0.02 * torch.randn_like(p))
     d = tmp_path_factory.mktemp("ckpt") / "tiny"
     neutral = [0.0] * E_SYNTH
     save_checkpoint(d, model, {"expression_space": "synthheads-v1",
@@ -278,6 +281,29 @@ def test_animate_refusals(avatar, tiny_checkpoint, tmp_path):
     assert not (tmp_path / "x.tar").exists()
 
 
+def test_render_avatar_exports_a_neutral_ply_and_renders_its_input_views(avatar, tiny_checkpoint, tmp_path):
+    from avat3r.avatar import load_avatar
+    from avat3r.model.checkpoint import load_checkpoint
+
+    code, _, err = run_cli(["render", str(avatar), "--checkpoint", str(tiny_checkpoint), "--ply",
+                            str(tmp_path / "head.ply"), "--path", "inputs", "--size", "32", "--frames",
+                            str(tmp_path / "f"), "-q"])
+    assert code == 0, err
+    av = load_avatar(avatar)
+    model, _ = load_checkpoint(tiny_checkpoint)
+    with torch.inference_mode():
+        neutral = model.decode(av.state, av.neutral[None])[0].compact()
+    ply = read_ply(tmp_path / "head.ply")  # the INRIA layout any 3DGS viewer opens
+    assert len(ply) == len(neutral) > 0
+    assert torch.allclose(ply.means, neutral.means, atol=1e-6)
+    assert torch.allclose(ply.opacities, neutral.opacities.clamp(1e-7, 1 - 1e-7), atol=1e-5)
+    # one frame per input camera, each the neutral head seen through it
+    pngs = sorted((tmp_path / "f").iterdir())
+    assert len(pngs) == 4
+    ref = render_image(neutral, av.cameras[2].resized(32, 32), (0.0, 0.0, 0.0), "torch")
+    assert np.array_equal(read_png(pngs[2]), to_u8(ref))
+
+
 def test_reconstruct_animate_render_through_a_real_pipe(tiny_checkpoint, photos, tmp_path):
     """reconstruct → animate | render as separate processes joined by an OS pipe (self-contained avatar)."""
     head = tmp_path / "head.avt"
@@ -297,3 +323,46 @@ def test_reconstruct_animate_render_through_a_real_pipe(tiny_checkpoint, photos,
     assert tuple(video_info(tmp_path / "out.mp4")["size"]) == (48, 48)
     frames = list(read_video_frames(tmp_path / "out.mp4"))
     assert max(float(f.mean()) for f in frames) > 2.0  # the head is visible, not an all-black video
+
+
+# -- lift --------------------------------------------------------------------------------------------
+LIFTER_MODULE = '''
+import torch
+from avat3r.cameras import Cameras, intrinsics_from_fov, look_at
+
+def make_lifter():
+    def lift(image):
+        views = torch.stack([image.flip(1) if i % 2 else image for i in range(4)])  # 4 "views"
+        eyes = torch.tensor([[0.0, 0, 1], [0.5, 0, 0.8], [-0.5, 0, 0.8], [0, 0.4, 0.9]])
+        h, w = image.shape[:2]
+        K = intrinsics_from_fov(14.0, w, h)[None].expand(4, 3, 3).clone()
+        return views, Cameras(K, look_at(eyes), w, h)
+    return lift
+'''
+
+
+def test_lift_without_backend_is_one_clear_line(tmp_path):
+    write_png(tmp_path / "me.png", torch.rand(16, 16, 3))
+    code, _, err = run_cli(["lift", str(tmp_path / "me.png"), "-o", str(tmp_path / "views")])
+    assert code != 0 and err.startswith("avat3r: error: no lifting backend installed;") and err.count("\n") == 1
+    assert "avat3r.lifters" in err and not (tmp_path / "views").exists()
+    code, _, err = run_cli(["lift", str(tmp_path / "me.png"), "-o", str(tmp_path / "v"), "--backend", "eg3d"])
+    assert code != 0 and "eg3d" in err and err.count("\n") == 1
+
+
+def test_lift_with_a_plugged_in_backend_writes_views_and_cams(tmp_path, monkeypatch):
+    from avat3r.cameras import read_cams_json
+
+    (tmp_path / "toy_lifter.py").write_text(LIFTER_MODULE)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    image = torch.rand(20, 24, 3)
+    write_png(tmp_path / "me.png", image)
+    code, _, err = run_cli(["lift", str(tmp_path / "me.png"), "-o", str(tmp_path / "views"), "--backend",
+                            "toy_lifter:make_lifter"])
+    assert code == 0, err
+    names, cams = read_cams_json(tmp_path / "views" / "cams.json")
+    assert names == [f"view_{i}.png" for i in range(4)] and cams.image_size == (24, 20)
+    assert torch.allclose(cams.centers[1], torch.tensor([0.5, 0, 0.8]), atol=1e-5)
+    src = read_png(tmp_path / "me.png")
+    assert np.array_equal(read_png(tmp_path / "views" / "view_0.png"), src)
+    assert np.array_equal(read_png(tmp_path / "views" / "view_1.png"), src[:, ::-1])

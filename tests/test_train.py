@@ -24,27 +24,29 @@ from avat3r.train.loop import DataInfo, example_index, train
 from avat3r.train.recipe import RecipeError, load_recipe, recipe_from_dict
 
 REPO = Path(__file__).resolve().parents[1]
-RES = 16  # tiny images keep every loop test to a few seconds on 2 cores
+RES = 12  # tiny images keep every loop test to a few seconds on 2 cores
 
 
 # -- small fakes: a fixed Gaussian "head" seen from random cameras, and a pixel-aligned splat model ------
-def _scene(seed: int = 0, n: int = 300) -> Gaussians:
+def _scene(seed: int = 0, n: int = 120) -> Gaussians:
     g = torch.Generator().manual_seed(seed)
     d = torch.nn.functional.normalize(torch.randn(n, 3, generator=g), dim=-1)
     return Gaussians(means=0.1 * d, quats=torch.tensor([[1.0, 0, 0, 0]]).repeat(n, 1),
-                     scales=torch.full((n, 3), 0.02), opacities=torch.full((n,), 0.9),
+                     scales=torch.full((n, 3), 0.03), opacities=torch.full((n,), 0.9),
                      colors=0.5 + 0.4 * d)
 
 
 class FakeExamples:
-    """Example i: 4 input and 8 target views of one fixed scene from cameras drawn from (seed, i)."""
+    """Example i: input and target views of one fixed scene from cameras drawn from (seed, i); cached, since
+    examples are pure functions of their index (2 inputs + 2 targets keep the loop tests fast)."""
 
     expression_space = "fake-v1"
     expression_names = ["a", "b", "c"]
     neutral = [0.0, 0.0, 0.0]
 
-    def __init__(self, seed: int = 0, fixed: bool = False):
+    def __init__(self, seed: int = 0, fixed: bool = False, n_inputs: int = 2, n_targets: int = 2):
         self.seed, self.fixed, self.scene = seed, fixed, _scene()
+        self.n_inputs, self.n_targets, self._cache = n_inputs, n_targets, {}
 
     def _cams(self, g: torch.Generator, n: int) -> Cameras:
         yaw = (torch.rand(n, generator=g) - 0.5) * 2.0
@@ -54,15 +56,20 @@ class FakeExamples:
         return Cameras(intrinsics_from_fov(40.0, RES, RES).expand(n, 3, 3), look_at(eye), RES, RES)
 
     def example(self, i: int) -> dict:
-        g = torch.Generator().manual_seed(self.seed * 100_003 + (0 if self.fixed else i))
-        cin, cout = self._cams(g, 4), self._cams(g, 8)
-        rgb, alpha, depth = rasterize(self.scene, cin)
-        pos = unproject(cin, depth)
-        tgt, tmask, _ = rasterize(self.scene, cout)
+        key = 0 if self.fixed else i
+        if key not in self._cache:
+            self._cache[key] = self._make(key)
+        return dict(self._cache[key], person=f"p{i % 2}")
+
+    def _make(self, key: int) -> dict:
+        g = torch.Generator().manual_seed(self.seed * 100_003 + key)
+        cin, cout = self._cams(g, self.n_inputs), self._cams(g, self.n_targets)
+        rgb, alpha, depth = rasterize(self.scene, Cameras.cat([cin, cout]))
+        n = self.n_inputs
         expr = torch.rand(3, generator=g)
-        return {"inputs_rgb": rgb, "inputs_cameras": cin, "inputs_pos": pos, "inputs_conf": alpha,
-                "inputs_expr": expr.expand(4, 3).clone(), "target_rgb": tgt, "target_mask": tmask,
-                "target_cameras": cout, "expr": expr, "person": f"p{i % 2}"}
+        return {"inputs_rgb": rgb[:n], "inputs_cameras": cin, "inputs_pos": unproject(cin, depth[:n]),
+                "inputs_conf": alpha[:n], "inputs_expr": expr.expand(n, 3).clone(), "target_rgb": rgb[n:],
+                "target_mask": alpha[n:], "target_cameras": cout, "expr": expr}
 
 
 class FakeModel(torch.nn.Module):
@@ -215,20 +222,20 @@ def test_example_indices_are_disjoint_and_process_count_invariant():
 
 # -- the loop --------------------------------------------------------------------------------------------
 def test_training_overfits_a_fixed_example(tmp_path):
-    recipe = tiny_recipe(optim={"max_steps": 25, "lr": 0.1}, run={"checkpoint_every": 25, "preview_every": 25})
+    recipe = tiny_recipe(optim={"max_steps": 15, "lr": 0.1}, run={"checkpoint_every": 15, "preview_every": 15})
     result = run(recipe, tmp_path / "run", examples=FakeExamples(seed=3, fixed=True))
-    losses = [result.losses[s] for s in range(25)]
-    assert result.step == 25
+    losses = [result.losses[s] for s in range(15)]
+    assert result.step == 15
     assert losses[-1] < 0.7 * losses[0], losses
     assert result.baseline["loss"] == pytest.approx(losses[0])
     assert json.loads((tmp_path / "run" / "baseline.json").read_text())["psnr"] == pytest.approx(
         result.baseline["psnr"])
     ck = checkpointing.latest_checkpoint(tmp_path / "run")
-    assert ck.name == "step_00000025"
+    assert ck.name == "step_00000015"
     meta = json.loads((ck / "config.json").read_text())["meta"]
-    assert meta["step"] == 25 and meta["expression_space"] == "fake-v1" and meta["neutral"] == [0.0] * 3
+    assert meta["step"] == 15 and meta["expression_space"] == "fake-v1" and meta["neutral"] == [0.0] * 3
     assert meta["position_prior"] == "geometric" and meta["recipe"]["optim"]["lr"] == 0.1
-    assert (ck / "train_state").is_dir() and (tmp_path / "run" / "previews" / "step_00000025.png").is_file()
+    assert (ck / "train_state").is_dir() and (tmp_path / "run" / "previews" / "step_00000015.png").is_file()
     assert any((tmp_path / "run" / "logs").iterdir())
 
 

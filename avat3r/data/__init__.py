@@ -12,5 +12,16 @@ from .images import load_user_images
 from .manifest import Manifest, read_manifest, write_manifest
 from .shards import ShardError, ShardWriter, iter_shard, read_sample
 
-__all__ = ["ExampleDataset", "ExampleSampler", "collate_examples", "load_user_images", "Manifest",
-           "read_manifest", "write_manifest", "ShardError", "ShardWriter", "iter_shard", "read_sample"]
+__all__ = [
+           "ExampleDataset",
+           "ExampleSampler",
+           "Manifest",
+           "ShardError",
+           "ShardWriter",
+           "collate_examples",
+           "iter_shard",
+           "load_user_images",
+           "read_manifest",
+           "read_sample",
+           "write_manifest",
+]

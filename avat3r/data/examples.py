@@ -14,8 +14,8 @@ overlap; a trainer that starts at ``start`` resumes on exactly the examples it w
 from __future__ import annotations
 
 from collections import defaultdict
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
-from typing import Iterator, Sequence
 
 import numpy as np
 import torch
@@ -26,6 +26,9 @@ from .manifest import Manifest, read_manifest
 N_INPUTS = 4
 N_TARGETS = 8
 N_CANDIDATES = 10
+# entries an example needs (depth and expr.npy stay unread: the codes come from the manifest)
+_INPUT_ENTRIES = ("rgb.png", "camera.json", "pos.npy", "conf.npy", "feat.npy")
+_TARGET_ENTRIES = ("rgb.png", "mask.png", "camera.json")
 
 
 @dataclass(frozen=True)
@@ -118,43 +121,44 @@ class ExampleSampler:
         """The example dict of DESIGN §4 (see module docstring); tensors float32."""
         plan = self.plan(index)
         m = self.manifest
-        ins = [m.read(r) for r in plan.inputs]
-        tgs = [m.read(r) for r in plan.targets]
+        ins = [m.read(r, entries=_INPUT_ENTRIES) for r in plan.inputs]
+        tgs = [m.read(r, entries=_TARGET_ENTRIES) for r in plan.targets]
         h, w = ins[0]["rgb"].shape[:2]
         for s in ins + tgs:
             if s["rgb"].shape[:2] != (h, w):
                 raise ValueError(f"{s['__key__']}: image size {s['rgb'].shape[1]}x{s['rgb'].shape[0]} differs from "
                                  f"{w}x{h} of {ins[0]['__key__']}; prep all views at one resolution")
 
+        # stack in numpy and convert once: cheaper than many small torch ops on a busy CPU
         def prior(s, name, shape):
             if name in s:
-                return torch.from_numpy(np.asarray(s[name], dtype=np.float32))
+                return np.asarray(s[name], dtype=np.float32)
             if self.require_prior:
                 raise ValueError(f"{s['__key__']}: the manifest says it has a prior but {name}.npy is missing")
-            return torch.zeros(shape)
+            return np.zeros(shape, np.float32)
 
         def mask(s):
             if "mask" in s:
-                return torch.from_numpy(s["mask"].astype(np.float32) / 255.0)
-            return torch.from_numpy((s["rgb"].max(axis=-1) > 0).astype(np.float32))
+                return s["mask"].astype(np.float32) / 255.0
+            return (s["rgb"].max(axis=-1) > 0).astype(np.float32)
 
-        def rgb(s):
-            return torch.from_numpy(s["rgb"].astype(np.float32) / 255.0)
+        def rgb(samples):
+            return torch.from_numpy(np.stack([s["rgb"] for s in samples]).astype(np.float32) / 255.0)
 
         out = {
-            "inputs_rgb": torch.stack([rgb(s) for s in ins]),
+            "inputs_rgb": rgb(ins),
             "inputs_cameras": Cameras.cat([_camera_from_json(s["camera"]) for s in ins]),
-            "inputs_pos": torch.stack([prior(s, "pos", (h, w, 3)) for s in ins]),
-            "inputs_conf": torch.stack([prior(s, "conf", (h, w)) for s in ins]),
+            "inputs_pos": torch.from_numpy(np.stack([prior(s, "pos", (h, w, 3)) for s in ins])),
+            "inputs_conf": torch.from_numpy(np.stack([prior(s, "conf", (h, w)) for s in ins])),
             "inputs_expr": torch.from_numpy(m["expr"][list(plan.inputs)].astype(np.float32)),
-            "target_rgb": torch.stack([rgb(s) for s in tgs]),
-            "target_mask": torch.stack([mask(s) for s in tgs]),
+            "target_rgb": rgb(tgs),
+            "target_mask": torch.from_numpy(np.stack([mask(s) for s in tgs])),
             "target_cameras": Cameras.cat([_camera_from_json(s["camera"]) for s in tgs]),
             "expr": torch.from_numpy(m["expr"][plan.targets[0]].astype(np.float32)),
             "person": plan.person,
         }
         if all("feat" in s for s in ins):
-            out["inputs_feat"] = torch.stack([torch.from_numpy(s["feat"].astype(np.float32)) for s in ins])
+            out["inputs_feat"] = torch.from_numpy(np.stack([s["feat"] for s in ins]).astype(np.float32))
         return out
 
 

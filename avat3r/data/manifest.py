@@ -11,9 +11,9 @@ from __future__ import annotations
 
 import io
 import os
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Sequence
 
 import numpy as np
 import pyarrow as pa
@@ -175,7 +175,7 @@ def assign_splits(persons: Sequence[str], n_val: int, n_test: int) -> dict[str, 
         raise ValueError("person ids must be unique")
     if n_val < 0 or n_test < 0:
         raise ValueError("held-out person counts cannot be negative")
-    if n_val + n_test >= n and n > 0:
+    if n_val + n_test >= n > 0:
         raise ValueError(f"holding out {n_val} val + {n_test} test of {n} persons leaves none to train on")
     out = {}
     for i, p in enumerate(persons):

@@ -9,9 +9,9 @@ from __future__ import annotations
 import importlib
 import multiprocessing as mp
 import os
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Sequence
 
 import numpy as np
 

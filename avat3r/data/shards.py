@@ -16,9 +16,9 @@ import io
 import json
 import os
 import tarfile
+from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterable, Iterator, Mapping
 
 import cv2
 import numpy as np
@@ -215,7 +215,7 @@ class ShardWriter:
             os.unlink(self.folder / f".{self.shards.pop()}.tmp")
             self._tar = self._file = None
 
-    def __enter__(self) -> "ShardWriter":
+    def __enter__(self) -> ShardWriter:
         return self
 
     def __exit__(self, exc_type, exc, tb) -> None:

@@ -3,4 +3,4 @@
 from .config import PRESETS, Avat3rConfig, ConfigError
 from .network import Avat3r, IdentityState, ModelInputError
 
-__all__ = ["Avat3r", "Avat3rConfig", "ConfigError", "IdentityState", "ModelInputError", "PRESETS"]
+__all__ = ["PRESETS", "Avat3r", "Avat3rConfig", "ConfigError", "IdentityState", "ModelInputError"]

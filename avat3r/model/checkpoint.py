@@ -21,6 +21,7 @@ import tempfile
 from pathlib import Path
 
 import torch
+from safetensors import SafetensorError
 from safetensors.torch import load as load_safetensors_bytes
 from safetensors.torch import save as save_safetensors_bytes
 
@@ -133,7 +134,7 @@ def load_checkpoint(directory: str | os.PathLike, device: str | torch.device = "
                               "an interrupted save or mixed files)")
     try:
         tensors = load_safetensors_bytes(data)
-    except Exception as err:  # safetensors raises several error types on garbage
+    except (SafetensorError, ValueError, TypeError) as err:
         raise CheckpointError(f"{wpath}: not a readable safetensors file ({err})") from None
     model = Avat3r(config)
     load_weights(model, tensors, str(wpath))

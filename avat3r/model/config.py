@@ -107,19 +107,19 @@ class Avat3rConfig:
 
     # -- presets and serialisation ---------------------------------------------------------------
     @staticmethod
-    def preset(name: str, **overrides) -> "Avat3rConfig":
+    def preset(name: str, **overrides) -> Avat3rConfig:
         if name not in PRESETS:
             raise ConfigError(f"unknown model preset {name!r}; choose one of {', '.join(PRESETS)}")
         return dataclasses.replace(PRESETS[name], **overrides)
 
-    def replace(self, **overrides) -> "Avat3rConfig":
+    def replace(self, **overrides) -> Avat3rConfig:
         return dataclasses.replace(self, **overrides)
 
     def to_dict(self) -> dict:
         return {f.name: getattr(self, f.name) for f in fields(self)}
 
     @staticmethod
-    def from_dict(d: dict) -> "Avat3rConfig":
+    def from_dict(d: dict) -> Avat3rConfig:
         if not isinstance(d, dict):
             raise ConfigError("model config must be a JSON object")
         known = {f.name: f for f in fields(Avat3rConfig)}
@@ -140,7 +140,7 @@ class Avat3rConfig:
         return json.dumps(self.to_dict(), sort_keys=True)
 
     @staticmethod
-    def from_json(text: str) -> "Avat3rConfig":
+    def from_json(text: str) -> Avat3rConfig:
         return Avat3rConfig.from_dict(json.loads(text))
 
     def hash(self) -> str:

@@ -46,11 +46,18 @@ class FeatureFusion(nn.Module):
 
     def forward(self, tokens: torch.Tensor, feats: torch.Tensor) -> torch.Tensor:
         """tokens (N, T, D), feats (N, C_s, h, w) → (N, T, D)."""
-        n = tokens.shape[0]
-        # sample at token centres in normalised [-1, 1] coordinates (align_corners=False semantics)
-        c = (torch.arange(self.grid, device=tokens.device, dtype=feats.dtype) + 0.5) / self.grid * 2 - 1
-        gy, gx = torch.meshgrid(c, c, indexing="ij")
-        grid = torch.stack([gx, gy], dim=-1)[None].expand(n, -1, -1, -1)
-        f = F.grid_sample(feats, grid, mode="bilinear", padding_mode="border", align_corners=False)
-        f = f.flatten(2).transpose(1, 2).to(tokens.dtype)
+        f = sample_to_grid(feats, self.grid).flatten(2).transpose(1, 2).to(tokens.dtype)
         return self.proj(torch.cat([tokens, f], dim=-1))
+
+
+def sample_to_grid(feats: torch.Tensor, grid: int) -> torch.Tensor:
+    """Bilinearly sample (N, C, h, w) feature maps at the centres of a grid×grid token grid → (N, C, grid, grid).
+
+    Both maps cover the same image, so token centre (i + 0.5) / grid maps to normalised coordinates with
+    align_corners=False semantics; equal resolutions return the features unchanged.
+    """
+    feats = feats.float()  # stored as float16 (DESIGN §4); grid_sample on CPU needs float32
+    c = (torch.arange(grid, device=feats.device, dtype=feats.dtype) + 0.5) / grid * 2 - 1
+    gy, gx = torch.meshgrid(c, c, indexing="ij")
+    xy = torch.stack([gx, gy], dim=-1)[None].expand(feats.shape[0], -1, -1, -1)
+    return F.grid_sample(feats, xy, mode="bilinear", padding_mode="border", align_corners=False)

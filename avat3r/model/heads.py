@@ -45,7 +45,8 @@ class GaussianHeads(nn.Module):
         """x (N, g, g, C') upsampled tokens; rgb/pos (N, G, G, 3); conf (N, G, G); K, w2c (N, ·, ·) cameras
         of the G×G maps → activated per-pixel Gaussians {means, quats, scales, opacities, colors, valid}."""
         cfg = self.config
-        with torch.autocast(device_type=x.device.type, enabled=False):
+        device_type = x.device.type if torch.amp.is_autocast_available(x.device.type) else "cpu"  # meta: cpu
+        with torch.autocast(device_type=device_type, enabled=False):
             raw = self.split(x.float())
             G = cfg.gaussian_res
             # Eq. 11: position = P_v + Δp (Δp in units of position_scale)

@@ -57,7 +57,7 @@ class IdentityState:
         """The input cameras of example ``b``."""
         return Cameras(self.K[b], self.w2c[b], self.size[0], self.size[1])
 
-    def to(self, device) -> "IdentityState":
+    def to(self, device) -> IdentityState:
         t = {k: getattr(self, k).to(device) for k in ("tokens", "pos", "rgb", "conf", "valid", "K", "w2c")}
         return IdentityState(**t, size=self.size, R=self.R, G=self.G, config_hash=self.config_hash)
 
@@ -72,7 +72,7 @@ class IdentityState:
         return t
 
     @staticmethod
-    def from_tensors(t: dict[str, torch.Tensor]) -> "IdentityState":
+    def from_tensors(t: dict[str, torch.Tensor]) -> IdentityState:
         missing = [k for k in STATE_KEYS if k not in t]
         if missing:
             raise ModelInputError(f"identity state lacks tensors: {', '.join(missing)}")

@@ -66,14 +66,61 @@ def hemisphere_rig(n_cameras: int = 16, res: int = 96, radius: float = 1.0, fov_
     return Cameras(K, look_at(eye), res, res)
 
 
-def scene_views(n_views: int = 4, res: int = 96, seed: int = 0, n_gaussians: int = 12000):
-    """Render ``n_views`` input views chosen like training; returns rgb (V,H,W,3), alpha (V,H,W),
-    depth (V,H,W) and the Cameras."""
-    from ..render import rasterize
+def _texture(p: torch.Tensor) -> torch.Tensor:
+    """A procedural 3D colour field (…,3): skin tones with stripes and blotches at several scales."""
+    x, y, z = (p[..., k] / 0.1 for k in range(3))
+    base = torch.tensor([0.72, 0.52, 0.42])
+    s1 = torch.sin(23 * x + 3) * torch.sin(19 * y + 7 * z)
+    s2 = torch.sin(11 * y - 5 * x + 1) * torch.cos(13 * z + 2 * x)
+    s3 = torch.sin(47 * x + 31 * y) * torch.sin(41 * z - 29 * y)
+    lum = 0.6 + 0.18 * s1 + 0.14 * s2 + 0.08 * s3
+    tint = torch.stack([0.05 * s2, 0.06 * s1, 0.1 * s3], -1)
+    return (base * lum[..., None] + tint).clamp(0.03, 1)
 
+
+HEAD_PARTS = (  # (centre, radii) of the ellipsoids whose union is the scene's head: skull/face, nose, ears
+    ((0.0, 0.0, 0.0), (0.075, 0.1, 0.088)),
+    ((0.0, -0.012, 0.083), (0.014, 0.03, 0.024)),
+    ((0.074, -0.005, -0.005), (0.012, 0.028, 0.016)),
+    ((-0.074, -0.005, -0.005), (0.012, 0.028, 0.016)),
+)
+
+
+def raycast_head(cameras: Cameras, supersample: int = 3):
+    """Exact renders of the union of ``HEAD_PARTS``: rgb (V,H,W,3) on black, coverage alpha (V,H,W) and
+    camera depth (V,H,W) at pixel centres (0 where the centre ray misses)."""
+    from ..cameras import camera_directions
+    from .base import ray_ellipsoid
+
+    W, H = cameras.image_size
+    s = supersample
+    fine = cameras.resized(W * s, H * s)
+    out = []
+    for cams in (fine, cameras):
+        dc = camera_directions(cams)
+        R_c2w = cams.w2c[:, :3, :3].transpose(1, 2)
+        d = torch.nn.functional.normalize(torch.einsum("nij,nhwj->nhwi", R_c2w, dc), dim=-1)
+        o = cams.centers[:, None, None, :].expand_as(d)
+        t_best = torch.full(d.shape[:-1], float("inf"))
+        for c, r in HEAD_PARTS:
+            t0, _, hit = ray_ellipsoid(o, d, r, c)
+            t_best = torch.where(hit & (t0 > 0) & (t0 < t_best), t0, t_best)
+        hit = torch.isfinite(t_best)
+        p = o + torch.where(hit, t_best, torch.zeros_like(t_best))[..., None] * d
+        z = ((p - o) * cams.forward[:, None, None, :]).sum(-1)
+        out.append((torch.where(hit[..., None], _texture(p), torch.zeros_like(p)), hit.float(), z * hit))
+    (rgb_f, a_f, _), (_, _, depth) = out
+    pool = torch.nn.functional.avg_pool2d
+    rgb = pool(rgb_f.permute(0, 3, 1, 2), s).permute(0, 2, 3, 1)
+    alpha = pool(a_f[:, None], s)[:, 0]
+    return rgb.contiguous(), alpha.contiguous(), depth.contiguous()
+
+
+def scene_views(n_views: int = 4, res: int = 96, seed: int = 0):
+    """Input views of the ray-cast head chosen like training (k-farthest, no back-only cameras) from a
+    16-camera frontal rig; returns rgb (V,H,W,3), alpha (V,H,W), depth (V,H,W) and the Cameras."""
     rig = hemisphere_rig(16, res, seed=seed)
     pick = k_farthest_viewpoints(rig, k=n_views, generator=torch.Generator().manual_seed(seed))
     cams = rig[pick]
-    with torch.no_grad():
-        rgb, alpha, depth = rasterize(textured_head(n_gaussians, seed), cams, backend="torch")
-    return rgb.clamp(0, 1), alpha, depth, cams
+    rgb, alpha, depth = raycast_head(cams)
+    return rgb, alpha, depth, cams

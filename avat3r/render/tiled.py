@@ -108,10 +108,11 @@ def _neg_sigma_coeffs(mx, my, a, b, c):
 
 class _Segments:
     """Iterates batches of (tile, depth segment) blocks front to back, shared by forward and backward so both
-    visit exactly the same blocks. The caller updates ``alive`` after each batch."""
+    visit exactly the same blocks. Yields the tiles (A,) and their Gaussians' rows (A, S) in the packed
+    feature table, where padding points at the spare last row. The caller updates ``alive`` after each batch."""
 
-    def __init__(self, plan: _Plan, segment: int, n_pixels: int, max_pairs: int):
-        self.plan, self.segment = plan, segment
+    def __init__(self, plan: _Plan, segment: int, n_pixels: int, max_pairs: int, spare: int):
+        self.plan, self.segment, self.spare = plan, segment, spare
         self.tiles_per_batch = max(1, max_pairs // (segment * n_pixels))
         self.alive = plan.tile_count > 0
 
@@ -123,33 +124,62 @@ class _Segments:
             active = ((plan.tile_count > start) & self.alive).nonzero()[:, 0]
             for tiles in active.split(self.tiles_per_batch):
                 pos = start + steps
-                real = pos < plan.tile_count[tiles, None]  # (A, S) padding mask
-                idx = plan.entries[(plan.tile_start[tiles, None] + pos).clamp_max(plan.entries.numel() - 1)]
-                yield tiles, idx, real
+                real = pos < plan.tile_count.index_select(0, tiles)[:, None]  # (A, S) padding mask
+                at = (plan.tile_start.index_select(0, tiles)[:, None] + pos).clamp_max(plan.entries.numel() - 1)
+                idx = plan.entries.index_select(0, at.reshape(-1)).reshape(at.shape)
+                yield tiles, torch.where(real, idx, self.spare)
 
 
-def _gather(feats, tiles, idx, real, plan, tile_size):
-    """Per block: −σ coefficients (A,6,S), opacity (A,S) (0 on padding), features (A,S,5), local means."""
-    means2d, conics, opac, depths, colors = feats
-    ox, oy = _tile_centers(tiles, plan, tile_size, means2d.dtype)
-    mx, my = means2d[idx, 0] - ox[:, None], means2d[idx, 1] - oy[:, None]
-    a, b, c = conics[idx].unbind(-1)
-    o = torch.where(real, opac[idx], torch.zeros((), dtype=opac.dtype, device=opac.device))
-    f = torch.cat([colors[idx], depths[idx, None], torch.ones_like(depths[idx, None])], dim=-1)
-    return _neg_sigma_coeffs(mx, my, a, b, c), o, f, (mx, my, a, b, c)
+# packed per-Gaussian columns: mean x, y; conic a, b, c; log opacity; r, g, b; camera z
+_MX, _MY, _CA, _CB, _CC, _LOGO, _COL, _DEPTH = 0, 1, 2, 3, 4, 5, slice(6, 9), 9
 
 
-def _alpha(ns, o, T_in, alpha_min, t_min):
-    """From −σ (A,P,S): raw alpha, effective alpha, transmittance before each Gaussian, and the masks."""
-    g = torch.exp(ns)  # conics are positive definite, so σ ≥ 0 up to rounding: no σ<0 test needed
-    a_raw = g * o[:, None, :]
-    above = a_raw >= alpha_min
-    alpha = a_raw.clamp_max(ALPHA_MAX).mul_(above)
-    T_raw = torch.cumprod(1 - alpha, dim=-1).mul_(T_in[..., None])
-    keep = T_raw > t_min  # the Gaussian that would take T to ≤ t_min, and all after it, are excluded
-    alpha.mul_(keep)
-    T_before = torch.cat([T_in[..., None], T_raw[..., :-1]], dim=-1)
-    return g, a_raw, alpha, T_before, T_raw, keep & above
+def _pack(means2d, conics, opac, depths, colors):
+    """(E+1, 10) table of the projected Gaussians plus a spare padding row (opacity 0: it never blends)."""
+    table = torch.cat([means2d, conics, torch.log(opac)[:, None], colors, depths[:, None]], dim=-1)
+    spare = torch.zeros_like(table[:1])
+    spare[:, _LOGO] = -torch.inf
+    return torch.cat([table, spare])
+
+
+def _gather(table, tiles, idx, plan, tile_size):
+    """Per block: coefficients of log(raw alpha) = −σ + log o on the pixel basis (A,6,S), the blended
+    features (A,S,5) and the tile-local geometry (for backward)."""
+    g = table.index_select(0, idx.reshape(-1)).reshape(idx.shape + (table.shape[-1],))
+    ox, oy = _tile_centers(tiles, plan, tile_size, table.dtype)
+    mx, my = g[..., _MX] - ox[:, None], g[..., _MY] - oy[:, None]
+    a, b, c = g[..., _CA], g[..., _CB], g[..., _CC]
+    k = _neg_sigma_coeffs(mx, my, a, b, c)
+    k[:, 5] += g[..., _LOGO]  # the opacity rides in the constant term (−inf on padding)
+    f = torch.cat([g[..., _COL], g[..., _DEPTH, None], torch.ones_like(mx)[..., None]], dim=-1)
+    return k, f, (mx, my, a, b, c)
+
+
+def _transmittance(basis, k, alpha_min):
+    """(A,P,S) raw alpha o·exp(−σ), 1 − alpha (alpha clamped to 0.999 and zeroed below ``alpha_min``) and
+    its running product over the segment; the stop rule is applied by the caller."""
+    a_raw = torch.matmul(basis, k).exp_()
+    alpha = torch.nn.functional.threshold(a_raw, alpha_min * (1 - 1e-7), 0.0).clamp_max_(ALPHA_MAX)
+    one_minus = alpha.neg_().add_(1)
+    return a_raw, one_minus, torch.cumprod(one_minus, dim=-1)
+
+
+def _weights(cp, T_in, t_min):
+    """Blend weights wᵢ = T_in·(cpᵢ₋₁ − cpᵢ) (= alphaᵢ·Tᵢ), with the stop rule: a pixel whose transmittance
+    would fall to ≤ t_min drops that Gaussian and all after it; its T_out becomes 0 so later segments skip it."""
+    S = cp.shape[-1]
+    w = torch.empty_like(cp)
+    w[..., 0] = 1 - cp[..., 0]
+    torch.sub(cp[..., :-1], cp[..., 1:], out=w[..., 1:])
+    T_out = T_in * cp[..., -1]
+    stop = ((T_in > 0) & (T_out <= t_min)).reshape(-1)
+    if stop.any():  # few rows: only these pay for the per-Gaussian test
+        rows = stop.nonzero()[:, 0]
+        w_rows = w.view(-1, S).index_select(0, rows)
+        keep = T_in.reshape(-1).index_select(0, rows)[:, None] * cp.view(-1, S).index_select(0, rows) > t_min
+        w.view(-1, S).index_copy_(0, rows, w_rows * keep)
+        T_out = T_out.masked_fill(stop.view(T_out.shape), 0.0)
+    return w.mul_(T_in[..., None]), T_out
 
 
 class _TiledComposite(torch.autograd.Function):
@@ -157,63 +187,70 @@ class _TiledComposite(torch.autograd.Function):
     def forward(ctx, means2d, conics, opac, depths, colors, plan, cfg):
         width, height, ts, S, max_pairs, alpha_min, t_min = cfg
         dtype, dev = means2d.dtype, means2d.device
-        feats = (means2d, conics, opac, depths, colors)
+        table = _pack(means2d, conics, opac, depths, colors)
         n_tiles, P = plan.tile_count.numel(), ts * ts
         basis = _pixel_basis(ts, dtype, dev)
-        T = _inside_mask(plan, ts, width, height, dtype)  # pixels beyond the image border never blend
+        # transmittance per pixel, 0 once stopped; pixels beyond the image border never blend
+        T = _inside_mask(plan, ts, width, height, dtype)
         out = torch.zeros(n_tiles, P, 5, dtype=dtype, device=dev)
-        segs = _Segments(plan, S, P, max_pairs)
-        for tiles, idx, real in segs:
-            kn, o, f, _ = _gather(feats, tiles, idx, real, plan, ts)
-            _, _, alpha, T_before, T_raw, _ = _alpha(basis @ kn, o, T[tiles], alpha_min, t_min)
-            out[tiles] += alpha.mul_(T_before) @ f
-            T[tiles] = T_raw[..., -1]
-            segs.alive[tiles] = (T[tiles] > t_min).any(-1)
-        ctx.save_for_backward(*feats, out)
+        segs = _Segments(plan, S, P, max_pairs, spare=means2d.shape[0])
+        for tiles, idx in segs:
+            k, f, _ = _gather(table, tiles, idx, plan, ts)
+            _, _, cp = _transmittance(basis, k, alpha_min)
+            w, T_out = _weights(cp, T.index_select(0, tiles), t_min)
+            out.index_add_(0, tiles, w @ f)
+            T.index_copy_(0, tiles, T_out)
+            segs.alive[tiles] = (T_out > 0).any(-1)
+        ctx.save_for_backward(table, opac, out)
         ctx.plan, ctx.cfg = plan, cfg
         return _untile(out, plan, ts, width, height)
 
     @staticmethod
     def backward(ctx, g_rgb, g_alpha, g_depth):
-        means2d, conics, opac, depths, colors, out = ctx.saved_tensors
+        """out = Σᵢ wᵢ fᵢ with wᵢ = alphaᵢ Tᵢ. With sᵢ = G·fᵢ, dL/dalphaᵢ = Tᵢ sᵢ − (Σ_{j>i} wⱼ sⱼ)/(1 − alphaᵢ),
+        and Σ_{j>i} = G·out − Σ_{j≤i}: one running prefix per pixel, carried across segments."""
+        table, opac, out = ctx.saved_tensors
         plan, (width, height, ts, S, max_pairs, alpha_min, t_min) = ctx.plan, ctx.cfg
-        feats = (means2d, conics, opac, depths, colors)
-        dtype, dev = means2d.dtype, means2d.device
-        P, E = ts * ts, means2d.shape[0]
+        dtype, dev = table.dtype, table.device
+        P, E = ts * ts, table.shape[0] - 1
         basis = _pixel_basis(ts, dtype, dev)
         G = _tile_grads(g_rgb, g_alpha, g_depth, plan, ts, width, height, out)  # (T, P, 5)
-        total = (G * out).sum(-1)  # Σᵢ wᵢ sᵢ per pixel, so the sum behind a Gaussian is total − prefix
+        total = (G * out).sum(-1)
         T = _inside_mask(plan, ts, width, height, dtype)
         prefix = torch.zeros_like(T)
-        # one spare row takes the padding's contributions
-        d_geo = torch.zeros(E + 1, 5, dtype=dtype, device=dev)  # mx, my, a, b, c
-        d_o = torch.zeros(E + 1, dtype=dtype, device=dev)
+        d_geo = torch.zeros(E + 1, 6, dtype=dtype, device=dev)  # mx, my, a, b, c, log o (+ the spare row)
         d_f = torch.zeros(E + 1, 5, dtype=dtype, device=dev)
-        segs = _Segments(plan, S, P, max_pairs)
-        for tiles, idx, real in segs:
-            kn, o, f, (mx, my, a, b, c) = _gather(feats, tiles, idx, real, plan, ts)
-            g, a_raw, alpha, T_before, T_raw, live = _alpha(basis @ kn, o, T[tiles], alpha_min, t_min)
-            w = alpha * T_before
-            Gt = G[tiles]
-            s = Gt @ f.transpose(1, 2)  # (A,P,S): dL/d(wᵢ)
-            pre = torch.cumsum(w * s, dim=-1).add_(prefix[tiles, :, None])
-            behind = total[tiles, :, None] - pre
-            d_alpha = (T_before * s - behind / (1 - alpha)).mul_(live & (a_raw < ALPHA_MAX))
-            slot = torch.where(real, idx, torch.full_like(idx, E)).reshape(-1)
-            d_o.index_add_(0, slot, (d_alpha * g).sum(1).reshape(-1))
-            dk = -(basis.T @ (d_alpha * a_raw))  # (A,6,S) gradient of the σ coefficients
-            g0, g1, g2, g3, g4, g5 = dk.unbind(1)
-            d_geo.index_add_(0, slot, torch.stack([
+        segs = _Segments(plan, S, P, max_pairs, spare=E)
+        for tiles, idx in segs:
+            k, f, (mx, my, a, b, c) = _gather(table, tiles, idx, plan, ts)
+            a_raw, one_minus, cp = _transmittance(basis, k, alpha_min)
+            T_in = T.index_select(0, tiles)
+            w, T_out = _weights(cp, T_in, t_min)
+            Gt = G.index_select(0, tiles)
+            s = Gt @ f.transpose(1, 2)  # (A,P,S): dL/dwᵢ
+            pre = torch.cumsum(w * s, dim=-1).add_(prefix.index_select(0, tiles)[..., None])
+            behind = total.index_select(0, tiles)[..., None] - pre
+            T_before = torch.cat([T_in[..., None], T_in[..., None] * cp[..., :-1]], dim=-1)
+            d_alpha = T_before.mul_(s).sub_(behind.div_(one_minus))
+            # alpha depends on the Gaussian only between the 1/255 skip and the 0.999 clamp, and while kept
+            live = (w != 0) & (a_raw < ALPHA_MAX)
+            d_x = d_alpha.mul_(a_raw).mul_(live)  # gradient of −σ + log o per pair
+            dk = basis.T @ d_x  # (A,6,S) gradient of the log-alpha coefficients
+            g0, g1, g2, g3, g4, g5 = (-dk).unbind(1)  # σ-coefficient gradients (−g5 is also d log o)
+            rows = idx.reshape(-1)
+            d_geo.index_add_(0, rows, torch.stack([
                 -a * g3 - b * g4 + (a * mx + b * my) * g5,
                 -c * g4 - b * g3 + (c * my + b * mx) * g5,
                 0.5 * g0 - mx * g3 + 0.5 * mx * mx * g5,
                 g2 - my * g3 - mx * g4 + mx * my * g5,
-                0.5 * g1 - my * g4 + 0.5 * my * my * g5], dim=-1).reshape(-1, 5))
-            d_f.index_add_(0, slot, (w.transpose(1, 2) @ Gt).reshape(-1, 5))
-            T[tiles] = T_raw[..., -1]
-            prefix[tiles] = pre[..., -1]
-            segs.alive[tiles] = (T[tiles] > t_min).any(-1)
-        return (d_geo[:E, :2], d_geo[:E, 2:], d_o[:E], d_f[:E, _Z], d_f[:E, _RGB], None, None)
+                0.5 * g1 - my * g4 + 0.5 * my * my * g5,
+                -g5], dim=-1).reshape(-1, 6))
+            d_f.index_add_(0, rows, (w.transpose(1, 2) @ Gt).reshape(-1, 5))
+            T.index_copy_(0, tiles, T_out)
+            prefix.index_copy_(0, tiles, pre[..., -1])
+            segs.alive[tiles] = (T_out > 0).any(-1)
+        d_opac = torch.where(opac > 0, d_geo[:E, 5] / opac.clamp_min(1e-30), torch.zeros_like(opac))
+        return d_geo[:E, :2], d_geo[:E, 2:5], d_opac, d_f[:E, _Z], d_f[:E, _RGB], None, None
 
 
 def _inside_mask(plan, ts, width, height, dtype):

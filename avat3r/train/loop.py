@@ -55,6 +55,7 @@ class DataInfo:
 class TrainResult:
     step: int  # optimisation steps completed
     losses: dict[int, float] = field(default_factory=dict)  # step → loss averaged over processes
+    seconds: dict[int, float] = field(default_factory=dict)  # step → wall time of the step (data included)
     baseline: dict | None = None  # the untrained model's step-0 metrics (the reprojection baseline)
     checkpoint: Path | None = None
 
@@ -318,6 +319,7 @@ def train(recipe: Recipe, run_dir: str | Path, *, resume: bool = False, max_step
     model.train()
     t_last, steps_since = time.perf_counter(), 0
     step = start
+    t_step = time.perf_counter()
     for step, batch in zip(range(start, stop), loader):
         torch.manual_seed(step_seed(recipe.run.seed, step, rank))
         batch = to_device(batch, device)
@@ -366,6 +368,8 @@ def train(recipe: Recipe, run_dir: str | Path, *, resume: bool = False, max_step
         if done % recipe.run.checkpoint_every == 0 or done == stop:
             result.checkpoint = save(done)
         result.step = done
+        now = time.perf_counter()
+        result.seconds[step], t_step = now - t_step, now
 
     if bar is not None:
         bar.close()

@@ -16,9 +16,9 @@ from .shapes import LIGHT, axes_to_quat, fibonacci_cap, normalize, smoothstep
 
 
 def grow_strands(shape: HeadShape, roots, normals, comb, n_steps, length, volume, gravity, rng,
-                 curl_radius=0.0, lift=0.3):
+                 curl_radius=0.0, lift=0.3, hug=None, hug_below=-0.07):
     """Grow strands; returns segment midpoints, directions, lengths and the strand fraction (S·K,)."""
-    step = length / n_steps
+    step = np.reshape(np.asarray(length, dtype=np.float64) / n_steps, (-1, 1))
     pos = roots + normals * 6e-4
     d = normalize(comb + lift * normals)
     S = len(roots)
@@ -41,6 +41,10 @@ def grow_strands(shape: HeadShape, roots, normals, comb, n_steps, length, volume
         shell = shape.shell_radius(nxt, volume * smoothstep(0.0, 0.6, (k + 1) / n_steps) + 0.0015)
         inside = (r < shell) & (nxt[:, 1] > -0.07)
         nxt[inside] *= (shell[inside] / r[inside])[:, None]
+        if hug is not None:  # flat styles lie on the shell instead of sticking out
+            outer = shell + hug
+            out = (r > outer) & (nxt[:, 1] > hug_below)
+            nxt[out] *= (outer[out] / r[out])[:, None]
         neck = np.sqrt((nxt[:, 0] / 0.068) ** 2 + ((nxt[:, 2] + 0.014) / 0.075) ** 2)
         below = (nxt[:, 1] <= -0.07) & (neck < 1)
         nxt[below, 0] /= neck[below]
@@ -93,25 +97,29 @@ def build_hair(shape: HeadShape, rng, acc: GaussianAccumulator):
     side = np.sign(roots[:, 0] - part_x + 1e-9)
     top = smoothstep(0.02, 0.07, roots[:, 1])
     comb_top = np.stack([side * 0.8, np.zeros(len(roots)), -0.6 * np.ones(len(roots))], -1)
-    if style == "bun":
-        comb_top = np.stack([-roots[:, 0] * 5, np.full(len(roots), 0.4), -np.ones(len(roots))], -1)
     comb = top[:, None] * comb_top + (1 - top[:, None]) * np.array([0.0, -1.0, -0.3])
+    bun_centre = np.array([0.0, 0.6 * shape.B, -shape.C - 0.01])
+    if style == "bun":  # everything is pulled towards the bun
+        comb = bun_centre - roots
     comb = normalize(comb - np.sum(comb * nrm, -1, keepdims=True) * nrm)
     if style == "short":
-        length, steps, grav, curl, width = 0.035 + 0.035 * i.hair_length, 6, 0.15, 0.0, 0.0012
+        # shorter at the sides and the nape so strands do not hang below the ears
+        length, steps, grav, curl, width = (0.035 + 0.035 * i.hair_length) * (0.45 + 0.55 * top), 6, 0.15, 0.0, 0.0012
     elif style == "long":
         length, steps, grav, curl, width = 0.14 + 0.14 * i.hair_length, 14, 1.6, 0.0, 0.0013
     elif style == "bun":
-        length, steps, grav, curl, width = 0.06, 7, 0.0, 0.0, 0.0012
+        length, steps, grav, curl, width = np.linalg.norm(bun_centre - roots, axis=-1) * 1.1, 7, 0.0, 0.0, 0.0012
     else:
-        length, steps, grav, curl, width = 0.045 + 0.03 * i.hair_length, 9, 0.05, 0.004, 0.0013
+        length, steps, grav, curl, width = (0.045 + 0.03 * i.hair_length) * (0.6 + 0.4 * top), 9, 0.05, 0.004, 0.0013
     lift = 0.9 if style == "curly" else 0.25
+    hug = {"short": 0.002, "long": 0.002, "bun": 0.0015, "curly": 0.006}[style]
     mids, dirs, seglen, frac, sid = grow_strands(shape, roots, nrm, comb, steps, length, vol, grav, rng,
-                                                 curl_radius=curl, lift=lift)
+                                                 curl_radius=curl, lift=lift, hug=hug,
+                                                 hug_below=0.0 if style == "long" else -0.07)
     q, sc, col = strand_gaussians(shape, mids, dirs, seglen, frac, sid, i.hair_color, width, rng, len(roots))
     idx = [acc.add("hair", mids, q, sc, 0.93, col)]
     if style == "bun":
-        c = np.array([0.0, 0.6 * shape.B, -shape.C - 0.01])
+        c = bun_centre
         d = fibonacci_cap(2600, -1.0, rng)
         rb = 0.028 + 0.01 * i.hair_volume
         pb = c + d * rb * (1 + 0.06 * rng.normal(0, 1, len(d)))[:, None]

@@ -21,7 +21,7 @@ CAVITY_COLOR = np.array([0.17, 0.035, 0.045])
 LID_AZ = np.deg2rad(np.linspace(-78, 78, 30))
 LID_TOP = np.deg2rad(80.0)
 UPPER_LID_S, LOWER_LID_S = 12, 8
-UPPER_EDGE, LOWER_EDGE = np.deg2rad(12.0), np.deg2rad(-20.0)
+UPPER_EDGE, LOWER_EDGE = np.deg2rad(20.0), np.deg2rad(-25.0)
 
 
 def hair_region(shape: HeadShape, p: np.ndarray, soft: float = 0.004) -> np.ndarray:
@@ -55,7 +55,7 @@ def build_skin(shape: HeadShape, rng, acc: GaussianAccumulator):
         keep &= ~(((dx / (0.0135 * es)) ** 2 + (dy / (0.0072 * es)) ** 2 < 1) & (u[:, 2] > 0.3))
     u, delta, p = u[keep], delta[keep], p[keep]
     j1, j2, n = shape.jacobian(u)
-    k = 0.62 * delta[:, None, None]
+    k = 0.78 * delta[:, None, None]
     cov = k ** 2 * (j1[:, :, None] * j1[:, None, :] + j2[:, :, None] * j2[:, None, :])
     cov += 0.0006 ** 2 * n[:, :, None] * n[:, None, :]
     quats, scales = covariance_to_gaussian(cov)
@@ -89,11 +89,18 @@ def build_skin(shape: HeadShape, rng, acc: GaussianAccumulator):
     if i.facial_hair in ("stubble", "beard"):
         b = beard_region(shape, p)
         albedo = albedo * (1 - 0.35 * b[:, None]) + 0.35 * b[:, None] * np.array(i.hair_color)[None] * 0.6
-    colors = albedo * shade(n)[:, None]
+    # soft occlusion in the folds: beside the nose, under it, the inner eye corners
+    ao = 1.0
+    for s in (-1, 1):
+        ao = ao - 0.22 * gauss2(x - s * 0.016 * i.nose_width, y - shape.y_tip - 0.004, 0.005, 0.009)
+        ao = ao - 0.15 * gauss2(x - s * (shape.eye_x - 0.014), y - shape.y_eye, 0.005, 0.006)
+        ao = ao - 0.12 * gauss2(x - s * 0.025, y - shape.y_mouth - 0.012, 0.004, 0.012)
+    ao = ao - 0.25 * gauss2(x, y - shape.y_tip + 0.007, 0.008, 0.003)
+    colors = albedo * (shade(n, 0.42, 0.68) * np.where(z > 0, ao, 1.0))[:, None]
     part_is_lip = (np.maximum(up, lo) > 0.5) & (z > 0)
-    idx_skin = acc.add("skin", p[~part_is_lip], quats[~part_is_lip], scales[~part_is_lip], 0.97,
+    idx_skin = acc.add("skin", p[~part_is_lip], quats[~part_is_lip], scales[~part_is_lip], 0.99,
                        colors[~part_is_lip])
-    idx_lip = acc.add("lips", p[part_is_lip], quats[part_is_lip], scales[part_is_lip], 0.97, colors[part_is_lip])
+    idx_lip = acc.add("lips", p[part_is_lip], quats[part_is_lip], scales[part_is_lip], 0.99, colors[part_is_lip])
     return idx_skin, idx_lip
 
 
@@ -291,6 +298,14 @@ def build_brows(shape: HeadShape, rng, acc: GaussianAccumulator):
     return np.concatenate(idx)
 
 
+def behind_skin(shape: HeadShape, p: np.ndarray, gap: float) -> np.ndarray:
+    """Push points back so they sit at least ``gap`` behind the face surface (hidden while the lips close)."""
+    skin, _ = shape.front_point(p[:, 0], p[:, 1])
+    p = p.copy()
+    p[:, 2] = np.minimum(p[:, 2], skin[:, 2] - gap)
+    return p
+
+
 def build_mouth_interior(shape: HeadShape, rng, acc: GaussianAccumulator) -> dict:
     """Teeth, tongue and a dark cavity behind the lips: hidden while the lips touch."""
     i = shape.ident
@@ -299,11 +314,12 @@ def build_mouth_interior(shape: HeadShape, rng, acc: GaussianAccumulator) -> dic
     out = {}
     # teeth: an arch of small white Gaussians, darker between teeth
     n_arc, n_v = 44, 8
-    for name, y0, y1, back in (("upper", m - 0.0015, m + 0.0085, 0.0045), ("lower", m - 0.008, m + 0.001, 0.006)):
+    for name, y0, y1, back in (("upper", m - 0.0015, m + 0.0085, 0.0075), ("lower", m - 0.008, m + 0.001, 0.009)):
         phi, v = np.meshgrid(np.deg2rad(np.linspace(-64, 64, n_arc)), np.linspace(0, 1, n_v))
         phi, v = phi.ravel(), v.ravel()
         R = 0.026 * w / 0.024
         p = np.stack([R * np.sin(phi), y0 + (y1 - y0) * v, z_front - back - R * (1 - np.cos(phi)) * 1.1], -1)
+        p = behind_skin(shape, p, back)
         arc = R * phi
         gap = np.abs(((arc / (0.0052 + 0.0012 * np.abs(phi))) % 1.0) - 0.5) > 0.42
         col = np.tile([0.95, 0.93, 0.86], (len(p), 1)) * (1 - 0.45 * gap)[:, None]
@@ -317,7 +333,7 @@ def build_mouth_interior(shape: HeadShape, rng, acc: GaussianAccumulator) -> dic
     dirs = fibonacci_cap(520, -0.2, rng)[:, [0, 2, 1]]  # cap around +y
     rad = np.array([0.017 * w / 0.024, 0.006, 0.022])
     centre = np.array([0.0, m - 0.0105, z_front - 0.024])
-    p = centre + dirs * rad
+    p = behind_skin(shape, centre + dirs * rad, 0.012)
     nrm = normalize(dirs / rad)
     t1, t2 = tangent_basis(nrm)
     sp = 0.6 * np.sqrt(2 * np.pi * 0.6 * 0.017 * 0.022 / 520) * 1.4
@@ -326,11 +342,10 @@ def build_mouth_interior(shape: HeadShape, rng, acc: GaussianAccumulator) -> dic
     out["tongue"] = acc.add("tongue", p, axes_to_quat(t1, t2), np.tile([sp, sp, 6e-4], (len(p), 1)), 0.99, col)
     out["tongue_reach"] = smoothstep(-1.0, 1.0, dirs[:, 2]) * 0.75 + 0.25
     # cavity: a bowl opening forwards behind the teeth
-    dirs = fibonacci_cap(900, -0.55, rng)
-    dirs = -dirs  # a cap around −z: the back wall and the sides
+    dirs = -fibonacci_cap(900, -0.2, rng)  # a cap around −z: the back wall and the sides, rim behind the lips
     rad = np.array([0.025 * w / 0.024, 0.02, 0.03])
-    centre = np.array([0.0, m - 0.003, z_front - 0.012])
-    p = centre + dirs * rad
+    centre = np.array([0.0, m - 0.003, z_front - 0.009])
+    p = behind_skin(shape, centre + dirs * rad, 0.0045)
     nrm = normalize(dirs / rad)
     t1, t2 = tangent_basis(nrm)
     sp = 0.7 * np.sqrt(2 * np.pi * 0.78 * 0.025 * 0.025 / 900) * 1.3

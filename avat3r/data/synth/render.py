@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from contextlib import contextmanager
 from functools import lru_cache
 from typing import Sequence
 
@@ -50,6 +51,18 @@ def render_views(gaussians: Gaussians, cameras: Cameras):
         return rgb, alpha, depth
 
 
+@contextmanager
+def single_thread():
+    """Run torch on one thread: results then do not depend on the machine's or the caller's thread count
+    (reduction order), and data-loader workers are single-threaded anyway."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
+
+
 def head_gaussians(identity, expr) -> Gaussians:
     """Gaussians of ``identity`` making expression ``expr`` (E,) (neutral geometry cached per identity)."""
     return deform(neutral_head(identity), expr)
@@ -84,7 +97,8 @@ def render_sample(seed: int, person: int, segment: str, frame: int, camera, n_fr
     cam = cams[k]
     expr = _codes(segment, int(n_frames))[int(frame)].clone()
     g = head_gaussians(make_identity(seed, person), expr)
-    rgb, alpha, depth = render_views(g, cam)
+    with single_thread():
+        rgb, alpha, depth = render_views(g, cam)
     return {
         "rgb": np.round(rgb[0].clamp(0, 1).numpy() * 255).astype(np.uint8),
         "mask": np.round(alpha[0].clamp(0, 1).numpy() * 255).astype(np.uint8),
@@ -130,7 +144,8 @@ def contact_sheet(seed: int, persons: int | Sequence[int] = 8, res: int = 128, n
         ident = make_identity(seed, p)
         tiles = []
         for (code, _), v in zip(SHEET_COLUMNS, views):
-            rgb, _, _ = render_views(head_gaussians(ident, code), cams[v])
+            with single_thread():
+                rgb, _, _ = render_views(head_gaussians(ident, code), cams[v])
             tiles.append(rgb[0].clamp(0, 1).numpy())
         rows.append(np.concatenate(tiles, axis=1))
     return np.round(np.concatenate(rows, axis=0) * 255).astype(np.uint8)
