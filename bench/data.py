@@ -26,6 +26,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from avat3r.data.examples import ExampleDataset, ExampleSampler, collate_examples
 from avat3r.data.manifest import read_manifest
 from avat3r.data.prep import DEFAULT_SOURCE, load_source, prep_synth
+from avat3r.data.shards import ShardWriter, encode_sample
 
 REFERENCE = dict(persons=64, frames=30, cameras=16, res=128)
 
@@ -50,7 +51,7 @@ def main() -> None:
     n = args.persons * len(segments) * args.frames * args.cameras
     print(f"# data bench: {args.persons} persons × {len(segments)} segment(s) × {args.frames} frames × "
           f"{args.cameras} cameras at {args.res}² = {n} samples, {args.workers} worker(s), {os.cpu_count()} cores, "
-          f"source {args.source}", file=sys.stderr)
+          f"source {args.source}, load average {os.getloadavg()[0]:.1f} at start", file=sys.stderr)
 
     t0 = time.perf_counter()
     summary = prep_synth(out, args.persons, args.frames, args.cameras, args.res, seed=0, segments=segments,
@@ -61,6 +62,13 @@ def main() -> None:
     bytes_per = summary.bytes / summary.n_samples
 
     m = read_manifest(out)
+    # the shard plumbing alone: encode and write the rendered samples again
+    samples = [m.read(r) for r in range(min(len(m), 200))]
+    t0 = time.perf_counter()
+    with tempfile.TemporaryDirectory() as tmp, ShardWriter(tmp) as w:
+        for s in samples:
+            w.write(s["__key__"], encode_sample(s))
+    write_rate = len(samples) / (time.perf_counter() - t0)
     rng = np.random.default_rng(0)
     order = rng.permutation(len(m))[: min(len(m), 400)]
     t0 = time.perf_counter()
@@ -89,11 +97,13 @@ def main() -> None:
     label = "measured" if whole else f"projected from {summary.n_samples} samples"
     print(f"| 64 persons × 30 frames × 16 cameras at 128² ({ref_samples} samples) | "
           f"{ref_samples / gen_rate / 60:.1f} min, {ref_samples * bytes_per / 1e9:.2f} GB ({label}) |")
+    print(f"| shard writing only (PNG/npy encode + tar), 1 process | {write_rate:.0f} samples/s |")
     print(f"| read_sample by offset, random order, 1 process | {read_rate:.0f} samples/s |")
     print(f"| training examples (4 inputs + 8 targets), 1 process | {ex_rate_1:.1f} examples/s "
           f"({12 * ex_rate_1:.0f} samples/s) |")
     print(f"| training examples through DataLoader, {args.workers} workers (incl. start-up) | {ex_rate:.1f} examples/s "
           f"({12 * ex_rate:.0f} samples/s) |")
+    print(f"\nload average (1 min) at the end: {os.getloadavg()[0]:.1f} on {os.cpu_count()} cores")
     if args.keep is None:
         shutil.rmtree(out)
 

@@ -153,7 +153,8 @@ def write_section(path: Path, section: str) -> None:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--frames", type=int, default=8, help="frames per decode call")
-    ap.add_argument("--threads", type=int, default=2, help="CPU threads")
+    ap.add_argument("--threads", type=int, default=1,
+                    help="CPU threads (1 by default: on a shared 2-core machine two threads thrash)")
     ap.add_argument("--min-time", type=float, default=2.0, help="seconds of timing per measurement")
     ap.add_argument("--write-docs", action="store_true", help="write the section into docs/benchmarks.md")
     args = ap.parse_args()

@@ -51,7 +51,7 @@ def register(app: typer.Typer) -> None:
         total = persons * n_seg * frames * cameras
         info(f"avat3r prep synth: {persons} persons × {n_seg} segments × {frames} frames × {cameras} cameras "
              f"at {res}² = {total} samples → {out}")
-        bar = LazyBar(total=total, unit="sample", desc="prep synth")  # appears with the first person done
+        bar = LazyBar(total=total, unit="sample", desc="prep synth")  # appears with the first frame done
         try:
             summary = prep_synth(out, persons, frames, cameras, res, seed=seed, segments=segments,
                                  workers=workers, n_val=val_persons, n_test=test_persons, depth=depth, source=source,

@@ -1,7 +1,7 @@
 """`prep synth`: render a SynthHeads set into shards + manifest, in parallel yet byte-identically.
 
-Workers render whole persons; the parent writes their samples in key order (person → segment → frame →
-camera), so the bytes never depend on the number of workers or their timing.
+Workers render one frame (all cameras) per job; the parent writes the results in key order (person → segment →
+frame → camera), so the bytes never depend on the number of workers or their timing.
 """
 
 from __future__ import annotations
@@ -30,10 +30,13 @@ def load_source(spec: str):
 
 @dataclass(frozen=True)
 class SynthJob:
+    """One frame of one person's segment, all cameras: small enough for steady progress and load balance."""
+
     source: str
     seed: int
     person: int
-    segments: tuple[str, ...]
+    segment: str
+    frame: int
     n_frames: int
     n_cameras: int
     res: int
@@ -47,24 +50,23 @@ def _mask_u8(mask: np.ndarray) -> np.ndarray:
     return (np.clip(mask.astype(np.float32), 0, 1) * 255 + 0.5).astype(np.uint8)
 
 
-def render_person(job: SynthJob) -> list[tuple[str, dict[str, bytes], dict, np.ndarray]]:
-    """Every sample of one person as (key, encoded entries, manifest fields, expr). Top-level: spawn-safe."""
+def render_job(job: SynthJob) -> list[tuple[str, dict[str, bytes], dict, np.ndarray]]:
+    """Every camera's sample of one frame as (key, encoded entries, manifest fields, expr). Top-level, so
+    spawned workers can run it."""
     src = load_source(job.source)
     cam_names, _ = src.make_rig(job.seed, job.n_cameras, job.res)
     person = src.person_name(job.person)
     out = []
-    for segment in job.segments:
-        for frame in range(job.n_frames):
-            for c, cam_name in enumerate(cam_names):
-                s = src.render_sample(job.seed, job.person, segment, frame, c, job.n_frames, job.n_cameras, job.res)
-                sample = {"rgb": np.asarray(s["rgb"], dtype=np.uint8), "mask": _mask_u8(s["mask"]),
-                          "camera": s["camera"], "expr": np.asarray(s["expr"], dtype=np.float32),
-                          "depth": np.asarray(s["depth"], dtype=np.float32) if job.depth else None}
-                key = make_key(person, segment, frame, cam_name)
-                h, w = sample["rgb"].shape[:2]
-                row = {"person": person, "segment": segment, "frame": frame, "camera": cam_name,
-                       "width": w, "height": h, "has_prior": False}
-                out.append((key, encode_sample(sample), row, sample["expr"]))
+    for c, cam_name in enumerate(cam_names):
+        s = src.render_sample(job.seed, job.person, job.segment, job.frame, c, job.n_frames, job.n_cameras, job.res)
+        sample = {"rgb": np.asarray(s["rgb"], dtype=np.uint8), "mask": _mask_u8(s["mask"]),
+                  "camera": s["camera"], "expr": np.asarray(s["expr"], dtype=np.float32),
+                  "depth": np.asarray(s["depth"], dtype=np.float32) if job.depth else None}
+        key = make_key(person, job.segment, job.frame, cam_name)
+        h, w = sample["rgb"].shape[:2]
+        row = {"person": person, "segment": job.segment, "frame": job.frame, "camera": cam_name,
+               "width": w, "height": h, "has_prior": False}
+        out.append((key, encode_sample(sample), row, sample["expr"]))
     return out
 
 
@@ -89,7 +91,7 @@ def prep_synth(out: str | os.PathLike, persons: int, frames: int, cameras: int, 
                maxcount: int = DEFAULT_MAXCOUNT, maxsize: int = DEFAULT_MAXSIZE,
                progress: Callable[[int], None] | None = None) -> PrepSummary:
     """Render ``persons`` identities × ``segments`` × ``frames`` × ``cameras`` into ``out`` (shards +
-    manifest.parquet). ``progress(n)`` is called with the number of samples each finished person added."""
+    manifest.parquet). ``progress(n)`` is called with the number of samples each finished frame added."""
     if persons < 1 or frames < 1 or cameras < 1 or res < 8:
         raise ValueError("need persons, frames, cameras ≥ 1 and res ≥ 8")
     src = load_source(source)
@@ -109,9 +111,11 @@ def prep_synth(out: str | os.PathLike, persons: int, frames: int, cameras: int, 
     out.mkdir(parents=True, exist_ok=True)
     for stale in out.glob("shard-*.tar"):  # a previous run's extra shards would break "same args, same bytes"
         stale.unlink()
-    jobs = [SynthJob(source, seed, p, segments, frames, cameras, res, depth) for p in range(persons)]
+    # key order: person → segment → frame → camera (the rig's order)
+    jobs = [SynthJob(source, seed, p, seg, f, frames, cameras, res, depth)
+            for p in range(persons) for seg in segments for f in range(frames)]
     records, rows, exprs = [], [], []
-    workers = max(1, min(workers, persons))
+    workers = max(1, min(workers, len(jobs)))
     with ShardWriter(out, maxcount=maxcount, maxsize=maxsize) as writer:
         def consume(samples):
             for key, entries, row, expr in samples:
@@ -123,11 +127,11 @@ def prep_synth(out: str | os.PathLike, persons: int, frames: int, cameras: int, 
 
         if workers == 1:
             for job in jobs:
-                consume(render_person(job))
+                consume(render_job(job))
         else:
             threads = max(1, (os.cpu_count() or 1) // workers)
             with mp.get_context("spawn").Pool(workers, initializer=_init_worker, initargs=(threads,)) as pool:
-                for samples in pool.imap(render_person, jobs, chunksize=1):  # imap keeps person order
+                for samples in pool.imap(render_job, jobs, chunksize=1):  # imap keeps the jobs' order
                     consume(samples)
     manifest = build_manifest(records, rows, np.stack(exprs), src.EXPRESSION_SPACE, "synth", out)
     write_manifest(out / MANIFEST_NAME, manifest)

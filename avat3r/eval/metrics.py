@@ -16,17 +16,20 @@ import torch
 from ..train.losses import LpipsWeightsMissing, build_lpips, lpips_distance, ssim
 
 # -- paired-image metrics ----------------------------------------------------------------------------
+def _f(x: torch.Tensor) -> torch.Tensor:
+    """float32, or float64 when given float64 (reference computations)."""
+    return x if x.dtype == torch.float64 else x.float()
 
 
 def psnr(pred: torch.Tensor, target: torch.Tensor, per_image: bool = False, max_value: float = 1.0):
     """10·log10(max² / MSE) of (…,H,W,3) images; ``per_image`` over the flattened leading axes."""
-    diff = (pred.float() - target.float()) ** 2
+    diff = (_f(pred) - _f(target)) ** 2
     mse = diff.reshape(-1, *diff.shape[-3:]).mean(dim=(1, 2, 3)) if per_image else diff.mean()
     return 10.0 * torch.log10(max_value ** 2 / mse.clamp_min(1e-20))
 
 
 def ssim_metric(pred: torch.Tensor, target: torch.Tensor, per_image: bool = False) -> torch.Tensor:
-    return ssim(pred.float().clamp(0, 1), target.float(), per_image=per_image)
+    return ssim(_f(pred).clamp(0, 1), _f(target), per_image=per_image)
 
 
 class Unavailable(RuntimeError):

@@ -2,8 +2,8 @@
 
 Per input view and pixel ray (all views at once, vectorised):
 1. Visual hull. March depths through a head-sized bounding sphere around the origin and keep the first depth
-   that lies inside every other view's silhouette wherever that view sees it (a view whose image the point
-   falls outside of cannot carve it), refined by bisection. The hull contains the head, so the true surface
+   that lies inside every other view's silhouette, refined by bisection. A point off another view's image
+   reads that silhouette's nearest border pixel, so a crop that cuts off hair or neck cannot carve them. The hull contains the head, so the true surface
    lies on or behind this depth along the ray.
 2. Plane sweep. Try depths in a band behind the hull surface; score each by windowed normalised
    cross-correlation (plus a robust colour term) between the reference view and each other view's image
@@ -105,14 +105,15 @@ class GeometricPrior:
         return t_hull, hull_hit
 
     def _inside_all(self, pts, carve, cameras, ref, H, W):
-        """(P,N) bool: inside the silhouette of every view other than ``ref`` that sees the point."""
+        """(P,N) bool: inside the silhouette of every view other than ``ref``."""
         P, N, _ = pts.shape
         others = [j for j in range(len(cameras)) if j != ref]
         flat = pts.reshape(1, P * N, 3).expand(len(others), -1, -1)
         uv, z = _project(cameras[others], flat)
         m = _sample(carve[others][:, None], uv, W, H)[:, 0]  # (J, P·N)
-        seen = (z > 1e-4) & _in_image(uv, W, H)
-        inside = (m > 0.5) | ~seen
+        # Off-image points read the silhouette's border pixel: carved unless the silhouette runs off the image
+        # there (a crop that cuts hair or neck cannot carve what lies beyond it).
+        inside = (m > 0.5) | (z <= 1e-4)
         return inside.all(0).reshape(P, N)
 
     # -- 2. plane sweep ---------------------------------------------------------------------------
@@ -159,10 +160,12 @@ class GeometricPrior:
 
     def _match_cost(self, a, b, mu_a, var_a):
         """(J,H,W) in [0,1]: windowed NCC over the RGB window (channels as extra samples) + colour difference."""
-        mu_b, var_b = _box_stats(b, self.window)
-        cov = _box(a * b, self.window).sum(1) - (mu_a * mu_b).sum(1)
+        # one pooling call for all windowed moments: b, b², a·b, |a − b|
+        pooled = _box(torch.cat([b, b * b, a * b, (a - b).abs().mean(1, keepdim=True)], 1), self.window)
+        mu_b, mu_bb, mu_ab, sad = pooled[:, 0:3], pooled[:, 3:6], pooled[:, 6:9], pooled[:, 9]
+        var_b = (mu_bb - mu_b * mu_b).sum(1).clamp_min(0)
+        cov = (mu_ab - mu_a * mu_b).sum(1)
         ncc = cov / torch.sqrt(var_a * var_b + 1e-6)
-        sad = _box((a - b).abs().mean(1, keepdim=True), self.window)[:, 0]
         colour = (sad / self.colour_scale).clamp(0, 1)
         return self.ncc_weight * (1 - ncc.clamp(-1, 1)) / 2 + (1 - self.ncc_weight) * colour
 

@@ -55,10 +55,11 @@ def build_skin(shape: HeadShape, rng, acc: GaussianAccumulator):
         keep &= ~(((dx / (0.0135 * es)) ** 2 + (dy / (0.0072 * es)) ** 2 < 1) & (u[:, 2] > 0.3))
     u, delta, p = u[keep], delta[keep], p[keep]
     j1, j2, n = shape.jacobian(u)
-    k = 0.78 * delta[:, None, None]
+    k = 0.72 * delta[:, None, None]
     cov = k ** 2 * (j1[:, :, None] * j1[:, None, :] + j2[:, :, None] * j2[:, None, :])
     cov += 0.0006 ** 2 * n[:, :, None] * n[:, None, :]
     quats, scales = covariance_to_gaussian(cov)
+    scales = np.minimum(scales, 0.004)  # where the relief is nearly vertical (nose wings) the map is degenerate
 
     x, y, z = p[:, 0], p[:, 1], p[:, 2]
     base = np.array(i.skin_color)

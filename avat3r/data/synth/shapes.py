@@ -28,10 +28,12 @@ def fibonacci_cap(n: int, cos_min: float = -1.0, rng: np.random.Generator | None
     i = np.arange(n) + 0.5
     z = 1.0 - (1.0 - cos_min) * i / n
     phi = i * GOLDEN_ANGLE
-    if rng is not None:  # break the lattice's visible spirals a little
-        z = np.clip(z + rng.uniform(-jitter, jitter, n) * (1.0 - cos_min) / n, cos_min, 1.0)
-        phi = phi + rng.uniform(-jitter, jitter, n) * GOLDEN_ANGLE
     r = np.sqrt(np.clip(1.0 - z * z, 0.0, 1.0))
+    if rng is not None:  # break the lattice's visible spirals a little (a fraction of the local spacing)
+        spacing = np.sqrt(2 * np.pi * (1.0 - cos_min) / n)
+        z = np.clip(z + rng.uniform(-jitter, jitter, n) * (1.0 - cos_min) / n, cos_min, 1.0)
+        phi = phi + rng.uniform(-jitter, jitter, n) * spacing / np.maximum(r, spacing)
+        r = np.sqrt(np.clip(1.0 - z * z, 0.0, 1.0))
     return np.stack([r * np.cos(phi), r * np.sin(phi), z], axis=-1)
 
 

@@ -1,0 +1,28 @@
+"""SynthHeads: procedural Gaussian heads for offline training and tests (DESIGN §5).
+
+Identities × expressions × an Ava-256-like camera rig, every head a set of 3D Gaussians rendered by our own
+rasterizer, everything deterministic from a seed. ``render_sample`` is the on-the-fly sample source: the
+same ``(seed, person, segment, frame, camera)`` always gives the same bytes. Parameters are described in
+docs/synthheads.md. The implementation lives in ``avat3r.data.synth``.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from .synth.expressions import EXPRESSION_NAMES, EXPRESSION_SPACE, SEGMENTS, neutral_code, segment_codes
+from .synth.head import CAVITY_COLOR
+from .synth.identity import FACIAL_HAIR, HAIR_STYLES, Identity, make_identity, person_name
+from .synth.parts import PARTS, RIGID_PARTS
+from .synth.render import contact_sheet, head_gaussians, render_sample, render_views
+from .synth.rig import make_rig
+from .synth.rigging import neutral_head
+
+__all__ = ["EXPRESSION_NAMES", "EXPRESSION_SPACE", "SEGMENTS", "neutral_code", "segment_codes", "Identity",
+           "make_identity", "person_name", "HAIR_STYLES", "FACIAL_HAIR", "head_gaussians", "head_parts", "PARTS",
+           "RIGID_PARTS", "CAVITY_COLOR", "make_rig", "render_views", "render_sample", "contact_sheet"]
+
+
+def head_parts(identity: Identity) -> np.ndarray:
+    """(N,) part label of every Gaussian of ``head_gaussians(identity, ·)`` (indices into ``PARTS``)."""
+    return neutral_head(identity).part.copy()
