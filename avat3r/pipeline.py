@@ -24,7 +24,7 @@ from .stream import FrameStreamWriter, frame_cameras, read_frame_stream
 
 Progress = Callable[[int], None] | None
 CAMERA_PATHS = ("frontal", "orbit", "inputs")
-DEFAULT_FOV_DEGREES = 12.0  # frames a 0.2 m head at 1 m with a little margin
+DEFAULT_FOV_DEGREES = 18.0  # a 0.32 m field at 1 m: the whole head with hair, like the input crops
 DEFAULT_STATIC_FRAMES = 60  # orbit/frontal length for a static .ply / neutral avatar
 
 
@@ -53,18 +53,25 @@ def _load_checkpoint(checkpoint, device):
     return model.eval(), meta
 
 
-def compute_input_priors(images: torch.Tensor, cameras: Cameras, masks: torch.Tensor | None,
-                         position: str, features: str | None):
-    """pos (V,H,W,3), conf (V,H,W), feats (V,C,h,w) or None with the named prior backends."""
-    from . import priors
+def _checkpoint_space(ck_meta: dict, dim: int, checkpoint) -> tuple[str, list[str], list[float]]:
+    """The checkpoint's expression space with its names and neutral code (from the registry if not stored)."""
+    from .expressions import ExpressionError, get_space
 
-    if hasattr(priors, "compute_priors"):
-        return priors.compute_priors(images, cameras, masks, position=position, features=features or "none")
-    pos, conf = priors.get_position_prior(position)(images, cameras, masks)
-    feats = None
-    if features not in (None, "none"):
-        feats = priors.get_feature_prior(features)(images)
-    return pos, conf, feats
+    space = ck_meta.get("expression_space")
+    if not space:
+        raise PipelineError(f"checkpoint {checkpoint} does not declare its expression_space")
+    names, neutral = ck_meta.get("expression_names"), ck_meta.get("neutral")
+    if not names or neutral is None:
+        try:
+            sp = get_space(space)
+        except ExpressionError:
+            raise PipelineError(f"checkpoint {checkpoint} lacks expression_names/neutral for its unknown "
+                                f"expression space {space!r}") from None
+        names, neutral = names or list(sp.names), list(sp.neutral) if neutral is None else neutral
+    if len(names) != dim or len(neutral) != dim:
+        raise PipelineError(f"checkpoint {checkpoint}: expression space {space!r} has {len(names)} names and a "
+                            f"{len(neutral)}-d neutral code, but the model takes {dim}-d codes")
+    return space, [str(n) for n in names], [float(x) for x in neutral]
 
 
 def reconstruct(image_dir: str | os.PathLike, cams_json: str | os.PathLike, checkpoint: str | os.PathLike,
@@ -74,28 +81,27 @@ def reconstruct(image_dir: str | os.PathLike, cams_json: str | os.PathLike, chec
     the inputs (e.g. a camera that does not aim at the head)."""
     from .avatar import save_avatar
     from .data.images import load_user_images
+    from .priors import compute_priors
 
     dev = resolve_device(device)
     model, ck_meta = _load_checkpoint(checkpoint, dev)
     cfg = model.config
+    space, names_e, neutral = _checkpoint_space(ck_meta, cfg.expression_dim, checkpoint)
+    position = ck_meta.get("position_prior") or "geometric"
+    features = (ck_meta.get("feature_prior") or "none") if cfg.use_features else "none"
+    if cfg.use_features and features == "none":
+        raise PipelineError(f"checkpoint {checkpoint}: the model uses image features but names no feature prior")
     rgb, masks, cameras, names = load_user_images(image_dir, cams_json, cfg.input_res, masks=masks_dir,
                                                   on_warning=on_warning)
     rgb, masks = torch.as_tensor(rgb, dtype=torch.float32), torch.as_tensor(masks, dtype=torch.float32)
-    position = ck_meta.get("position_prior") or "geometric"
-    features = ck_meta.get("feature_prior") or ("none" if not cfg.use_features else None)
-    if cfg.use_features and features in (None, "none"):
-        raise PipelineError("the checkpoint's model uses image features but names no feature prior")
-    pos, conf, feats = compute_input_priors(rgb, cameras, masks, position, features)
+    pos, conf, feats = compute_priors(rgb, cameras, masks, position=position, features=features)
     with torch.inference_mode():
         state = model.encode(rgb[None].to(dev), cameras.to(dev), pos[None].to(dev), conf[None].to(dev),
                              None if feats is None else feats[None].to(dev))
-    space = ck_meta.get("expression_space")
-    if not space:
-        raise PipelineError(f"checkpoint {checkpoint} does not declare its expression_space")
     meta = {
         "expression_space": space,
-        "expression_names": list(ck_meta.get("expression_names") or []),
-        "neutral": [float(x) for x in (ck_meta.get("neutral") or [])],
+        "expression_names": names_e,
+        "neutral": neutral,
         "checkpoint_sha256": ck_meta["sha256"],
         "position_prior": position,
         "feature_prior": features,
@@ -187,10 +193,6 @@ def parse_background(text: str | None) -> tuple[float, float, float]:
     return parts
 
 
-def _even(x: float) -> int:
-    return max(2, int(round(x / 2)) * 2)
-
-
 class CameraPath:
     """One render camera per frame index: ``frontal``, ``orbit`` (one turn over the sequence), ``inputs``
     (cycles the avatar's input cameras) or a cams.json (cycles its cameras)."""
@@ -217,9 +219,9 @@ class CameraPath:
             raise PipelineError(f"unknown camera path {spec!r}; use frontal, orbit, inputs or a cams.json file")
 
     def _fit(self, cams: Cameras) -> Cameras:
-        """Scale cameras to --size pixels wide (height by their aspect, even), so every frame has one size."""
+        """Scale cameras to --size pixels wide (height by the first camera's aspect), so all frames share a size."""
         w, h = int(cams.width[0]), int(cams.height[0])
-        return cams.resized(self.size, _even(self.size * h / w))
+        return cams.resized(self.size, max(1, round(self.size * h / w)))
 
     @property
     def static_frames(self) -> int:

@@ -67,7 +67,8 @@ def register(app: typer.Typer) -> None:
         quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar."),
     ) -> None:
         from avat3r.expressions import builtin_sequence, read_sequence
-        from avat3r.pipeline import animate as run_animate, error_line, load_animatable, user_errors
+        from avat3r.pipeline import animate as run_animate
+        from avat3r.pipeline import error_line, load_animatable, user_errors
 
         if (sequence is None) == (builtin is None):
             fail("give an expression sequence (expr.parquet) or --builtin demo, not both and not neither")

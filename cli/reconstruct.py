@@ -31,7 +31,8 @@ def register(app: typer.Typer) -> None:
                                             "the avatar animates without the checkpoint."),
         device: str = typer.Option("auto", "--device", help="cpu, cuda, cuda:N or auto."),
     ) -> None:
-        from avat3r.pipeline import error_line, reconstruct as run_reconstruct, user_errors
+        from avat3r.pipeline import error_line, user_errors
+        from avat3r.pipeline import reconstruct as run_reconstruct
 
         if out.suffix.lower() != ".avt":
             fail(f"{out}: the avatar file name must end in .avt")

@@ -14,7 +14,7 @@ HELP = """Train the Avat3r network from a recipe (recipes/*.toml).
 One process by default (CPU, or one GPU with bf16 autocast). For several GPUs or CPU processes launch the
 same command through Accelerate, e.g.
 
-  accelerate launch --num_processes 8 -m cli.main train --recipe recipes/paper.toml -o runs/paper
+  accelerate launch --multi_gpu --num_processes 8 -m cli.main train --recipe recipes/paper.toml -o runs/paper
 
 Writes RUN_DIR/checkpoints/step_XXXXXXXX/ (model.safetensors, config.json, train_state/), TensorBoard logs in
 RUN_DIR/logs and PNG previews (inputs | prediction | ground truth) in RUN_DIR/previews.
@@ -47,5 +47,5 @@ def register(app: typer.Typer) -> None:
         except (RecipeError, TrainError, LpipsWeightsMissing, CheckpointError, ModelCheckpointError,
                 ConfigError, FileNotFoundError, ValueError) as e:
             fail(str(e).splitlines()[0] if str(e) else type(e).__name__)
-        if result.checkpoint is not None:
+        if result.main and result.checkpoint is not None:
             info(f"step {result.step}: checkpoint {result.checkpoint}")

@@ -10,8 +10,16 @@ import pyarrow.parquet as pq
 import pytest
 import torch
 
-from avat3r.expressions import (ExpressionError, ExpressionSequence, builtin_sequence, check_space, get_space,
-                                load_sequence, read_sequence, write_sequence)
+from avat3r.expressions import (
+    ExpressionError,
+    ExpressionSequence,
+    builtin_sequence,
+    check_space,
+    get_space,
+    load_sequence,
+    read_sequence,
+    write_sequence,
+)
 
 
 def _codes(t: int, e: int, seed: int = 0) -> torch.Tensor:

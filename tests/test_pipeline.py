@@ -105,6 +105,35 @@ def test_render_stream_to_mp4_pngs_and_plys(tmp_path):
     assert not np.array_equal(read_png(tmp_path / "png" / "000000.png"), read_png(tmp_path / "png" / "000001.png"))
 
 
+def test_render_writes_each_frame_as_it_arrives(tmp_path):
+    """Frame 0's PNG exists before the writer has produced frame 1 (render does not wait for the stream's end)."""
+    import threading
+    import time
+
+    from avat3r.pipeline import render, stream_source
+
+    read_fd, write_fd = os.pipe()
+    png0 = tmp_path / "f" / "000000.png"
+    seen = []
+
+    def writer():
+        with os.fdopen(write_fd, "wb") as f, FrameStreamWriter(f, 10, "synthheads-v1", None, n_frames=3) as w:
+            w.write(0, ellipsoid_scene(100, seed=0))
+            deadline = time.monotonic() + 60
+            while not png0.exists() and time.monotonic() < deadline:
+                time.sleep(0.02)
+            seen.append(png0.exists())
+            w.write(1, ellipsoid_scene(100, seed=1))
+            w.write(2, ellipsoid_scene(100, seed=2))
+
+    t = threading.Thread(target=writer)
+    t.start()
+    with os.fdopen(read_fd, "rb") as f:
+        n = render(stream_source(f), "frontal", {"frames_dir": tmp_path / "f"}, size=16, device="cpu")
+    t.join()
+    assert seen == [True] and n == 3
+
+
 def test_render_ply_along_cams_json_and_inputs_path_cycles(tmp_path):
     scene = ellipsoid_scene(400, seed=2)
     write_ply(tmp_path / "scene.ply", scene)

@@ -139,24 +139,27 @@ def test_crop_and_resize_keep_projected_points_on_their_content(tmp_path):
 
 
 def test_grabcut_masks_when_none_given_and_written_samples(tmp_path):
-    from avat3r.data.images import prep_images
+    from avat3r.data.images import head_crop_box, prep_images
     from avat3r.data.manifest import read_manifest
 
     rng = np.random.default_rng(0)
     cams = [photo_camera(0.0), photo_camera(-20.0)]
     bg = (rng.integers(0, 60, (H, W, 3)) + np.array([0, 90, 160])).astype(np.uint8)  # noisy blue wall
-    images = {f"{n}.png": disk_image(c, (0, 0, 0), 30.0, background=bg) for n, c in zip(("front", "left"), cams)}
+    images = {}
+    for name, cam in zip(("front", "left"), cams):
+        img = disk_image(cam, (0, 0, 0), 30.0, background=bg)  # the head …
+        uv, _ = project(cam, torch.zeros(1, 1, 3))
+        u, v = float(uv[0, 0, 0]), float(uv[0, 0, 1])
+        img[int(v):, int(u) - 12:int(u) + 12] = (250, 200, 40)  # … and its neck, leaving the photo at the bottom
+        images[f"{name}.png"] = img
     cams_json = write_photos(tmp_path / "photos", images, cams)
     prepared = prep_images(tmp_path / "photos", cams_json, tmp_path / "out", res=64)
     assert prepared.mask_source == "grabcut" and prepared.warnings == []
-    # the disk (head) projects to a centred circle of radius 30 px · 64/side
-    from avat3r.data.images import head_crop_box
-
+    yy, xx = np.mgrid[0:64, 0:64] + 0.5
     for v in range(2):
         _, _, side = head_crop_box(cams[v])
-        r = 30.0 * 64 / side
-        yy, xx = np.mgrid[0:64, 0:64] + 0.5
-        truth = (xx - 32) ** 2 + (yy - 32) ** 2 < r ** 2
+        s = 64 / side  # the head centre projects to the crop's centre (32, 32)
+        truth = ((xx - 32) ** 2 + (yy - 32) ** 2 < (30 * s) ** 2) | ((yy > 32) & (np.abs(xx - 32) < 12 * s))
         fg = prepared.masks[v] > 0.5
         iou = (fg & truth).sum() / (fg | truth).sum()
         assert iou > 0.9, iou
@@ -200,3 +203,24 @@ def test_prep_images_errors_and_warnings(tmp_path):
     cams_json.write_text(json.dumps(doc))
     r = runner.invoke(app, ["prep", "images", str(tmp_path / "q"), "--cams", str(cams_json), "-o", str(tmp_path / "o")])
     assert r.exit_code != 0 and "b.png: no camera for this image" in r.output
+
+
+def test_grabcut_keeps_the_neck_of_a_synthheads_render(tmp_path):
+    """A rendered head composited on a wall: GrabCut must keep hair, ears and the neck that leaves the crop."""
+    sh = pytest.importorskip("avat3r.data.synthheads")
+    from avat3r.data.images import crop_square, head_crop_box, prepare_user_images
+
+    s = sh.render_sample(0, 1, "neutral", 0, 0, 1, 16, 160)
+    rng = np.random.default_rng(0)
+    wall = np.clip(rng.normal(0, 12, (160, 160, 3)) + np.linspace(60, 180, 160)[None, :, None] * [0.6, 0.8, 1.0],
+                   0, 255)
+    alpha = s["mask"][..., None] / 255.0
+    photo = np.clip(s["rgb"] + (1 - alpha) * wall, 0, 255).astype(np.uint8)
+    cam = Cameras(torch.tensor(s["camera"]["K"]), torch.tensor(s["camera"]["w2c"]), 160, 160)
+    cams_json = write_photos(tmp_path / "p", {"front.png": photo}, [cam])
+    prepared = prepare_user_images(tmp_path / "p", cams_json, res=96)
+    x0, y0, side = head_crop_box(cam.to(dtype=torch.float32))
+    truth = cv2.resize(crop_square(s["mask"], x0, y0, side), (96, 96), interpolation=cv2.INTER_AREA) > 127
+    fg = prepared.masks[0] > 0.5
+    assert truth[-1].any()  # the neck does reach the crop's lower edge
+    assert (fg & truth).sum() / (fg | truth).sum() > 0.95

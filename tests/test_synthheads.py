@@ -153,7 +153,7 @@ def test_expression_moves_mouth_pixels_not_hair_pixels():
     cam = front_camera(64)
     g0 = sh.head_gaussians(ident, sh.neutral_code())
     g1 = sh.head_gaussians(ident, code(jawOpen=1.0, mouthSmileLeft=1.0, mouthSmileRight=1.0))
-    rgb0, a0, _ = sh.render_views(g0, cam)
+    rgb0, _, depth0 = sh.render_views(g0, cam)
     rgb1, _, _ = sh.render_views(g1, cam)
     # mouth region: the box around the projected lips
     uv, _ = project(cam, g0.means[part_mask(ident, "lips")][None])
@@ -161,41 +161,49 @@ def test_expression_moves_mouth_pixels_not_hair_pixels():
     x1, y1 = uv[0].max(0).values.ceil().int().tolist()
     mouth_change = (rgb1[0, y0:y1 + 4, x0:x1] - rgb0[0, y0:y1 + 4, x0:x1]).abs().mean()
     assert float(mouth_change) > 0.04
-    # hair region: pixels that the hair alone covers, above the eyes
+    # hair region: pixels where the hair alone is opaque and is the visible surface, above the eyes
     hair = part_mask(ident, "hair")
-    _, hair_alpha, _ = sh.render_views(g0.mask(hair), cam)
+    _, hair_alpha, hair_depth = sh.render_views(g0.mask(hair), cam)
     eyes, _ = project(cam, g0.means[part_mask(ident, "iris")][None])
     rows = torch.arange(64)[:, None].expand(64, 64)
-    region = (hair_alpha[0] > 0.9) & (rows < float(eyes[0, :, 1].min()) - 4)
+    region = (hair_alpha[0] > 0.998) & ((hair_depth[0] - depth0[0]).abs() < 2e-3)
+    region &= rows < float(eyes[0, :, 1].min()) - 4
     assert int(region.sum()) > 40
-    assert float((rgb1[0] - rgb0[0]).abs().max(-1).values[region].max()) < 1e-4
+    diff = (rgb1[0] - rgb0[0]).abs().max(-1).values[region]
+    assert float((diff < 1e-5).float().mean()) > 0.9  # bit-for-bit but for float rounding
+    assert float(diff.max()) < 5e-3  # at most the light that leaks through the hair from the skin behind
+
+
+def front_half(g: Gaussians, mask: torch.Tensor):
+    """The face half of the head (z > 0): the back cannot show in a front view, and skipping it is faster."""
+    keep = g.means[:, 2] > 0
+    return g.mask(keep), mask[keep]
 
 
 def test_jaw_open_reveals_mouth_interior():
     ident = find_person(lambda i: i.facial_hair == "none" and i.skin_color[0] > 0.7)
-    cam = front_camera(96, fov=9.0, target=(0.0, -0.04, 0.0))
-    interior = part_mask(ident, "cavity", "teeth", "tongue")
+    cam = front_camera(64, fov=9.0, target=(0.0, -0.04, 0.0))
     marker = (0.0, 1.0, 0.0)
     counts, dark = [], []
     for z in (sh.neutral_code(), code(jawOpen=1.0)):
-        g = sh.head_gaussians(ident, z)
+        g, interior = front_half(sh.head_gaussians(ident, z), part_mask(ident, "cavity", "teeth", "tongue"))
         counts.append(count_color(sh.render_views(recolor(g, interior, marker), cam)[0][0], marker, 0.3))
         dark.append(count_color(sh.render_views(g, cam)[0][0], sh.CAVITY_COLOR.tolist(), 0.08))
-    assert counts[0] == 0 and counts[1] > 30
-    assert dark[1] > dark[0] + 10  # the dark cavity colour itself shows
+    assert counts[0] == 0 and counts[1] > 15
+    assert dark[1] > dark[0] + 5  # the dark cavity colour itself shows
 
 
 def test_blink_covers_the_iris():
     ident = find_person(lambda i: not i.glasses)
-    cam = front_camera(96, fov=9.0, target=(0.0, 0.01, 0.0))
-    eyes = part_mask(ident, "iris", "pupil")
+    cam = front_camera(64, fov=9.0, target=(0.0, 0.01, 0.0))
     marker = (0.0, 1.0, 0.0)
     seen = {}
     for name, z in (("open", sh.neutral_code()), ("wide", code(eyeWideLeft=1.0, eyeWideRight=1.0)),
                     ("closed", code(eyeBlinkLeft=1.0, eyeBlinkRight=1.0)), ("left", code(eyeBlinkLeft=1.0))):
-        img = sh.render_views(recolor(sh.head_gaussians(ident, z), eyes, marker), cam)[0][0]
-        seen[name] = (count_color(img[:, :48], marker, 0.3), count_color(img[:, 48:], marker, 0.3))
-    assert min(seen["open"]) > 10
+        g, eyes = front_half(sh.head_gaussians(ident, z), part_mask(ident, "iris", "pupil"))
+        img = sh.render_views(recolor(g, eyes, marker), cam)[0][0]
+        seen[name] = (count_color(img[:, :32], marker, 0.3), count_color(img[:, 32:], marker, 0.3))
+    assert min(seen["open"]) > 5
     assert sum(seen["wide"]) > sum(seen["open"])
     assert seen["closed"] == (0, 0)
     # subject's left eye (+x) appears on the image's right in a front view; only it closes

@@ -26,9 +26,11 @@ from .shards import ShardWriter, encode_sample, make_key
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".webp", ".bmp")
 HEAD_FRAME_RADIUS = 0.16  # metres of world half-extent the square crop spans at the head centre's depth
 AIM_WARN_DEGREES = 15.0  # warn when the head centre is this far off a camera's optical axis
-# Head + neck box (metres, head-centric axes) that seeds GrabCut: outside it is surely background.
-HEAD_BOX = ((-0.13, 0.13), (-0.22, 0.17), (-0.14, 0.14))
+# Head + neck box (metres, head-centric axes) that seeds GrabCut: outside it is surely background. The neck
+# runs down to the crop's lower edge, as in the training renders.
+HEAD_BOX = ((-0.13, 0.13), (-0.40, 0.17), (-0.14, 0.14))
 GRABCUT_ITERATIONS = 5
+SURE_FACE_RADIUS = 0.05  # metres around the head centre that GrabCut must keep
 
 
 class ImagePrepError(ValueError):
@@ -92,23 +94,29 @@ def head_box_rect(camera: Cameras, width: int, height: int) -> tuple[int, int, i
     uv, _ = project(camera, corners[None])
     x0, y0 = uv[0].min(0).values.floor().int().tolist()
     x1, y1 = uv[0].max(0).values.ceil().int().tolist()
-    x0, y0, x1, y1 = max(x0, 1), max(y0, 1), min(x1, width - 2), min(y1, height - 2)
-    return x0, y0, max(x1 - x0, 2), max(y1 - y0, 2)
+    x0, y0, x1, y1 = max(x0, 0), max(y0, 0), min(x1, width), min(y1, height)
+    return x0, y0, max(x1 - x0, 1), max(y1 - y0, 1)
 
 
 def grabcut_mask(rgb_u8: np.ndarray, camera: Cameras) -> np.ndarray:
-    """uint8 {0, 255} foreground mask from GrabCut seeded by the head box (deterministic: fixed RNG seed)."""
+    """uint8 {0, 255} foreground mask from GrabCut seeded by the head box: outside it is background, a small
+    disk around the head centre is surely foreground (deterministic: fixed RNG seed)."""
     h, w = rgb_u8.shape[:2]
-    rect = head_box_rect(camera, w, h)
-    mask = np.zeros((h, w), np.uint8)
+    x, y, bw, bh = head_box_rect(camera, w, h)
+    mask = np.full((h, w), cv2.GC_BGD, np.uint8)
+    mask[y:y + bh, x:x + bw] = cv2.GC_PR_FGD
+    if (mask == cv2.GC_BGD).sum() < 4 * (w + h):  # the box fills the crop: take the top and side edges as
+        mask[0, :] = mask[:, 0] = mask[:, -1] = cv2.GC_BGD  # background, not the bottom one (the neck runs there)
+    uv, z = project(camera, torch.zeros(1, 1, 3, dtype=camera.K.dtype))
+    r = max(1, int(SURE_FACE_RADIUS * float(camera.K[0, 0, 0]) / float(z[0, 0])))
+    cv2.circle(mask, (int(uv[0, 0, 0]), int(uv[0, 0, 1])), r, int(cv2.GC_FGD), -1)
     bgd, fgd = np.zeros((1, 65), np.float64), np.zeros((1, 65), np.float64)
     cv2.setRNGSeed(0)
-    bgr = cv2.cvtColor(rgb_u8, cv2.COLOR_RGB2BGR)
     try:
-        cv2.grabCut(bgr, mask, rect, bgd, fgd, GRABCUT_ITERATIONS, cv2.GC_INIT_WITH_RECT)
-    except cv2.error:  # a uniform image has no background model to fit: keep the box
-        x, y, bw, bh = rect
-        mask[y:y + bh, x:x + bw] = cv2.GC_PR_FGD
+        cv2.grabCut(cv2.cvtColor(rgb_u8, cv2.COLOR_RGB2BGR), mask, None, bgd, fgd, GRABCUT_ITERATIONS,
+                    cv2.GC_INIT_WITH_MASK)
+    except cv2.error:  # a uniform image has no colour model to fit: keep the box
+        pass
     return np.where((mask == cv2.GC_FGD) | (mask == cv2.GC_PR_FGD), 255, 0).astype(np.uint8)
 
 

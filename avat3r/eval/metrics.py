@@ -95,7 +95,8 @@ def register_identity_model(name: str, factory: Callable[..., IdentityModel]) ->
 
 def _lookup(registry: dict, name: str | None, what: str, metric: str):
     if not registry:
-        raise Unavailable(f"{metric} needs a {what} model; none is registered (avat3r ships no {what} weights)")
+        raise Unavailable(f"{metric} needs a {what} model and none is registered (avat3r ships no {what} weights; "
+                          f"see register_{what}_model)")
     if name is None:
         name = sorted(registry)[0]
     if name not in registry:

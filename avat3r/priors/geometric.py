@@ -32,15 +32,16 @@ class GeometricPrior:
     bound_radius: float = 0.2  # m, sphere around the origin that holds head and hair
     hull_samples: int = 160  # depth samples per ray through the bounding sphere
     hull_bisections: int = 6  # halve the hull step this many times at the first occupied sample
-    band: float = 0.05  # m behind the hull surface searched by the plane sweep
+    band: float = 0.12  # m: the sweep searches the hull's depth along each ray, at most this deep
     front: float = 0.004  # m in front of the hull also searched (mask edges shrink the hull slightly)
-    sweep_steps: int = 48
+    sweep_steps: int = 64
     window: int = 7  # NCC window (pixels)
     ncc_weight: float = 0.8  # cost = w·(1−NCC)/2 + (1−w)·colour term
     colour_scale: float = 0.15  # mean absolute colour difference that counts as a full mismatch
     hull_pull: float = 0.02  # tiny cost ramp over the band: on flat costs prefer depths near the hull
     occlusion_tolerance: float = 0.006  # m: a point more than this behind another view's surface is hidden there
     passes: int = 2
+    best_views: int = 2  # average the best this many visible views' costs: one occluded view cannot veto a depth
     mask_threshold: float = 0.02  # luminance above which a pixel is foreground when no masks are given
     name: str = "geometric"
 
@@ -53,14 +54,16 @@ class GeometricPrior:
         fwd = cameras.forward  # (V,3): camera z of a point o + t d is t (d·fwd)
         cos = (d * fwd[:, None, None, :]).sum(-1)
 
-        t_hull, hull_hit = self._visual_hull(o, d, fg, cameras, H, W)
+        t_hull, t_exit, hull_hit = self._visual_hull(o, d, fg, cameras, H, W)
+        # search from just in front of the hull to its far side along the ray, at most `band` deep
+        span = (t_exit - t_hull).clamp(min=0.01, max=self.band)
         t_cur = t_hull
         score = torch.zeros(V, H, W)
         n_vis = torch.zeros(V, H, W)
         occluder_z = t_hull * cos  # pass 1: the hull depths bound each view's visible surface from the front
         tolerance = self.band
         for _ in range(max(1, self.passes)):
-            t_cur, score, n_vis = self._sweep(images, fg, o, d, t_hull, occluder_z, tolerance, cameras, H, W)
+            t_cur, score, n_vis = self._sweep(images, fg, o, d, t_hull, span, occluder_z, tolerance, cameras, H, W)
             occluder_z = torch.where(hull_hit, t_cur * cos, t_hull * cos)
             tolerance = self.occlusion_tolerance
 
@@ -79,6 +82,7 @@ class GeometricPrior:
         t0 = t0.clamp_min(1e-3)
         steps = torch.linspace(0, 1, self.hull_samples)
         t_hull = t0.clone()
+        t_exit = t0.clone()
         hull_hit = torch.zeros(V, H, W, dtype=torch.bool)
         for i in range(V):
             sel = (fg[i] > 0.5) & hit[i]
@@ -90,6 +94,8 @@ class GeometricPrior:
             occ = self._inside_all(oi[:, None] + ts[..., None] * di[:, None], carve, cameras, i, H, W)
             anyocc = occ.any(-1)
             first = torch.argmax(occ.to(torch.uint8), dim=-1)
+            last = self.hull_samples - 1 - torch.argmax(occ.flip(-1).to(torch.uint8), dim=-1)
+            t_exit[i][sel] = ts.gather(1, last[:, None])[:, 0]
             hi = ts.gather(1, first[:, None])[:, 0]
             lo = ts.gather(1, (first - 1).clamp_min(0)[:, None])[:, 0]
             for _ in range(self.hull_bisections):  # invariant: lo outside (or the entry point), hi inside
@@ -102,7 +108,7 @@ class GeometricPrior:
             h = hull_hit[i].clone()
             h[sel] = anyocc
             hull_hit[i] = h
-        return t_hull, hull_hit
+        return t_hull, t_exit, hull_hit
 
     def _inside_all(self, pts, carve, cameras, ref, H, W):
         """(P,N) bool: inside the silhouette of every view other than ``ref``."""
@@ -117,11 +123,11 @@ class GeometricPrior:
         return inside.all(0).reshape(P, N)
 
     # -- 2. plane sweep ---------------------------------------------------------------------------
-    def _sweep(self, images, fg, o, d, t_hull, occluder_z, tolerance, cameras, H, W):
+    def _sweep(self, images, fg, o, d, t_hull, span, occluder_z, tolerance, cameras, H, W):
         V = images.shape[0]
         img = images.permute(0, 3, 1, 2)  # (V,3,H,W)
-        deltas = torch.linspace(-self.front, self.band, self.sweep_steps)
-        ramp = self.hull_pull * (deltas - deltas[0]) / (deltas[-1] - deltas[0])
+        fractions = torch.linspace(0, 1, self.sweep_steps)  # depth k of pixel p: hull − front + f_k (span + front)
+        ramp = self.hull_pull * fractions
         t_out = t_hull.clone()
         score_out = torch.zeros(V, H, W)
         nvis_out = torch.zeros(V, H, W)
@@ -131,8 +137,9 @@ class GeometricPrior:
             ref = img[i:i + 1].expand(len(others), -1, -1, -1)
             mu_a, var_a = _box_stats(ref, self.window)
             costs, nvis = [], []
-            for k, delta in enumerate(deltas):
-                t = t_hull[i] + delta
+            step = (span[i] + self.front) / (self.sweep_steps - 1)  # (H,W)
+            for k in range(self.sweep_steps):
+                t = t_hull[i] - self.front + k * step
                 X = (o[i] + t[..., None] * d[i]).reshape(1, H * W, 3).expand(len(others), -1, -1)
                 uv, z = _project(cams_j, X)
                 warped = _sample(img[others], uv, W, H).reshape(len(others), 3, H, W)
@@ -142,17 +149,14 @@ class GeometricPrior:
                 z = z.reshape(len(others), H, W)
                 vis = inimg & (z > 1e-4) & (m > 0.5) & (z <= zj + tolerance)
                 cost = self._match_cost(ref, warped, mu_a, var_a)  # (J,H,W)
-                visf = vis.to(torch.float32)
-                n = visf.sum(0)
-                agg = torch.where(n > 0, (cost * visf).sum(0) / n.clamp_min(1), torch.full_like(n, 0.5))
+                n = vis.to(torch.float32).sum(0)
+                agg = _best_views_mean(cost, vis, self.best_views)
                 costs.append(agg + ramp[k])
                 nvis.append(n)
             C = torch.stack(costs)  # (K,H,W)
             best = torch.argmin(C, dim=0)
-            step = float(deltas[1] - deltas[0])
             offset = _parabola_offset(C, best)
-            delta_best = deltas[best] + offset * step
-            t_out[i] = t_hull[i] + delta_best
+            t_out[i] = t_hull[i] - self.front + (best + offset) * step
             c_best = C.gather(0, best[None])[0] - ramp[best]
             score_out[i] = (1 - 2 * c_best).clamp(0, 1)  # cost 0 → 1; cost ≥ 0.5 (no better than chance) → 0
             nvis_out[i] = torch.stack(nvis).gather(0, best[None])[0]
@@ -202,6 +206,15 @@ def _box_stats(x: torch.Tensor, k: int):
 
 def _dilate(mask: torch.Tensor, r: int) -> torch.Tensor:
     return F.max_pool2d(mask[:, None], 2 * r + 1, stride=1, padding=r)[:, 0]
+
+
+def _best_views_mean(cost: torch.Tensor, vis: torch.Tensor, k: int) -> torch.Tensor:
+    """(H,W) mean of the ``k`` lowest costs among visible views (fewer where fewer see it; 0.5 where none do)."""
+    c = torch.where(vis, cost, torch.full_like(cost, float("inf")))
+    low = torch.topk(c, min(k, c.shape[0]), dim=0, largest=False).values
+    ok = torch.isfinite(low)
+    n = ok.sum(0)
+    return torch.where(n > 0, torch.where(ok, low, 0).sum(0) / n.clamp_min(1), torch.full_like(n, 0.5, dtype=c.dtype))
 
 
 def _parabola_offset(C: torch.Tensor, best: torch.Tensor) -> torch.Tensor:

@@ -66,16 +66,22 @@ def hemisphere_rig(n_cameras: int = 16, res: int = 96, radius: float = 1.0, fov_
     return Cameras(K, look_at(eye), res, res)
 
 
+_BLOBS = torch.Generator().manual_seed(1234)
+_BLOB_CENTRES = (torch.rand(400, 3, generator=_BLOBS) * 2 - 1) * torch.tensor([0.1, 0.12, 0.12])
+_BLOB_SIGMAS = 0.004 + 0.012 * torch.rand(400, generator=_BLOBS)
+_BLOB_COLOURS = (torch.rand(400, 3, generator=_BLOBS) - 0.5) * 0.5
+
+
 def _texture(p: torch.Tensor) -> torch.Tensor:
-    """A procedural 3D colour field (…,3): skin tones with stripes and blotches at several scales."""
-    x, y, z = (p[..., k] / 0.1 for k in range(3))
-    base = torch.tensor([0.72, 0.52, 0.42])
-    s1 = torch.sin(23 * x + 3) * torch.sin(19 * y + 7 * z)
-    s2 = torch.sin(11 * y - 5 * x + 1) * torch.cos(13 * z + 2 * x)
-    s3 = torch.sin(47 * x + 31 * y) * torch.sin(41 * z - 29 * y)
-    lum = 0.6 + 0.18 * s1 + 0.14 * s2 + 0.08 * s3
-    tint = torch.stack([0.05 * s2, 0.06 * s1, 0.1 * s3], -1)
-    return (base * lum[..., None] + tint).clamp(0.03, 1)
+    """An aperiodic 3D colour field (…,3): skin tone plus hundreds of random soft blobs of 4–16 mm
+    (a periodic pattern would let a depth search match the wrong stripe)."""
+    flat = p.reshape(-1, 3)
+    out = torch.tensor([0.62, 0.45, 0.36]).expand(flat.shape[0], 3).clone()
+    for chunk in range(0, flat.shape[0], 16384):
+        q = flat[chunk:chunk + 16384]
+        w = torch.exp(-((q[:, None, :] - _BLOB_CENTRES) ** 2).sum(-1) / (2 * _BLOB_SIGMAS ** 2))
+        out[chunk:chunk + 16384] += w @ _BLOB_COLOURS
+    return out.reshape(p.shape).clamp(0.03, 1)
 
 
 HEAD_PARTS = (  # (centre, radii) of the ellipsoids whose union is the scene's head: skull/face, nose, ears

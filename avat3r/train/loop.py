@@ -24,7 +24,7 @@ from ..cameras import Cameras
 from ..render import rasterize
 from .checkpointing import (TRAIN_JSON, latest_checkpoint, prune_checkpoints, read_train_json, write_checkpoint,
                             write_json)
-from .losses import LossWeights, PhotometricLoss
+from .losses import LossWeights, LpipsWeightsMissing, PhotometricLoss
 from .recipe import Recipe
 
 TRAIN_STATE = "train_state"
@@ -58,6 +58,7 @@ class TrainResult:
     seconds: dict[int, float] = field(default_factory=dict)  # step → wall time of the step (data included)
     baseline: dict | None = None  # the untrained model's step-0 metrics (the reprojection baseline)
     checkpoint: Path | None = None
+    main: bool = True  # whether this is the main process (the one that logs)
 
 
 # -- batches -------------------------------------------------------------------------------------------
@@ -245,12 +246,16 @@ def train(recipe: Recipe, run_dir: str | Path, *, resume: bool = False, max_step
     run_dir = Path(run_dir)
     stop = min(max_steps, recipe.optim.max_steps) if max_steps is not None else recipe.optim.max_steps
     # Build the loss first: missing LPIPS weights stop the run before anything else happens.
-    loss_fn = PhotometricLoss(LossWeights(recipe.loss.l1, recipe.loss.ssim, recipe.loss.lpips,
-                                          recipe.loss.lpips_start_step),
-                              recipe.loss.lpips_net, recipe.loss.lpips_weights or None, allow_random_lpips)
+    try:
+        loss_fn = PhotometricLoss(LossWeights(recipe.loss.l1, recipe.loss.ssim, recipe.loss.lpips,
+                                              recipe.loss.lpips_start_step),
+                                  recipe.loss.lpips_net, recipe.loss.lpips_weights or None, allow_random_lpips)
+    except LpipsWeightsMissing as e:
+        raise LpipsWeightsMissing(f"{e}; or train without LPIPS: --set loss.lpips=0") from None
 
     accelerator = Accelerator(mixed_precision=_mixed_precision(recipe), cpu=not torch.cuda.is_available(),
-                              kwargs_handlers=[DistributedDataParallelKwargs(find_unused_parameters=True)])
+                              kwargs_handlers=[DistributedDataParallelKwargs(
+                                  find_unused_parameters=recipe.run.find_unused_parameters)])
     rank, world, main = accelerator.process_index, accelerator.num_processes, accelerator.is_main_process
     device = accelerator.device
     loss_fn.to(device)
@@ -265,7 +270,7 @@ def train(recipe: Recipe, run_dir: str | Path, *, resume: bool = False, max_step
     model, optimizer, scheduler = accelerator.prepare(model, optimizer, scheduler)
 
     start = 0
-    result = TrainResult(step=0)
+    result = TrainResult(step=0, main=main)
     if resume:
         checkpoint = latest_checkpoint(run_dir)
         if checkpoint is None:

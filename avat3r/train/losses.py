@@ -89,7 +89,7 @@ def resolve_backbone(net: str, weights: str | os.PathLike | None = None) -> Path
     if not path.is_file():
         raise LpipsWeightsMissing(
             f"LPIPS needs the torchvision {net} backbone weights {LPIPS_BACKBONE_FILES[net]}: not found at {path} "
-            f"(copy it to {default_backbone_path(net)} or pass its path; or set the LPIPS weight to 0)")
+            f"(put it at {default_backbone_path(net)} or pass its path)")
     return path
 
 

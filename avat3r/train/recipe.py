@@ -81,6 +81,7 @@ class RunSection:
     mixed_precision: str = "auto"  # "auto" = bf16 autocast on GPU, none on CPU; or "no" / "bf16"
     render_backend: str = "auto"  # rasterize() backend: gsplat on CUDA, torch otherwise
     seed: int = 0  # parameter initialisation and per-step randomness (dropout)
+    find_unused_parameters: bool = False  # DDP: only for ablations that leave some parameters out of the graph
 
 
 SECTIONS = {"model": ModelSection, "data": DataSection, "optim": OptimSection, "loss": LossSection,

@@ -16,7 +16,7 @@ from .shapes import LIGHT, axes_to_quat, fibonacci_cap, normalize, smoothstep
 
 
 def grow_strands(shape: HeadShape, roots, normals, comb, n_steps, length, volume, gravity, rng,
-                 curl_radius=0.0, lift=0.3, hug=None, hug_below=-0.07):
+                 curl_radius=0.0, lift=0.3, hug=None, hug_below=-0.07, face_clear=None):
     """Grow strands; returns segment midpoints, directions, lengths and the strand fraction (S·K,)."""
     step = np.reshape(np.asarray(length, dtype=np.float64) / n_steps, (-1, 1))
     pos = roots + normals * 6e-4
@@ -49,6 +49,10 @@ def grow_strands(shape: HeadShape, roots, normals, comb, n_steps, length, volume
         below = (nxt[:, 1] <= -0.07) & (neck < 1)
         nxt[below, 0] /= neck[below]
         nxt[below, 2] = (nxt[below, 2] + 0.014) / neck[below] - 0.014
+        if face_clear is not None:  # scalp hair frames the face instead of hanging over it
+            x_half, y_top = face_clear
+            over = (nxt[:, 2] > -0.01) & (nxt[:, 1] < y_top) & (np.abs(nxt[:, 0]) < x_half)
+            nxt[over, 0] = np.where(nxt[over, 0] >= 0, x_half, -x_half)
         seg = nxt - pos
         ln = np.linalg.norm(seg, axis=-1)
         mids.append(pos + 0.5 * seg)
@@ -115,7 +119,8 @@ def build_hair(shape: HeadShape, rng, acc: GaussianAccumulator):
     hug = {"short": 0.002, "long": 0.002, "bun": 0.0015, "curly": 0.006}[style]
     mids, dirs, seglen, frac, sid = grow_strands(shape, roots, nrm, comb, steps, length, vol, grav, rng,
                                                  curl_radius=curl, lift=lift, hug=hug,
-                                                 hug_below=0.0 if style == "long" else -0.07)
+                                                 hug_below=0.0 if style == "long" else -0.07,
+                                                 face_clear=(shape.A + 0.5 * vol, shape.y_hairline - 0.005))
     q, sc, col = strand_gaussians(shape, mids, dirs, seglen, frac, sid, i.hair_color, width, rng, len(roots))
     idx = [acc.add("hair", mids, q, sc, 0.93, col)]
     if style == "bun":
@@ -156,8 +161,8 @@ def build_facial_hair(shape: HeadShape, rng, acc: GaussianAccumulator):
         down = np.stack([np.sign(roots[:, 0]) * 0.6, -np.ones(len(roots)), np.zeros(len(roots))], -1)
     comb = normalize(down - np.sum(down * nrm, -1, keepdims=True) * nrm)
     steps = 2 if i.facial_hair == "stubble" else 3
-    mids, dirs, seglen, frac, sid = grow_strands(shape, roots, nrm, comb, steps, length, 0.0005, 0.3, rng,
-                                                 lift=0.35)
+    mids, dirs, seglen, frac, sid = grow_strands(shape, roots, nrm, comb, steps, length, 0.0005, 0.5, rng,
+                                                 lift=0.15, hug=0.004)
     q, sc, col = strand_gaussians(shape, mids, dirs, seglen, frac, sid, np.array(i.hair_color) * 0.85, width,
                                   rng, len(roots))
     return acc.add("facial_hair", mids, q, sc, 0.9, col)

@@ -80,9 +80,9 @@ def person_rng(seed: int, person: int, stream: int = 0) -> np.random.Generator:
 
 def _blend(rng: np.random.Generator, palette: np.ndarray, p=None) -> np.ndarray:
     i = rng.choice(len(palette), p=p)
-    j = min(len(palette) - 1, i + 1) if rng.random() < 0.5 else max(0, i - 1)
+    j = i + 1 if (rng.random() < 0.5 and i + 1 < len(palette)) or i == 0 else i - 1
     t = rng.uniform(0, 0.4)
-    return (1 - t) * palette[i] + t * palette[j]
+    return ((1 - t) * palette[i] + t * palette[j]) * rng.uniform(0.95, 1.05)
 
 
 def _rgb(c) -> tuple[float, float, float]:

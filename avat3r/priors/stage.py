@@ -1,0 +1,195 @@
+"""The `prior` stage: add ``pos``/``conf``/``feat`` entries to every sample that can be a model input.
+
+Paper App. C: precomputing priors for every 4-view combination is prohibitive, so each input sample gets its
+maps from one set of "reasonable partner views" at the same frame: the sample's own camera plus ``partners``
+other non-back cameras picked by farthest-point sampling of viewing directions starting from the sample's
+(spread like training inputs, which is also what a visual hull needs). Their camera names are stored in the
+sample as ``partners.json``; only the sample's own maps are kept.
+
+Work goes shard by shard: each output shard is written under a temp name and renamed when complete, and
+shards already present in the output folder are skipped, so a killed run restarts where it stopped and ends
+with the same bytes as an uninterrupted one. The manifest is written last, from the output shards' headers.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections import defaultdict
+from concurrent.futures import ProcessPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+import torch
+
+from ..cameras import Cameras, farthest_point_sampling, is_back_only
+from ..data.manifest import MANIFEST_NAME, Manifest, read_manifest, write_manifest
+from ..data.shards import ShardWriter, decode_entry, encode_npy, index_shard, read_members
+from . import get_feature_prior, get_position_prior
+from .base import PriorError
+
+PARTNERS_ENTRY = "partners.json"
+PRIOR_ENTRIES = ("pos.npy", "conf.npy", "feat.npy", PARTNERS_ENTRY)
+
+
+@dataclass
+class PriorStageConfig:
+    position: str = "geometric"
+    features: str = "none"
+    partners: int = 3
+    segments: tuple[str, ...] | None = None  # only samples of these segments get priors (default: all)
+    frames: tuple[int, ...] | None = None  # only these frames (default: all)
+    position_options: dict = field(default_factory=dict)
+    feature_options: dict = field(default_factory=dict)
+
+
+def _camera(doc: dict) -> Cameras:
+    return Cameras(torch.tensor(doc["K"], dtype=torch.float32), torch.tensor(doc["w2c"], dtype=torch.float32),
+                   int(doc["width"]), int(doc["height"]))
+
+
+def choose_partners(cameras: Cameras, ref: int, n: int) -> list[int]:
+    """Indices of up to ``n`` partner cameras for camera ``ref``: farthest-point sampling of the non-back
+    cameras' viewing directions, starting from ``ref`` (back-only cameras are never partners)."""
+    allowed = [i for i in range(len(cameras)) if i == ref or not bool(is_back_only(cameras[i])[0])]
+    dirs = torch.nn.functional.normalize(cameras.centers[allowed].double(), dim=-1)
+    picked = farthest_point_sampling(dirs, min(n + 1, len(allowed)), start=allowed.index(ref))
+    return [allowed[i] for i in picked[1:]]
+
+
+class _Index:
+    """Where every sample lives and which samples share a frame (person, segment, frame)."""
+
+    def __init__(self, manifest: Manifest):
+        self.m = manifest
+        self.groups: dict[tuple, list[int]] = defaultdict(list)
+        for r in range(len(manifest)):
+            self.groups[(manifest["person"][r], manifest["segment"][r], int(manifest["frame"][r]))].append(r)
+        self._cams: dict[int, dict] = {}
+
+    def members(self, row: int, entries=None) -> dict[str, bytes]:
+        return read_members(self.m.shard_path(row), int(self.m["offset"][row]), int(self.m["size"][row]),
+                            key=str(self.m["key"][row]), entries=entries)
+
+    def camera_doc(self, row: int) -> dict:
+        if row not in self._cams:
+            self._cams[row] = json.loads(self.members(row, ["camera.json"])["camera.json"])
+        return self._cams[row]
+
+    def group_of(self, row: int) -> list[int]:
+        m = self.m
+        return self.groups[(m["person"][row], m["segment"][row], int(m["frame"][row]))]
+
+
+def _is_input(index: _Index, row: int, cfg: PriorStageConfig) -> bool:
+    m = index.m
+    if cfg.segments is not None and m["segment"][row] not in cfg.segments:
+        return False
+    if cfg.frames is not None and int(m["frame"][row]) not in cfg.frames:
+        return False
+    return not bool(is_back_only(_camera(index.camera_doc(row)))[0])
+
+
+def _sample_views(index: _Index, rows: list[int]):
+    imgs, masks, depths, cams = [], [], [], []
+    for r in rows:
+        mem = index.members(r)
+        imgs.append(torch.from_numpy(decode_entry("rgb.png", mem["rgb.png"]).astype(np.float32) / 255))
+        masks.append(torch.from_numpy(decode_entry("mask.png", mem["mask.png"]).astype(np.float32) / 255)
+                     if "mask.png" in mem else None)
+        depths.append(torch.from_numpy(decode_entry("depth.npy", mem["depth.npy"]).astype(np.float32))
+                      if "depth.npy" in mem else None)
+        cams.append(_camera(json.loads(mem["camera.json"])))
+    mask = torch.stack(masks) if all(m is not None for m in masks) else None
+    depth = torch.stack(depths) if all(d is not None for d in depths) else None
+    return torch.stack(imgs), Cameras.cat(cams), mask, depth
+
+
+def sample_prior_entries(index: _Index, row: int, cfg: PriorStageConfig, position, features) -> dict[str, bytes]:
+    """The new entries (pos, conf, feat, partners) of one input sample."""
+    group = index.group_of(row)
+    docs = [index.camera_doc(r) for r in group]
+    cams = Cameras.cat([_camera(d) for d in docs])
+    partner_rows = [group[i] for i in choose_partners(cams, group.index(row), cfg.partners)]
+    rows = [row] + partner_rows
+    images, cameras, masks, depth = _sample_views(index, rows)
+    if cfg.position == "ground-truth":
+        if depth is None:
+            raise PriorError(f"sample {index.m['key'][row]}: the ground-truth prior needs depth.npy entries")
+        pos, conf = position(images, cameras, masks, depth=depth)
+    else:
+        pos, conf = position(images, cameras, masks)
+    out = {"pos.npy": encode_npy(pos[0].numpy().astype(np.float32)),
+           "conf.npy": encode_npy(conf[0].clamp(0, 1).numpy().astype(np.float16)),
+           PARTNERS_ENTRY: json.dumps({"partners": [str(index.m["camera"][r]) for r in partner_rows]},
+                                      separators=(",", ":")).encode()}
+    feats = features(images[:1])
+    if feats is not None:
+        out["feat.npy"] = encode_npy(feats[0].numpy().astype(np.float16))
+    return out
+
+
+def _process_shard(manifest_path: str, shard: str, out_dir: str, cfg: PriorStageConfig,
+                   progress: Callable[[int], None] | None = None) -> str:
+    """Write ``out_dir/shard`` (atomically) with prior entries added to its input samples."""
+    manifest = read_manifest(manifest_path)
+    index = _Index(manifest)
+    position = get_position_prior(cfg.position, **cfg.position_options)
+    features = get_feature_prior(cfg.features, **cfg.feature_options)
+    rows = sorted((r for r in range(len(manifest)) if manifest["shard"][r] == shard),
+                  key=lambda r: int(manifest["offset"][r]))
+    with ShardWriter(out_dir, maxcount=1 << 62, maxsize=1 << 62, pattern=shard) as writer:
+        for r in rows:
+            members = {k: v for k, v in index.members(r).items() if k not in PRIOR_ENTRIES}
+            if _is_input(index, r, cfg):
+                members.update(sample_prior_entries(index, r, cfg, position, features))
+            writer.write(str(manifest["key"][r]), members)
+            if progress is not None:
+                progress(1)
+    return shard
+
+
+def run_prior_stage(source: str | os.PathLike, out_dir: str | os.PathLike, cfg: PriorStageConfig,
+                    workers: int = 1, progress: Callable[[int], None] | None = None) -> Manifest:
+    """Add priors to the samples of the manifest ``source`` (a file or a folder holding manifest.parquet);
+    writes shards of the same names plus a manifest into ``out_dir``. Returns the new manifest."""
+    manifest = read_manifest(source)
+    manifest_path = str(Path(source) / MANIFEST_NAME if Path(source).is_dir() else Path(source))
+    out = Path(out_dir)
+    if out.resolve() == manifest.root.resolve():
+        raise PriorError("the output folder must differ from the input folder (shards are rewritten)")
+    out.mkdir(parents=True, exist_ok=True)
+    shards = list(dict.fromkeys(str(s) for s in manifest["shard"]))
+    todo = [s for s in shards if not (out / s).exists()]
+    if progress is not None:
+        progress(int(sum(int((manifest["shard"] == s).sum()) for s in shards if s not in todo)))
+    if workers <= 1 or len(todo) <= 1:
+        for s in todo:
+            _process_shard(manifest_path, s, str(out), cfg, progress)
+    else:
+        with ProcessPoolExecutor(max_workers=workers, initializer=torch.set_num_threads, initargs=(1,)) as pool:
+            futures = [pool.submit(_process_shard, manifest_path, s, str(out), cfg) for s in todo]
+            for s, f in zip(todo, futures):
+                f.result()
+                if progress is not None:
+                    progress(int((manifest["shard"] == s).sum()))
+    return _write_output_manifest(manifest, out, shards)
+
+
+def _write_output_manifest(manifest: Manifest, out: Path, shards: list[str]) -> Manifest:
+    cols = {k: v.copy() for k, v in manifest.columns.items()}
+    spans = {}
+    for s in shards:
+        for key, offset, size in index_shard(out / s):
+            spans[key] = (s, offset, size)
+    for r, key in enumerate(cols["key"]):
+        if key not in spans:
+            raise PriorError(f"sample {key} is missing from the output shards")
+        s, cols["offset"][r], cols["size"][r] = spans[key]
+        has = read_members(out / s, int(cols["offset"][r]), int(cols["size"][r]), key=key, entries=["pos.npy"])
+        cols["has_prior"][r] = "pos.npy" in has
+    result = Manifest(cols, manifest.expression_space, manifest.source, manifest.version, out)
+    write_manifest(out / MANIFEST_NAME, result)
+    return result
