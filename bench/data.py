@@ -28,7 +28,7 @@ from avat3r.data.manifest import read_manifest
 from avat3r.data.prep import DEFAULT_SOURCE, load_source, prep_synth
 from avat3r.data.shards import ShardWriter, encode_sample
 
-REFERENCE = dict(persons=64, frames=30, cameras=16, res=128)
+REFERENCE = {"persons": 64, "frames": 30, "cameras": 16, "res": 128}
 
 
 def main() -> None:

@@ -89,11 +89,11 @@ def main() -> None:
     n_params = sum(p.numel() for p in Avat3r(Avat3rConfig.preset("tiny")).parameters())
     lines = [
         "## Training", "",
-        f"`python bench/train.py` on {platform.machine()}, torch {torch.__version__}, {args.threads} CPU threads, "
-        f"float32; load average at the start {load:.1f} (timings on a shared machine scale with it).", "",
-        f"**tiny** preset ({n_params / 1e6:.2f} M parameters), batch 1: 4 input views at 64², 8 supervised views at "
-        "64² rendered with the torch rasterizer, L1 + D-SSIM (LPIPS off), Adam, gradient clipping; through "
-        "`avat3r.train.loop.train` (in-memory examples, no checkpoint writes).", "",
+        (f"`python bench/train.py` on {platform.machine()}, torch {torch.__version__}, {args.threads} CPU "
+         f"threads, float32; load average at the start {load:.1f} (timings on a shared machine scale with it)."), "",
+        (f"**tiny** preset ({n_params / 1e6:.2f} M parameters), batch 1: 4 input views at 64², 8 supervised views "
+         "at 64² rendered with the torch rasterizer, L1 + D-SSIM (LPIPS off), Adam, gradient clipping; through "
+         "`avat3r.train.loop.train` (in-memory examples, no checkpoint writes)."), "",
         "| measure | value |", "|---|---|",
         f"| step time, median of {args.steps} | {median:.2f} s |",
         f"| steps/s | {1 / median:.3f} |",

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Optional
 
 import typer
 
@@ -21,13 +20,13 @@ backbone, pyfvvdp for JOD, keypoint/identity models for AKD/CSIM) are reported a
 def register(app: typer.Typer) -> None:
     @app.command("eval", help=HELP)
     def eval_stage(
-        checkpoint: Optional[Path] = typer.Option(None, "--checkpoint", "-c", help="Checkpoint folder, or a run "
+        checkpoint: Path | None = typer.Option(None, "--checkpoint", "-c", help="Checkpoint folder, or a run "
                                                   "directory (its latest complete checkpoint)."),
         manifest: Path = typer.Option(..., "--manifest", "-m", help="manifest.parquet with the held-out split."),
         split: str = typer.Option("test", "--split", help="Manifest split to evaluate."),
         examples: int = typer.Option(16, "--examples", "-n", help="Number of examples (4 inputs + targets each)."),
         seed: int = typer.Option(0, "--seed", help="Example seed (same seed → same examples)."),
-        baseline: Optional[str] = typer.Option(None, "--baseline", help="Evaluate a reference instead: "
+        baseline: str | None = typer.Option(None, "--baseline", help="Evaluate a reference instead: "
                                                "'reprojection' (the untrained network: inputs splatted at the "
                                                "prior's positions; uses the checkpoint's config if given)."),
         out: Path = typer.Option(Path("eval_out"), "--out", "-o", help="Output folder."),

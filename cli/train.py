@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import List, Optional
 
 import typer
 
@@ -25,19 +24,20 @@ def register(app: typer.Typer) -> None:
     @app.command("train", help=HELP)
     def train(
         recipe: Path = typer.Option(..., "--recipe", "-r", help="Training recipe (TOML), e.g. recipes/synthheads-tiny.toml."),
-        out: Optional[Path] = typer.Option(None, "--out", "-o", help="Run directory (default: runs/<recipe name>)."),
+        out: Path | None = typer.Option(None, "--out", "-o", help="Run directory (default: runs/<recipe name>)."),
         resume: bool = typer.Option(False, "--resume", help="Continue from the run directory's last complete checkpoint."),
-        max_steps: Optional[int] = typer.Option(None, "--max-steps", help="Stop after this many steps in total "
+        max_steps: int | None = typer.Option(None, "--max-steps", help="Stop after this many steps in total "
                                                 "(the recipe's optim.max_steps otherwise)."),
-        overrides: List[str] = typer.Option([], "--set", help="Override a recipe value: section.key=value "
+        overrides: list[str] = typer.Option([], "--set", help="Override a recipe value: section.key=value "
                                             "(TOML value), e.g. --set optim.lr=3e-4. Repeatable."),
         quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar."),
     ) -> None:
         from avat3r.model.checkpoint import CheckpointError as ModelCheckpointError
         from avat3r.model.config import ConfigError
         from avat3r.train.checkpointing import CheckpointError
+        from avat3r.train.loop import TrainError
+        from avat3r.train.loop import train as run_training
         from avat3r.train.losses import LpipsWeightsMissing
-        from avat3r.train.loop import TrainError, train as run_training
         from avat3r.train.recipe import RecipeError, load_recipe
 
         try:

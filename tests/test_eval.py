@@ -8,12 +8,11 @@ import math
 import numpy as np
 import pytest
 import torch
+from test_train import FakeExamples, FakeModel
 
 from avat3r.eval import metrics as M
 from avat3r.eval.runner import EvalError, evaluate
 from avat3r.train.loop import collate_examples, predict, render_targets
-
-from test_train import FakeExamples, FakeModel  # noqa: E402  (tests/ is on sys.path under pytest)
 
 
 def _ssim_direct(a: np.ndarray, b: np.ndarray) -> float:
@@ -84,7 +83,7 @@ def test_registered_face_models_drive_akd_and_csim(monkeypatch):
 
     def brightest_pixel():  # a "keypoint detector": (x, y) of the brightest pixel
         def detect(images):
-            n, h, w, _ = images.shape
+            n, _, w, _ = images.shape
             idx = images.sum(-1).reshape(n, -1).argmax(-1)
             return torch.stack([(idx % w).float(), (idx // w).float()], -1)[:, None, :]
         return detect

@@ -3,13 +3,9 @@
 from __future__ import annotations
 
 import json
-import math
 import os
-import subprocess
-import sys
 from pathlib import Path
 
-import numpy as np
 import pytest
 import torch
 from safetensors.torch import load_file, save_file
@@ -18,9 +14,17 @@ from avat3r.cameras import Cameras, intrinsics_from_fov, look_at, unproject
 from avat3r.gaussians import Gaussians
 from avat3r.render import rasterize
 from avat3r.train import checkpointing
-from avat3r.train.losses import (LossWeights, LpipsWeightsMissing, PhotometricLoss, build_lpips, dssim_loss,
-                                 gaussian_window, l1_loss, ssim_map)
 from avat3r.train.loop import DataInfo, example_index, train
+from avat3r.train.losses import (
+    LossWeights,
+    LpipsWeightsMissing,
+    PhotometricLoss,
+    build_lpips,
+    dssim_loss,
+    gaussian_window,
+    l1_loss,
+    ssim_map,
+)
 from avat3r.train.recipe import RecipeError, load_recipe, recipe_from_dict
 
 REPO = Path(__file__).resolve().parents[1]
@@ -41,8 +45,8 @@ class FakeExamples:
     examples are pure functions of their index (2 inputs + 2 targets keep the loop tests fast)."""
 
     expression_space = "fake-v1"
-    expression_names = ["a", "b", "c"]
-    neutral = [0.0, 0.0, 0.0]
+    expression_names = ("a", "b", "c")
+    neutral = (0.0, 0.0, 0.0)
 
     def __init__(self, seed: int = 0, fixed: bool = False, n_inputs: int = 2, n_targets: int = 2, res: int = RES):
         self.seed, self.fixed, self.scene, self.res = seed, fixed, _scene(), res
@@ -340,7 +344,8 @@ def test_the_real_network_trains_checkpoints_and_evaluates(tmp_path, monkeypatch
     result = train(recipe, tmp_path / "run", examples=examples, progress=False)
     assert result.losses[7] < result.losses[0], result.losses
     model, meta = load_checkpoint(result.checkpoint)
-    assert meta["step"] == 8 and meta["expression_space"] == "fake-v1" and meta["expression_names"] == ["a", "b", "c"]
+    assert meta["step"] == 8 and meta["expression_space"] == "fake-v1"
+    assert meta["expression_names"] == ["a", "b", "c"] and meta["position_prior"] == "geometric"
     assert model.config.expression_dim == 3 and model.config.dim == 32
     trained = evaluate(tmp_path / "ev", checkpoint=tmp_path / "run", examples=examples, n_examples=1,
                        progress=False)

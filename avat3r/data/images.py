@@ -67,8 +67,8 @@ def head_crop_box(camera: Cameras, radius: float = HEAD_FRAME_RADIUS) -> tuple[i
     uv, z = project(camera, torch.zeros(1, 1, 3, dtype=camera.K.dtype))
     u, v, depth = float(uv[0, 0, 0]), float(uv[0, 0, 1]), float(z[0, 0])
     f = 0.5 * float(camera.K[0, 0, 0] + camera.K[0, 1, 1])
-    side = max(8, int(round(2 * radius * f / depth)))
-    return int(round(u - side / 2)), int(round(v - side / 2)), side
+    side = max(8, round(2 * radius * f / depth))
+    return round(u - side / 2), round(v - side / 2), side
 
 
 def crop_square(image: np.ndarray, x0: int, y0: int, side: int) -> np.ndarray:

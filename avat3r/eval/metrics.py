@@ -8,12 +8,13 @@ uses PIPNet and ArcFace; neither ships weights with avat3r).
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable
 
 import torch
 
 from ..train.losses import LpipsWeightsMissing, build_lpips, lpips_distance, ssim
+
 
 # -- paired-image metrics ----------------------------------------------------------------------------
 def _f(x: torch.Tensor) -> torch.Tensor:
@@ -98,7 +99,7 @@ def _lookup(registry: dict, name: str | None, what: str, metric: str):
         raise Unavailable(f"{metric} needs a {what} model and none is registered (avat3r ships no {what} weights; "
                           f"see register_{what}_model)")
     if name is None:
-        name = sorted(registry)[0]
+        name = min(registry)
     if name not in registry:
         raise Unavailable(f"{metric}: no {what} model named {name!r} (registered: {', '.join(sorted(registry))})")
     try:

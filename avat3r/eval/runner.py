@@ -11,9 +11,9 @@ from __future__ import annotations
 
 import json
 import math
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable
 
 import torch
 
@@ -212,8 +212,8 @@ def _fmt(name: str, value) -> str:
 def write_markdown(report: EvalReport, path: Path, split: str, seed: int) -> Path:
     names = list(METRICS)
     lines = [f"# Evaluation: {report.label}", "",
-             f"{len(report.rows)} examples from split `{split}` (seed {seed}); each row averages its target views. "
-             "PSNR/SSIM/CSIM/JOD higher is better, LPIPS/AKD lower is better.", "",
+             (f"{len(report.rows)} examples from split `{split}` (seed {seed}); each row averages its target "
+              "views. PSNR/SSIM/CSIM/JOD higher is better, LPIPS/AKD lower is better."), "",
              "## Overall", "", "| model | examples | " + " | ".join(n.upper() for n in names) + " |",
              "|---|---|" + "---|" * len(names)]
     cells = []

@@ -14,8 +14,8 @@ import json
 import os
 import re
 import shutil
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 from ..cameras import atomic_write_bytes
 

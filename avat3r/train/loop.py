@@ -13,17 +13,24 @@ the checkpoint, a resumed run continues exactly the example stream and the loss 
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Protocol
+from typing import Any, Protocol
 
 import numpy as np
 import torch
 
 from ..cameras import Cameras
 from ..render import rasterize
-from .checkpointing import (TRAIN_JSON, latest_checkpoint, prune_checkpoints, read_train_json, write_checkpoint,
-                            write_json)
+from .checkpointing import (
+    TRAIN_JSON,
+    latest_checkpoint,
+    prune_checkpoints,
+    read_train_json,
+    write_checkpoint,
+    write_json,
+)
 from .losses import LossWeights, LpipsWeightsMissing, PhotometricLoss
 from .recipe import Recipe
 
@@ -266,8 +273,10 @@ def train(recipe: Recipe, run_dir: str | Path, *, resume: bool = False, max_step
     torch.manual_seed(recipe.run.seed)  # identical initial weights on every process
     model = model_factory(recipe, info)
     optimizer = _make_optimizer(recipe, model)
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, _warmup(recipe))
-    model, optimizer, scheduler = accelerator.prepare(model, optimizer, scheduler)
+    # The learning rate is a pure function of the step (set before each update), so it needs no scheduler
+    # state in checkpoints (Accelerate would also step a prepared scheduler once per process).
+    warmup = _warmup(recipe)
+    model, optimizer = accelerator.prepare(model, optimizer)
 
     start = 0
     result = TrainResult(step=0, main=main)
@@ -279,12 +288,14 @@ def train(recipe: Recipe, run_dir: str | Path, *, resume: bool = False, max_step
         accelerator.load_state(str(checkpoint / TRAIN_STATE))
         start = int(state["step"])
         result.baseline = state.get("baseline")
-        log(f"resuming {run_dir} from step {start} ({checkpoint.name})")
+        if main:
+            log(f"resuming {run_dir} from step {start} ({checkpoint.name})")
     elif latest_checkpoint(run_dir) is not None:
         raise TrainError(f"{run_dir} already holds checkpoints; pass --resume to continue it or choose another -o")
     result.step = start
     if start >= stop:
-        log(f"nothing to do: the run is at step {start} and stops at {stop}")
+        if main:
+            log(f"nothing to do: the run is at step {start} and stops at {stop}")
         return result
 
     writer = None
@@ -336,10 +347,12 @@ def train(recipe: Recipe, run_dir: str | Path, *, resume: bool = False, max_step
         if not torch.isfinite(loss):
             raise TrainError(f"the loss became {loss.item()} at step {step}; lower optim.lr or check the data")
         accelerator.backward(loss)
+        lr = recipe.optim.lr * warmup(step)
+        for group in optimizer.param_groups:
+            group["lr"] = lr
         grad_norm = (accelerator.clip_grad_norm_(model.parameters(), recipe.optim.grad_clip)
                      if recipe.optim.grad_clip > 0 else None)
         optimizer.step()
-        scheduler.step()
         optimizer.zero_grad(set_to_none=True)
 
         parts["psnr"] = psnr_of(pred, target)
@@ -360,7 +373,7 @@ def train(recipe: Recipe, run_dir: str | Path, *, resume: bool = False, max_step
                 now = time.perf_counter()
                 for k, v in scalars.items():
                     writer.add_scalar(f"train/{k}", v, done)
-                writer.add_scalar("train/lr", scheduler.get_last_lr()[0], done)
+                writer.add_scalar("train/lr", lr, done)
                 if grad_norm is not None:
                     writer.add_scalar("train/grad_norm", float(grad_norm), done)
                 writer.add_scalar("train/steps_per_s", steps_since / max(now - t_last, 1e-9), done)

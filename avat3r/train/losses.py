@@ -55,7 +55,7 @@ def ssim_map(pred: torch.Tensor, target: torch.Tensor, window: int = SSIM_WINDOW
     a, b = _to_nchw(pred), _to_nchw(target)
     c = a.shape[1]
     w = gaussian_window(window, sigma, a.dtype, a.device).expand(c, 1, window, window)
-    blur = lambda t: F.conv2d(t, w, padding=window // 2, groups=c)  # noqa: E731
+    blur = lambda t: F.conv2d(t, w, padding=window // 2, groups=c)
     mu_a, mu_b = blur(a), blur(b)
     var_a = blur(a * a) - mu_a ** 2
     var_b = blur(b * b) - mu_b ** 2

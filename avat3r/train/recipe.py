@@ -16,10 +16,11 @@ TOML is taken as a string).
 from __future__ import annotations
 
 import copy
-import tomllib
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
+
+import tomllib
 
 
 class RecipeError(ValueError):
@@ -103,7 +104,7 @@ class Recipe:
         d["optim"]["betas"] = list(d["optim"]["betas"])
         return d
 
-    def validate(self) -> "Recipe":
+    def validate(self) -> Recipe:
         problems = []
         if self.optim.optimizer not in ("adam", "adamw"):
             problems.append(f"optim.optimizer must be 'adam' or 'adamw', not {self.optim.optimizer!r}")

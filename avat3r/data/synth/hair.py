@@ -36,6 +36,10 @@ def grow_strands(shape: HeadShape, roots, normals, comb, n_steps, length, volume
             b2 = np.cross(want, b1)
             a = phase + freq * k
             nxt = nxt + curl_radius * (np.cos(a)[:, None] * b1 + np.sin(a)[:, None] * b2) * 0.6
+        if face_clear is not None:  # scalp hair frames the face instead of hanging over it: move such
+            x_half, y_top = face_clear  # points behind the face plane; the shell below pushes them to the side
+            over = (nxt[:, 2] > -0.01) & (nxt[:, 1] < y_top) & (np.abs(nxt[:, 0]) < x_half)
+            nxt[over, 2] = -0.01
         # stay outside the skin + volume shell, and outside the neck
         r = np.linalg.norm(nxt, axis=-1)
         shell = shape.shell_radius(nxt, volume * smoothstep(0.0, 0.6, (k + 1) / n_steps) + 0.0015)
@@ -49,10 +53,6 @@ def grow_strands(shape: HeadShape, roots, normals, comb, n_steps, length, volume
         below = (nxt[:, 1] <= -0.07) & (neck < 1)
         nxt[below, 0] /= neck[below]
         nxt[below, 2] = (nxt[below, 2] + 0.014) / neck[below] - 0.014
-        if face_clear is not None:  # scalp hair frames the face instead of hanging over it
-            x_half, y_top = face_clear
-            over = (nxt[:, 2] > -0.01) & (nxt[:, 1] < y_top) & (np.abs(nxt[:, 0]) < x_half)
-            nxt[over, 0] = np.where(nxt[over, 0] >= 0, x_half, -x_half)
         seg = nxt - pos
         ln = np.linalg.norm(seg, axis=-1)
         mids.append(pos + 0.5 * seg)
@@ -101,6 +101,8 @@ def build_hair(shape: HeadShape, rng, acc: GaussianAccumulator):
     side = np.sign(roots[:, 0] - part_x + 1e-9)
     top = smoothstep(0.02, 0.07, roots[:, 1])
     comb_top = np.stack([side * 0.8, np.zeros(len(roots)), -0.6 * np.ones(len(roots))], -1)
+    if style == "long":  # front strands go back over the crown, not down over the face
+        comb_top = comb_top * np.array([0.6, 1.0, 2.0])
     comb = top[:, None] * comb_top + (1 - top[:, None]) * np.array([0.0, -1.0, -0.3])
     bun_centre = np.array([0.0, 0.6 * shape.B, -shape.C - 0.01])
     if style == "bun":  # everything is pulled towards the bun
