@@ -71,6 +71,8 @@ def strand_gaussians(shape, mids, dirs, seglen, frac, sid, base_rgb, width, rng,
     out_n = normalize(mids / np.array([shape.A, shape.B, shape.C]) ** 2)
     side = normalize(np.cross(out_n, dirs))
     q = axes_to_quat(dirs, side)
+    # segments that jumped (pushed out of the face or the head) must not smear into long streaks
+    seglen = np.minimum(seglen, 1.3 * np.median(seglen))
     sc = np.stack([0.62 * seglen + 2e-4, np.full(len(mids), width), np.full(len(mids), 3e-4)], -1)
     tone = rng.uniform(0.65, 1.25, n_strands)[sid]
     col = np.array(base_rgb)[None] * (tone * (0.8 + 0.35 * frac))[:, None]
