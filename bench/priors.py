@@ -58,7 +58,7 @@ def main() -> None:
     scene = args.scene
     if scene == "auto":
         try:
-            from avat3r.data import synthheads  # noqa: F401
+            from avat3r.data import synthheads
             scene = "synthheads" if hasattr(synthheads, "render_views") else "raycast"
         except ImportError:
             scene = "raycast"

@@ -105,12 +105,15 @@ def main(argv=None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--quick", action="store_true", help="one small configuration (128², 10k Gaussians)")
     ap.add_argument("--min-time", type=float, default=2.0, help="seconds of timing per measurement")
+    ap.add_argument("--threads", type=int, default=2, help="torch CPU threads (DESIGN §7 uses 2)")
     args = ap.parse_args(argv)
+    os.environ["BENCH_THREADS"] = str(args.threads)
     sizes, counts = ([128], [10_000]) if args.quick else ([128, 256], [10_000, 50_000, 100_000])
     min_time = 0.5 if args.quick else args.min_time
 
-    print(f"# torch {torch.__version__}, {os.cpu_count()} CPUs, {os.environ.get('BENCH_THREADS', '2')} threads, "
-          f"{platform.processor() or platform.machine()}, python {sys.version.split()[0]}")
+    print(f"# torch {torch.__version__}, {os.cpu_count()} CPUs, {args.threads} threads, "
+          f"{platform.processor() or platform.machine()}, python {sys.version.split()[0]}, "
+          f"load average {os.getloadavg()[0]:.1f}")
     print("| size | Gaussians | box pairs | exp pass ms | fwd ms | fwd renders/s | fwd peak MB | fwd+bwd ms "
           "| fwd+bwd renders/s | fwd+bwd peak MB | fwd / exp | fwd+bwd / exp |")
     print("|---|---|---|---|---|---|---|---|---|---|---|---|")

@@ -6,9 +6,21 @@ import math
 import pytest
 import torch
 
-from avat3r.cameras import (CameraError, Cameras, intrinsics_from_fov, is_back_only, k_farthest_viewpoints,
-                            look_at, orbit_path, plucker, project, rays, read_cams_json, unproject,
-                            write_cams_json)
+from avat3r.cameras import (
+    CameraError,
+    Cameras,
+    intrinsics_from_fov,
+    is_back_only,
+    k_farthest_viewpoints,
+    look_at,
+    orbit_path,
+    plucker,
+    project,
+    rays,
+    read_cams_json,
+    unproject,
+    write_cams_json,
+)
 
 
 def rig(n=5, size=(32, 24)):

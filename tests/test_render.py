@@ -112,7 +112,7 @@ def test_single_isotropic_gaussian_footprint(backend):
     W = H = 41
     f, s, z, o = 60.0, 0.02, 1.0, 0.7
     cams = Cameras(intrinsics(f, f, W / 2, H / 2), look_at(torch.tensor([[0.0, 0.0, z]])).double(), W, H)
-    d = dict(dtype=torch.float64)
+    d = {"dtype": torch.float64}
     g = Gaussians(torch.zeros(1, 3, **d), torch.tensor([[1.0, 0, 0, 0]], **d), torch.full((1, 3), s, **d),
                   torch.tensor([o], **d), torch.tensor([[1.0, 0.5, 0.25]], **d))
     rgb, alpha, depth = rasterize(g, cams, backend=backend)
@@ -125,7 +125,7 @@ def test_single_isotropic_gaussian_footprint(backend):
     r2 = ((uv - W / 2) ** 2).sum(-1)
     a = alpha[0]
     m = a > 1.5 / 255
-    sigma2_fit = float((-(r2[m] ** 2).sum() / (2 * (r2[m] * torch.log(a[m] / o)).sum())))
+    sigma2_fit = float(-(r2[m] ** 2).sum() / (2 * (r2[m] * torch.log(a[m] / o)).sum()))
     sigma_expected = math.sqrt((f * s / z) ** 2 + 0.3)
     assert math.sqrt(sigma2_fit) == pytest.approx(sigma_expected, rel=1e-6)
     # beyond the 1/255 level the pixel is skipped entirely
@@ -140,8 +140,8 @@ def test_depth_order_compositing(backend):
     means = torch.tensor([[0.0, 0.0, 0.2], [0.0, 0.0, -0.2]])  # first is nearer to the camera at z = 1
     colors = torch.tensor([[1.0, 0.0, 0.0], [0.0, 0.0, 1.0]])
     o1, o2 = 0.6, 0.5
-    base = dict(quats=torch.tensor([[1.0, 0, 0, 0]] * 2), scales=torch.full((2, 3), 0.05),
-                opacities=torch.tensor([o1, o2]))
+    base = {"quats": torch.tensor([[1.0, 0, 0, 0]] * 2), "scales": torch.full((2, 3), 0.05),
+            "opacities": torch.tensor([o1, o2])}
     for order in ([0, 1], [1, 0]):
         g = Gaussians(means[order], base["quats"], base["scales"], base["opacities"][order], colors[order])
         rgb, alpha, depth = rasterize(g, cams, backend=backend)
@@ -228,7 +228,7 @@ def test_gsplat_matches_torch_backend():
     outs, grads = [], []
     for backend in ("gsplat", "torch"):
         g = Gaussians(*[t.clone().requires_grad_() for t in scene])
-        rgb, alpha, depth = rasterize(g, Cameras(K, w2c, W, H), backend=backend)
+        rgb, alpha, _ = rasterize(g, Cameras(K, w2c, W, H), backend=backend)
         ((rgb * weights[0]).sum() + (alpha * weights[1]).sum()).backward()
         outs.append((rgb, alpha))
         grads.append([g.means.grad, g.scales.grad, g.quats.grad, g.opacities.grad, g.colors.grad])

@@ -92,7 +92,7 @@ class FakeModel(torch.nn.Module):
         rgb = images.reshape(b, -1, 3).clamp(1e-3, 1 - 1e-3)
         n = rgb.shape[1]
         colors = torch.sigmoid(torch.logit(rgb) + self.color(codes)[:, None, :])
-        return Gaussians(means=pos.reshape(b, n, 3), quats=torch.tensor([1.0, 0, 0, 0]).expand(b, n, 4),
+        return Gaussians(means=pos.reshape(b, n, 3), quats=pos.new_tensor([1.0, 0, 0, 0]).expand(b, n, 4),
                          scales=torch.exp(self.log_scale).expand(b, n, 3),
                          opacities=torch.sigmoid(self.opacity).expand(b, n), colors=colors,
                          valid=conf.reshape(b, n) > 0.5)

@@ -18,9 +18,27 @@ from .synth.render import contact_sheet, head_gaussians, render_sample, render_v
 from .synth.rig import make_rig
 from .synth.rigging import neutral_head
 
-__all__ = ["EXPRESSION_NAMES", "EXPRESSION_SPACE", "SEGMENTS", "neutral_code", "segment_codes", "Identity",
-           "make_identity", "person_name", "HAIR_STYLES", "FACIAL_HAIR", "head_gaussians", "head_parts", "PARTS",
-           "RIGID_PARTS", "CAVITY_COLOR", "make_rig", "render_views", "render_sample", "contact_sheet"]
+__all__ = [
+    "CAVITY_COLOR",
+    "EXPRESSION_NAMES",
+    "EXPRESSION_SPACE",
+    "FACIAL_HAIR",
+    "HAIR_STYLES",
+    "PARTS",
+    "RIGID_PARTS",
+    "SEGMENTS",
+    "Identity",
+    "contact_sheet",
+    "head_gaussians",
+    "head_parts",
+    "make_identity",
+    "make_rig",
+    "neutral_code",
+    "person_name",
+    "render_sample",
+    "render_views",
+    "segment_codes",
+]
 
 
 def head_parts(identity: Identity) -> np.ndarray:

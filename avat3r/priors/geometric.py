@@ -5,11 +5,11 @@ Per input view and pixel ray (all views at once, vectorised):
    that lies inside every other view's silhouette, refined by bisection. A point off another view's image
    reads that silhouette's nearest border pixel, so a crop that cuts off hair or neck cannot carve them. The hull contains the head, so the true surface
    lies on or behind this depth along the ray.
-2. Plane sweep. Try depths in a band behind the hull surface; score each by windowed normalised
-   cross-correlation (plus a robust colour term) between the reference view and each other view's image
-   reprojected onto it, ignoring views that do not see the point (off-image, outside their silhouette, or
-   occluded: behind that view's own surface estimate). Winner-take-all with a parabola fit for sub-step depth.
-   A second pass repeats the sweep with the refined depth maps as the occlusion test.
+2. Plane sweep. Try depths from just in front of the hull surface through the hull along the ray; score each
+   by a windowed colour difference plus normalised cross-correlation between the reference view and each other
+   view's image reprojected onto it, ignoring views that do not see the point (off-image, outside their
+   silhouette, or occluded: behind that view's hull surface) and averaging the best two views. Winner-take-all
+   with a parabola fit for sub-step depth. Optional further passes use the refined depths as occlusion test.
 3. Confidence: the foreground mask, scaled by how well the views agree at the chosen depth; low off the head,
    where no other view sees the pixel and where the ray missed the hull (silhouettes disagree).
 """
@@ -35,12 +35,12 @@ class GeometricPrior:
     band: float = 0.12  # m: the sweep searches the hull's depth along each ray, at most this deep
     front: float = 0.004  # m in front of the hull also searched (mask edges shrink the hull slightly)
     sweep_steps: int = 64
-    window: int = 7  # NCC window (pixels)
-    ncc_weight: float = 0.8  # cost = w·(1−NCC)/2 + (1−w)·colour term
+    window: int = 5  # matching window (pixels); wide baselines distort larger windows
+    ncc_weight: float = 0.2  # cost = w·(1−NCC)/2 + (1−w)·colour term (colour matched better in our tests)
     colour_scale: float = 0.15  # mean absolute colour difference that counts as a full mismatch
     hull_pull: float = 0.02  # tiny cost ramp over the band: on flat costs prefer depths near the hull
     occlusion_tolerance: float = 0.006  # m: a point more than this behind another view's surface is hidden there
-    passes: int = 2
+    passes: int = 1  # a second sweep with the refined depths as occlusion test did not help on test heads
     best_views: int = 2  # average the best this many visible views' costs: one occluded view cannot veto a depth
     mask_threshold: float = 0.02  # luminance above which a pixel is foreground when no masks are given
     name: str = "geometric"

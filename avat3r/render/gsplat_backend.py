@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 
-
 def rasterize_gsplat(means, quats, scales, opacities, colors, K, w2c, width, height, eps2d=0.3, near=0.01,
                      far=1e10):
     """C cameras → rgb (C,H,W,3) (no background), alpha (C,H,W), accumulated depth Σwᵢzᵢ (C,H,W).

@@ -87,9 +87,10 @@ def resolve_backbone(net: str, weights: str | os.PathLike | None = None) -> Path
     """The backbone checkpoint to load, or LpipsWeightsMissing with a one-line message saying where to put it."""
     path = Path(weights) if weights else default_backbone_path(net)
     if not path.is_file():
-        raise LpipsWeightsMissing(
-            f"LPIPS needs the torchvision {net} backbone weights {LPIPS_BACKBONE_FILES[net]}: not found at {path} "
-            f"(put it at {default_backbone_path(net)} or pass its path)")
+        where = ("put it there or pass its path" if path == default_backbone_path(net)
+                 else f"fix the path or put the file at {default_backbone_path(net)}")
+        raise LpipsWeightsMissing(f"LPIPS needs the torchvision {net} backbone weights "
+                                  f"{LPIPS_BACKBONE_FILES[net]}: not found at {path} ({where})")
     return path
 
 

@@ -11,8 +11,17 @@ import numpy as np
 
 from .face import HeadShape
 from .parts import GaussianAccumulator
-from .shapes import (axes_to_quat, covariance_to_gaussian, fibonacci_cap, gauss2, normalize, shade,
-                     smoothstep, tangent_basis, value_noise)
+from .shapes import (
+    axes_to_quat,
+    covariance_to_gaussian,
+    fibonacci_cap,
+    gauss2,
+    normalize,
+    shade,
+    smoothstep,
+    tangent_basis,
+    value_noise,
+)
 
 SKIN_SPHERE_POINTS = 8000
 FACE_CAP_COS = np.cos(np.deg2rad(58.0))

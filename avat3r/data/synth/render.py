@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from contextlib import contextmanager
 from functools import lru_cache
-from typing import Sequence
 
 import numpy as np
 import torch

@@ -23,8 +23,8 @@ def _yaw_pitch_lattice(n: int, yaw: tuple[float, float], pitch: tuple[float, flo
 @lru_cache(maxsize=32)
 def _rig(seed: int, n_cameras: int, res: int):
     rng = np.random.Generator(np.random.PCG64(np.random.SeedSequence([int(seed), 0x716])))
-    n_back = 0 if n_cameras < 4 else max(1, int(round(0.12 * n_cameras)))
-    n_side = 0 if n_cameras < 3 else max(1, int(round(0.18 * n_cameras)))
+    n_back = 0 if n_cameras < 4 else max(1, round(0.12 * n_cameras))
+    n_side = 0 if n_cameras < 3 else max(1, round(0.18 * n_cameras))
     n_front = n_cameras - n_back - n_side
     front = _yaw_pitch_lattice(n_front, (-72, 72), (-25, 38), rng)
     if n_front:

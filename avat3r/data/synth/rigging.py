@@ -18,7 +18,15 @@ from ...gaussians import Gaussians
 from .expressions import EXPR_INDEX, check_code
 from .face import HeadShape
 from .hair import build_accessories, build_facial_hair, build_hair
-from .head import build_brows, build_ears, build_eyes, build_mouth_interior, build_neck, build_skin, lid_geometry
+from .head import (
+    build_brows,
+    build_ears,
+    build_eyes,
+    build_mouth_interior,
+    build_neck,
+    build_skin,
+    lid_geometry,
+)
 from .identity import Identity, person_rng
 from .parts import FIELD_PARTS, PART_ID, GaussianAccumulator
 from .shapes import gauss2, normalize, quat_mul, smoothstep
@@ -108,7 +116,7 @@ def build_neutral(ident: Identity) -> NeutralHead:
     return n
 
 
-_CACHE: "OrderedDict[tuple, NeutralHead]" = OrderedDict()
+_CACHE: OrderedDict[tuple, NeutralHead] = OrderedDict()
 _CACHE_SIZE = 16
 
 
