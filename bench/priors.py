@@ -73,8 +73,10 @@ def main() -> None:
             pos, conf = prior(rgb, cams, masks)
             dt = time.perf_counter() - t
             rows.append((p, name, dt, *accuracy(pos, conf, alpha, depth, cams)))
+    import os
+
     head = (f"Scene: {scene}, 4 views at {args.res}², {args.threads} CPU threads ({platform.processor() or 'cpu'}), "
-            f"torch {torch.__version__}.\n\n| person | prior | s / 4-view set | median mm | p90 mm | IoU conf>0.5 |\n"
+            f"torch {torch.__version__}, load average at the end {os.getloadavg()[0]:.1f}.\n\n| person | prior | s / 4-view set | median mm | p90 mm | IoU conf>0.5 |\n"
             "|---|---|---|---|---|---|\n")
     table = head + "".join(f"| {p} | {n} | {dt:.2f} | {med:.2f} | {p90:.2f} | {iou:.3f} |\n"
                            for p, n, dt, med, p90, iou in rows)

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Optional
 
 import typer
 
@@ -15,7 +14,7 @@ HELP = ("Add position/confidence maps (pos.npy, conf.npy) and optional feature m
         "rerunning after an interruption skips finished shards.")
 
 
-def _parse_frames(text: Optional[str]) -> Optional[tuple[int, ...]]:
+def _parse_frames(text: str | None) -> tuple[int, ...] | None:
     if not text:
         return None
     frames: list[int] = []
@@ -34,13 +33,13 @@ def register(app: typer.Typer) -> None:
         features: str = typer.Option("none", help="Feature prior: sapiens | none."),
         partners: int = typer.Option(3, min=0, help="Partner views per sample (paper App. C: 3)."),
         workers: int = typer.Option(1, min=1, help="Shards processed in parallel (one process each)."),
-        segments: Optional[str] = typer.Option(None, help="Comma-separated segments to add priors to (default all)."),
-        frames: Optional[str] = typer.Option(None, help="Frames to add priors to, e.g. '0-9,20' (default all)."),
-        dust3r_repo: Optional[Path] = typer.Option(None, help="DUSt3R checkout (else $AVAT3R_DUST3R_REPO)."),
-        dust3r_ckpt: Optional[Path] = typer.Option(None, help="DUSt3R .pth checkpoint (else $AVAT3R_DUST3R_CKPT)."),
+        segments: str | None = typer.Option(None, help="Comma-separated segments to add priors to (default all)."),
+        frames: str | None = typer.Option(None, help="Frames to add priors to, e.g. '0-9,20' (default all)."),
+        dust3r_repo: Path | None = typer.Option(None, help="DUSt3R checkout (else $AVAT3R_DUST3R_REPO)."),
+        dust3r_ckpt: Path | None = typer.Option(None, help="DUSt3R .pth checkpoint (else $AVAT3R_DUST3R_CKPT)."),
         dust3r_alignment: str = typer.Option("global", help="DUSt3R alignment: global (optimiser, known poses) "
                                              "or closed-form."),
-        sapiens_ckpt: Optional[Path] = typer.Option(None, help="Sapiens TorchScript file (else $AVAT3R_SAPIENS_CKPT)."),
+        sapiens_ckpt: Path | None = typer.Option(None, help="Sapiens TorchScript file (else $AVAT3R_SAPIENS_CKPT)."),
         sapiens_size: str = typer.Option("1024x1024", help="Sapiens input HxW (the size its export was traced at)."),
         device: str = typer.Option("cpu", help="Device for DUSt3R/Sapiens."),
     ) -> None:

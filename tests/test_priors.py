@@ -3,7 +3,6 @@ the resumable `prior` stage."""
 
 from __future__ import annotations
 
-import json
 import os
 
 import numpy as np
@@ -12,7 +11,7 @@ import torch
 
 from avat3r.cameras import Cameras, intrinsics_from_fov, look_at, unproject
 from avat3r.priors import PriorError, dust3r_confidence, get_feature_prior, get_position_prior
-from avat3r.priors.synthetic import HEAD_PARTS, hemisphere_rig, raycast_head, scene_views
+from avat3r.priors.synthetic import hemisphere_rig, raycast_head, scene_views
 
 
 def _errors(pos, conf, alpha, depth, cams):
@@ -180,8 +179,8 @@ def _tiny_dataset(folder, res=24):
                           "expr": np.zeros(3, np.float32), "depth": depth[c].numpy()}
                 key = f"p000/EXP_a/{frame:06d}/{names[c]}"
                 records.append(w.write(key, encode_sample(sample)))
-                rows.append(dict(person="p000", segment="EXP_a", frame=frame, camera=names[c], width=res,
-                                 height=res, split="train", has_prior=False))
+                rows.append({"person": "p000", "segment": "EXP_a", "frame": frame, "camera": names[c], "width": res,
+                                 "height": res, "split": "train", "has_prior": False})
     write_manifest(folder / "manifest.parquet",
                    build_manifest(records, rows, np.zeros((12, 3)), "synthheads-v1", "test", folder))
     return cams

@@ -9,7 +9,7 @@ Feature priors map ``images`` to ``feats`` (V,C,h,w) float32: ``sapiens`` (Torch
 
 from __future__ import annotations
 
-from typing import Callable
+from collections.abc import Callable
 
 from .base import PriorError, dust3r_confidence
 
@@ -60,5 +60,13 @@ def compute_priors(images, cameras, masks=None, position: str = DEFAULT_POSITION
     return pos, conf, feats
 
 
-__all__ = ["POSITION_PRIORS", "FEATURE_PRIORS", "DEFAULT_POSITION_PRIOR", "PriorError", "compute_priors",
-           "dust3r_confidence", "get_feature_prior", "get_position_prior"]
+__all__ = [
+    "DEFAULT_POSITION_PRIOR",
+    "FEATURE_PRIORS",
+    "POSITION_PRIORS",
+    "PriorError",
+    "compute_priors",
+    "dust3r_confidence",
+    "get_feature_prior",
+    "get_position_prior",
+]

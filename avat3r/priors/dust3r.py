@@ -96,11 +96,11 @@ def _import_dust3r(repo: str | None):
             if str(p) not in sys.path:
                 sys.path.insert(0, str(p))
     try:
-        import dust3r.cloud_opt  # noqa: F401
-        import dust3r.image_pairs  # noqa: F401
-        import dust3r.inference  # noqa: F401
+        import dust3r.cloud_opt
+        import dust3r.image_pairs
+        import dust3r.inference
         import dust3r.model  # noqa: F401
-    except Exception as err:  # ImportError, or a failing import inside the checkout (e.g. huggingface_hub)
+    except Exception as err:  # noqa: BLE001 — ImportError, or any failure inside the checkout (e.g. hf_hub)
         raise PriorError(f"DUSt3R is not importable ({type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''}); "
                          + INSTALL_HINT) from None
     return sys.modules["dust3r"]
@@ -167,7 +167,7 @@ class Dust3rPrior:
         x = F.interpolate(images.permute(0, 3, 1, 2).float(), size=(h, w), mode="bicubic", align_corners=False)
         x = x[:, :, y0:y0 + h16, x0:x0 + w16].clamp(0, 1) * 2 - 1
         cams = cameras.resized(w, h).cropped(x0, y0, w16, h16)
-        views = [dict(img=x[v:v + 1], true_shape=np.int32([[h16, w16]]), idx=v, instance=str(v)) for v in range(V)]
+        views = [{"img": x[v:v + 1], "true_shape": np.int32([[h16, w16]]), "idx": v, "instance": str(v)} for v in range(V)]
         return views, cams
 
     @torch.no_grad()
