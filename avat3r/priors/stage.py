@@ -4,7 +4,8 @@ Paper App. C: precomputing priors for every 4-view combination is prohibitive, s
 maps from one set of "reasonable partner views" at the same frame: the sample's own camera plus ``partners``
 other non-back cameras picked by farthest-point sampling of viewing directions starting from the sample's
 (spread like training inputs, which is also what a visual hull needs). Their camera names are stored in the
-sample as ``partners.json``; only the sample's own maps are kept.
+sample as ``partners.json``. One run gives maps for all its views, so partner views that are inputs
+too reuse them (with the run's other views as their partners) instead of running again.
 
 Work goes shard by shard: each output shard is written under a temp name and renamed when complete, and
 shards already present in the output folder are skipped, so a killed run restarts where it stopped and ends
@@ -107,8 +108,12 @@ def _sample_views(index: _Index, rows: list[int]):
     return torch.stack(imgs), Cameras.cat(cams), mask, depth
 
 
-def sample_prior_entries(index: _Index, row: int, cfg: PriorStageConfig, position, features) -> dict[str, bytes]:
-    """The new entries (pos, conf, feat, partners) of one input sample."""
+def sample_prior_entries(index: _Index, row: int, cfg: PriorStageConfig, position, features) -> dict[int, dict[str, bytes]]:
+    """The new entries (pos, conf, feat, partners) of one input sample and of its partner views.
+
+    One multi-view run yields maps for all of its views, so each partner's maps (with the other views of
+    the run as its partners) are returned too; the caller reuses them instead of recomputing (≈ 4× less work).
+    """
     group = index.group_of(row)
     docs = [index.camera_doc(r) for r in group]
     cams = Cameras.cat([_camera(d) for d in docs])
@@ -121,13 +126,16 @@ def sample_prior_entries(index: _Index, row: int, cfg: PriorStageConfig, positio
         pos, conf = position(images, cameras, masks, depth=depth)
     else:
         pos, conf = position(images, cameras, masks)
-    out = {"pos.npy": encode_npy(pos[0].numpy().astype(np.float32)),
-           "conf.npy": encode_npy(conf[0].clamp(0, 1).numpy().astype(np.float16)),
-           PARTNERS_ENTRY: json.dumps({"partners": [str(index.m["camera"][r]) for r in partner_rows]},
-                                      separators=(",", ":")).encode()}
-    feats = features(images[:1])
-    if feats is not None:
-        out["feat.npy"] = encode_npy(feats[0].numpy().astype(np.float16))
+    feats = features(images)
+    out = {}
+    for i, r in enumerate(rows):
+        others = [str(index.m["camera"][o]) for o in rows if o != r]
+        entries = {"pos.npy": encode_npy(pos[i].numpy().astype(np.float32)),
+                   "conf.npy": encode_npy(conf[i].clamp(0, 1).numpy().astype(np.float16)),
+                   PARTNERS_ENTRY: json.dumps({"partners": others}, separators=(",", ":")).encode()}
+        if feats is not None:
+            entries["feat.npy"] = encode_npy(feats[i].numpy().astype(np.float16))
+        out[r] = entries
     return out
 
 
@@ -140,11 +148,14 @@ def _process_shard(manifest_path: str, shard: str, out_dir: str, cfg: PriorStage
     features = get_feature_prior(cfg.features, **cfg.feature_options)
     rows = sorted((r for r in range(len(manifest)) if manifest["shard"][r] == shard),
                   key=lambda r: int(manifest["offset"][r]))
+    done: dict[int, dict[str, bytes]] = {}  # maps of partner views computed along with an earlier sample
     with ShardWriter(out_dir, maxcount=1 << 62, maxsize=1 << 62, pattern=shard) as writer:
         for r in rows:
             members = {k: v for k, v in index.members(r).items() if k not in PRIOR_ENTRIES}
             if _is_input(index, r, cfg):
-                members.update(sample_prior_entries(index, r, cfg, position, features))
+                if r not in done:
+                    done.update(sample_prior_entries(index, r, cfg, position, features))
+                members.update(done.pop(r))
             writer.write(str(manifest["key"][r]), members)
             if progress is not None:
                 progress(1)
