@@ -30,7 +30,7 @@ def register(app: typer.Typer) -> None:
                                                "'reprojection' (the untrained network: inputs splatted at the "
                                                "prior's positions; uses the checkpoint's config if given)."),
         out: Path = typer.Option(Path("eval_out"), "--out", "-o", help="Output folder."),
-        device: str = typer.Option("cuda" if _cuda() else "cpu", "--device", help="cpu or cuda."),
+        device: str = typer.Option("auto", "--device", help="cpu, cuda, cuda:N or auto (CUDA when available)."),
         quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar."),
     ) -> None:
         from avat3r.eval.runner import EvalError, evaluate
@@ -46,9 +46,3 @@ def register(app: typer.Typer) -> None:
         info(f"{report.label}: " + ", ".join(f"{k.upper()} {v:.4f}" for k, v in overall.items()))
         for path in report.files:
             info(f"wrote {path}")
-
-
-def _cuda() -> bool:
-    import torch
-
-    return torch.cuda.is_available()

@@ -70,6 +70,28 @@ def register(app: typer.Typer) -> None:
             atomic_write_bytes(preview, encode_png(sheet))
             info(f"contact sheet → {preview}")
 
+    @prep_app.command("synth-photos")
+    def synth_photos(
+        out: Path = typer.Option(..., "-o", "--out", help="Folder for view_*.png, cams.json and truth.json."),
+        person: int = typer.Option(..., "--person", min=0, help="SynthHeads person id (held-out ids are the last)."),
+        seed: int = typer.Option(0, "--seed", help="Seed of the SynthHeads set."),
+        res: int = typer.Option(64, "--res", min=8, help="Image resolution (square)."),
+        cameras: int = typer.Option(12, "--cameras", min=4, help="Cameras in the rig the views are drawn from."),
+        views: int = typer.Option(4, "--views", min=1, help="Number of photos."),
+        frames: int = typer.Option(2, "--frames", min=1, help="Frames per segment to draw expressions from."),
+        mixed: bool = typer.Option(True, "--mixed/--neutral", help="Each photo at a random expressive frame, or "
+                                   "all neutral."),
+        view_seed: int = typer.Option(0, "--view-seed", help="Seed of the view and timestep choice."),
+    ) -> None:
+        """Write posed photos of one SynthHeads person (PNGs + cams.json), ready for `avat3r reconstruct`."""
+        from avat3r.data.synth.photos import write_synth_photos
+
+        try:
+            names = write_synth_photos(out, person, seed, res, cameras, views, frames, mixed, view_seed)
+        except ValueError as err:
+            fail(str(err))
+        info(f"avat3r prep synth-photos: {len(names)} photos of person {person} → {out}")
+
     @prep_app.command("images")
     def images(
         image_dir: Path = typer.Argument(..., help="Folder with the photos named in cams.json."),

@@ -57,8 +57,13 @@ def render_job(job: SynthJob) -> list[tuple[str, dict[str, bytes], dict, np.ndar
     cam_names, _ = src.make_rig(job.seed, job.n_cameras, job.res)
     person = src.person_name(job.person)
     out = []
-    for c, cam_name in enumerate(cam_names):
-        s = src.render_sample(job.seed, job.person, job.segment, job.frame, c, job.n_frames, job.n_cameras, job.res)
+    if hasattr(src, "render_frame_samples"):  # builds the head once per frame
+        frame_samples = src.render_frame_samples(job.seed, job.person, job.segment, job.frame, None, job.n_frames,
+                                                 job.n_cameras, job.res)
+    else:
+        frame_samples = [src.render_sample(job.seed, job.person, job.segment, job.frame, c, job.n_frames,
+                                           job.n_cameras, job.res) for c in range(len(cam_names))]
+    for cam_name, s in zip(cam_names, frame_samples):
         sample = {"rgb": np.asarray(s["rgb"], dtype=np.uint8), "mask": _mask_u8(s["mask"]),
                   "camera": s["camera"], "expr": np.asarray(s["expr"], dtype=np.float32),
                   "depth": np.asarray(s["depth"], dtype=np.float32) if job.depth else None}

@@ -14,7 +14,7 @@ from .synth.expressions import EXPRESSION_NAMES, EXPRESSION_SPACE, SEGMENTS, neu
 from .synth.head import CAVITY_COLOR
 from .synth.identity import FACIAL_HAIR, HAIR_STYLES, Identity, make_identity, person_name
 from .synth.parts import PARTS, RIGID_PARTS
-from .synth.render import contact_sheet, head_gaussians, render_sample, render_views
+from .synth.render import contact_sheet, head_gaussians, render_frame_samples, render_sample, render_views
 from .synth.rig import make_rig
 from .synth.rigging import neutral_head
 
@@ -35,6 +35,7 @@ __all__ = [
     "make_rig",
     "neutral_code",
     "person_name",
+    "render_frame_samples",
     "render_sample",
     "render_views",
     "segment_codes",

@@ -111,6 +111,8 @@ def evaluate(out_dir: str | Path, *, checkpoint: str | Path | None = None, manif
     if n_examples < 1:
         raise EvalError("--examples must be at least 1")
     meta = dict(meta or {})
+    if device == "auto":
+        device = "cuda" if torch.cuda.is_available() else "cpu"
     label = "model"
     if model is None:
         if checkpoint is not None:
