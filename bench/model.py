@@ -12,51 +12,32 @@ encode; the timings report the network-only decode/encode ratio as measured. FLO
 from __future__ import annotations
 
 import argparse
-import math
 import os
 import platform
 import re
-import statistics
 import sys
-import time
 from pathlib import Path
 
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from avat3r.cameras import Cameras, intrinsics_from_fov, look_at, rays
+from common import sphere_views, timed
+
 from avat3r.model import Avat3r, Avat3rConfig
 from avat3r.render import rasterize
 
 
 def head_inputs(config: Avat3rConfig, device="cpu", views: int = 4):
-    """Four views of a textured 0.12 m sphere from 0.7 m: images, cameras, exact positions, confidence."""
+    """Four views of a textured 0.12 m sphere from 0.7 m: images, cameras, positions, confidence (batch of 1)."""
     R = config.input_res
-    eyes = [torch.tensor([0.7 * math.sin(a), 0.0, 0.7 * math.cos(a)]) for a in torch.linspace(-1.0, 1.0, views)]
-    cams = Cameras.cat([Cameras(intrinsics_from_fov(30.0, R, R), look_at(e), R, R) for e in eyes])
+    angles = torch.linspace(-1.0, 1.0, views).tolist()
     if device == "meta":
+        _, cams, _, _ = sphere_views(angles, R, wobble=0.0)
         return (torch.empty(1, views, R, R, 3, device="meta"), cams.to("meta"),
                 torch.empty(1, views, R, R, 3, device="meta"), torch.empty(1, views, R, R, device="meta"))
-    o, d = rays(cams)
-    b = (o * d).sum(-1)
-    disc = b ** 2 - ((o * o).sum(-1) - 0.12 ** 2)
-    hit = disc > 0
-    t = torch.where(hit, -b - disc.clamp_min(0).sqrt(), -b)
-    pos = o + t[..., None] * d
-    rgb = torch.where(hit[..., None], 0.5 + 0.4 * torch.sin(20 * pos), torch.zeros_like(pos))
-    return rgb[None], cams, pos[None], hit.float()[None]
-
-
-def timed(fn, min_time: float = 2.0, min_reps: int = 3) -> float:
-    """Median seconds per call after one warm-up."""
-    fn()
-    times, start = [], time.perf_counter()
-    while len(times) < min_reps or time.perf_counter() - start < min_time:
-        t0 = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t0)
-    return statistics.median(times)
+    rgb, cams, pos, conf = sphere_views(angles, R, wobble=0.0)
+    return rgb[None], cams, pos[None], conf[None]
 
 
 def cpu_timings(frames: int, min_time: float) -> dict:

@@ -17,11 +17,10 @@ import multiprocessing as mp
 import os
 import platform
 import resource
-import statistics
 import sys
-import time
 
 import torch
+from common import timed
 
 
 def head_scene(n: int, seed: int = 0):
@@ -49,17 +48,6 @@ def box_pairs(means, quats, scales, opacities, K, w2c, size) -> int:
     return int(((hi - lo).prod(-1) * (r > 0).all(-1)).sum())
 
 
-def _timed(fn, min_time: float, min_reps: int = 3) -> float:
-    """Median seconds per call after one warm-up."""
-    fn()
-    times, start = [], time.perf_counter()
-    while len(times) < min_reps or time.perf_counter() - start < min_time:
-        t0 = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t0)
-    return statistics.median(times)
-
-
 def _run_config(size: int, n: int, mode: str, min_time: float, queue) -> None:
     """Child process: time one (size, n, mode) and report its own peak-RSS growth."""
     torch.set_num_threads(int(os.environ.get("BENCH_THREADS", "2")))
@@ -70,7 +58,7 @@ def _run_config(size: int, n: int, mode: str, min_time: float, queue) -> None:
     if mode == "exp":
         pairs = box_pairs(means, quats, scales, opacities, K, w2c, size)
         x, y = torch.rand(pairs), torch.empty(pairs)
-        sec = _timed(lambda: torch.exp(x, out=y), min_time, 5)
+        sec = timed(lambda: torch.exp(x, out=y), min_time, 5)
         queue.put((sec, pairs, 0.0))
         return
     params = [t.clone().requires_grad_(mode == "fwd+bwd") for t in (means, quats, scales, opacities, colors)]
@@ -84,9 +72,9 @@ def _run_config(size: int, n: int, mode: str, min_time: float, queue) -> None:
     base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     if mode == "fwd":
         with torch.no_grad():
-            sec = _timed(step, min_time)
+            sec = timed(step, min_time)
     else:
-        sec = _timed(step, min_time)
+        sec = timed(step, min_time)
     peak_mb = (resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - base) / 1024  # Linux: KiB
     queue.put((sec, 0, peak_mb))
 

@@ -12,7 +12,6 @@ size (ru_maxrss), which includes the Python interpreter and torch itself.
 from __future__ import annotations
 
 import argparse
-import math
 import os
 import platform
 import resource
@@ -26,25 +25,12 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from avat3r.cameras import Cameras, intrinsics_from_fov, look_at, rays
+from common import sphere_views
+
 from avat3r.train.loop import train
 from avat3r.train.recipe import recipe_from_dict
 
 DOCS = Path(__file__).resolve().parents[1] / "docs" / "benchmarks.md"
-
-
-def sphere_views(angles: list[float], res: int):
-    """Views of a textured 0.12 m sphere from 0.7 m: images, cameras, exact positions, confidence."""
-    eyes = torch.stack([torch.tensor([0.7 * math.sin(a), 0.1 * math.cos(3 * a), 0.7 * math.cos(a)]) for a in angles])
-    cams = Cameras(intrinsics_from_fov(30.0, res, res).expand(len(angles), 3, 3), look_at(eyes), res, res)
-    o, d = rays(cams)
-    b = (o * d).sum(-1)
-    disc = b ** 2 - ((o * o).sum(-1) - 0.12 ** 2)
-    hit = disc > 0
-    t = torch.where(hit, -b - disc.clamp_min(0).sqrt(), -b)
-    pos = o + t[..., None] * d
-    rgb = torch.where(hit[..., None], 0.5 + 0.4 * torch.sin(20 * pos), torch.zeros_like(pos))
-    return rgb, cams, torch.where(hit[..., None], pos, torch.zeros_like(pos)), hit.float()
 
 
 class SphereExamples:
