@@ -91,10 +91,14 @@ class ExampleSampler:
         rng = np.random.default_rng([self.seed, int(index)])
         person = self.persons[int(rng.integers(len(self.persons)))]
         timesteps = self._timesteps[person]
+        eligible = self._eligible[person]
+        if not self.random_timesteps:
+            # inputs share the target's timestep, so only timesteps with enough input-eligible views qualify
+            timesteps = [t for t in timesteps
+                         if sum(r in eligible for r in self._by_time[person][t]) >= self.n_inputs] or timesteps
         t_target = timesteps[int(rng.integers(len(timesteps)))]
         at_target = self._by_time[person][t_target]
 
-        eligible = self._eligible[person]
         if self.random_timesteps:
             cams = sorted(self._inputs_by_cam[person])
         else:
