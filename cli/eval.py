@@ -29,6 +29,8 @@ def register(app: typer.Typer) -> None:
         baseline: str | None = typer.Option(None, "--baseline", help="Evaluate a reference instead: "
                                                "'reprojection' (the untrained network: inputs splatted at the "
                                                "prior's positions; uses the checkpoint's config if given)."),
+        consistent: bool = typer.Option(False, "--consistent-inputs/--mixed-inputs", help="Input views at the "
+                                        "target's expression, or (default, as in training) at random timesteps."),
         out: Path = typer.Option(Path("eval_out"), "--out", "-o", help="Output folder."),
         device: str = typer.Option("auto", "--device", help="cpu, cuda, cuda:N or auto (CUDA when available)."),
         quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar."),
@@ -39,7 +41,8 @@ def register(app: typer.Typer) -> None:
 
         try:
             report = evaluate(out, checkpoint=checkpoint, manifest=manifest, split=split, n_examples=examples,
-                              seed=seed, baseline=baseline, device=device, progress=not quiet, log=info)
+                              seed=seed, baseline=baseline, device=device, progress=not quiet, log=info,
+                              sampler_options={"random_timesteps": False} if consistent else None)
         except (EvalError, CheckpointError, ModelCheckpointError, FileNotFoundError, ValueError) as e:
             fail(str(e).splitlines()[0] if str(e) else type(e).__name__)
         overall = report.overall()

@@ -102,10 +102,12 @@ def evaluate(out_dir: str | Path, *, checkpoint: str | Path | None = None, manif
              split: str = "test", n_examples: int = 16, seed: int = 0, baseline: str | None = None,
              model: torch.nn.Module | None = None, meta: dict | None = None, examples=None,
              metrics: MetricSet | None = None, sheet_examples: int = 4, render_backend: str = "auto",
-             device: str = "cpu", progress: bool = True,
+             device: str = "cpu", progress: bool = True, sampler_options: dict | None = None,
              log: Callable[[str], None] = lambda message: None) -> EvalReport:
     """Evaluate a checkpoint (``checkpoint``), the reprojection baseline (``baseline="reprojection"``, with the
-    checkpoint's config when one is given), or a given ``model``; write the report files into ``out_dir``."""
+    checkpoint's config when one is given), or a given ``model``; write the report files into ``out_dir``.
+    ``sampler_options`` override the example sampler's (e.g. ``random_timesteps=False``: all inputs at the
+    target's expression)."""
     if baseline is not None and baseline not in BASELINES:
         raise EvalError(f"unknown baseline {baseline!r}; choose one of {', '.join(BASELINES)}")
     if n_examples < 1:
@@ -128,7 +130,7 @@ def evaluate(out_dir: str | Path, *, checkpoint: str | Path | None = None, manif
     if examples is None:
         if manifest is None:
             raise EvalError("--manifest is required")
-        examples = default_examples(manifest, split, seed, _data_options(meta))
+        examples = default_examples(manifest, split, seed, {**_data_options(meta), **(sampler_options or {})})
     _check_space(meta, examples)
     metrics = metrics if metrics is not None else build_metrics(device=device)
     for name, why in metrics.unavailable.items():
