@@ -19,9 +19,9 @@ import json
 import math
 import os
 import tempfile
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Sequence
 
 import torch
 
@@ -58,12 +58,12 @@ class Cameras:
     def __len__(self) -> int:
         return self.K.shape[0]
 
-    def __getitem__(self, idx) -> "Cameras":
+    def __getitem__(self, idx) -> Cameras:
         if isinstance(idx, int):
             idx = slice(idx, idx + 1) if idx != -1 else slice(-1, None)
         return Cameras(self.K[idx], self.w2c[idx], self.width[idx], self.height[idx])
 
-    def to(self, device=None, dtype=None) -> "Cameras":
+    def to(self, device=None, dtype=None) -> Cameras:
         return Cameras(self.K.to(device=device, dtype=dtype), self.w2c.to(device=device, dtype=dtype),
                        self.width, self.height)
 
@@ -72,7 +72,7 @@ class Cameras:
         return self.K.device
 
     @staticmethod
-    def cat(batches: Sequence["Cameras"]) -> "Cameras":
+    def cat(batches: Sequence[Cameras]) -> Cameras:
         return Cameras(torch.cat([c.K for c in batches]), torch.cat([c.w2c for c in batches]),
                        torch.cat([c.width for c in batches]), torch.cat([c.height for c in batches]))
 
@@ -100,7 +100,7 @@ class Cameras:
         """(N, 3) unit viewing directions (camera +z) in world coordinates."""
         return self.w2c[:, 2, :3]
 
-    def resized(self, width: int, height: int) -> "Cameras":
+    def resized(self, width: int, height: int) -> Cameras:
         """Same cameras for images scaled to (width, height): intrinsics scale with the pixel grid."""
         sx = width / self.width.to(self.K.dtype)
         sy = height / self.height.to(self.K.dtype)
@@ -109,7 +109,7 @@ class Cameras:
         K[:, 1, :] *= sy[:, None]
         return Cameras(K, self.w2c.clone(), width, height)
 
-    def cropped(self, x0: int, y0: int, width: int, height: int) -> "Cameras":
+    def cropped(self, x0: int, y0: int, width: int, height: int) -> Cameras:
         """Same cameras for the crop whose top-left pixel is (x0, y0)."""
         K = self.K.clone()
         K[:, 0, 2] -= x0

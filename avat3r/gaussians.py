@@ -10,8 +10,8 @@ from __future__ import annotations
 
 import io
 import os
+from collections.abc import Sequence
 from dataclasses import dataclass, fields, replace
-from typing import Sequence
 
 import numpy as np
 import torch
@@ -67,38 +67,38 @@ class Gaussians:
         k = 0 if self.sh_rest is None else self.sh_rest.shape[-2]
         return int(round((k + 1) ** 0.5)) - 1
 
-    def _map(self, fn) -> "Gaussians":
+    def _map(self, fn) -> Gaussians:
         return Gaussians(**{f.name: (None if getattr(self, f.name) is None else fn(getattr(self, f.name)))
                             for f in fields(self)})
 
-    def to(self, device=None, dtype=None) -> "Gaussians":
+    def to(self, device=None, dtype=None) -> Gaussians:
         return self._map(lambda t: t.to(device=device, dtype=dtype if t.is_floating_point() else None))
 
-    def detach(self) -> "Gaussians":
+    def detach(self) -> Gaussians:
         return self._map(lambda t: t.detach())
 
-    def select(self, index) -> "Gaussians":
+    def select(self, index) -> Gaussians:
         """Index the Gaussian axis (indices, a slice or a bool mask) of an unbatched set."""
         if self.means.ndim != 2:
             raise ValueError("select() works on an unbatched set; index the batch axis first")
         return self._map(lambda t: t[index])
 
-    def mask(self, keep: torch.Tensor) -> "Gaussians":
+    def mask(self, keep: torch.Tensor) -> Gaussians:
         return self.select(keep.bool())
 
-    def compact(self) -> "Gaussians":
+    def compact(self) -> Gaussians:
         """Drop invalid Gaussians of an unbatched set (and the ``valid`` field)."""
         g = self if self.valid is None else self.mask(self.valid)
         return replace(g, valid=None)
 
-    def __getitem__(self, b) -> "Gaussians":
+    def __getitem__(self, b) -> Gaussians:
         """Index the batch axis of a batched set."""
         if self.means.ndim < 3:
             raise ValueError("indexing needs a batched (B,N,…) set; use select() for Gaussians")
         return self._map(lambda t: t[b])
 
     @staticmethod
-    def concat(parts: Sequence["Gaussians"]) -> "Gaussians":
+    def concat(parts: Sequence[Gaussians]) -> Gaussians:
         """Concatenate along the Gaussian axis. SH bands are kept only if every part has the same degree."""
         degrees = {p.sh_degree for p in parts}
         sh = None
@@ -112,7 +112,7 @@ class Gaussians:
         return Gaussians(cat("means", -2), cat("quats", -2), cat("scales", -2), cat("opacities", -1),
                          cat("colors", -2), sh, valid)
 
-    def normalized(self) -> "Gaussians":
+    def normalized(self) -> Gaussians:
         return replace(self, quats=torch.nn.functional.normalize(self.quats, dim=-1))
 
     # -- raw (pre-activation) 3DGS parameters ---------------------------------------------------
@@ -125,7 +125,7 @@ class Gaussians:
                 else self.means.new_zeros(self.means.shape[:-1] + (0, 3))}
 
     @staticmethod
-    def from_raw(means, log_scales, logit_opacities, sh0, quats, sh_rest=None) -> "Gaussians":
+    def from_raw(means, log_scales, logit_opacities, sh0, quats, sh_rest=None) -> Gaussians:
         return Gaussians(means, torch.nn.functional.normalize(quats, dim=-1), torch.exp(log_scales),
                          torch.sigmoid(logit_opacities), sh0.reshape(sh0.shape[:-2] + (3,)) * SH_C0 + 0.5,
                          sh_rest if sh_rest is not None and sh_rest.shape[-2] > 0 else None)

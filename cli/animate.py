@@ -7,7 +7,6 @@ import stat
 import sys
 import tempfile
 from pathlib import Path
-from typing import Optional
 
 import typer
 
@@ -27,7 +26,7 @@ TTY_MESSAGE = ("refusing to write a binary frame stream to a terminal; redirect 
                "(| avat3r render --video out.mp4) or pass -o FILE")
 
 
-def _open_output(out: Optional[Path]):
+def _open_output(out: Path | None):
     """(file object, finish(ok)) for -o FILE (written atomically), a FIFO/device, or stdout (never a terminal)."""
     if out is None or str(out) == "-":
         if sys.stdout.isatty():
@@ -54,14 +53,14 @@ def register(app: typer.Typer) -> None:
     @app.command("animate", help=HELP)
     def animate(
         avatar: Path = typer.Argument(..., help="The avatar (.avt) from reconstruct."),
-        sequence: Optional[Path] = typer.Argument(None, help="Expression sequence (expr.parquet)."),
-        builtin: Optional[str] = typer.Option(None, "--builtin", help="Use a built-in sequence instead: demo "
+        sequence: Path | None = typer.Argument(None, help="Expression sequence (expr.parquet)."),
+        builtin: str | None = typer.Option(None, "--builtin", help="Use a built-in sequence instead: demo "
                                               "(neutral → smile → jaw open → tongue → blink) or neutral."),
-        out: Optional[Path] = typer.Option(None, "--out", "-o", help="Frame stream file (default: stdout)."),
-        fps: Optional[float] = typer.Option(None, "--fps", help="Frame rate (default: the sequence's; 25 for "
+        out: Path | None = typer.Option(None, "--out", "-o", help="Frame stream file (default: stdout)."),
+        fps: float | None = typer.Option(None, "--fps", help="Frame rate (default: the sequence's; 25 for "
                                             "built-ins)."),
         batch: int = typer.Option(8, "--batch", min=1, help="Frames decoded per network call."),
-        checkpoint: Optional[Path] = typer.Option(None, "--checkpoint", "-c", help="The checkpoint the avatar was "
+        checkpoint: Path | None = typer.Option(None, "--checkpoint", "-c", help="The checkpoint the avatar was "
                                                   "reconstructed with (needed unless it is self-contained)."),
         device: str = typer.Option("auto", "--device", help="cpu, cuda, cuda:N or auto."),
         quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar."),

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Optional
 
 import typer
 
@@ -25,7 +24,7 @@ def register(app: typer.Typer) -> None:
     def lift(
         image: Path = typer.Argument(..., help="The photo (PNG/JPEG), head on a black background."),
         out: Path = typer.Option(..., "--out", "-o", help="Folder for view_0..3.png and cams.json."),
-        backend: Optional[str] = typer.Option(None, "--backend", help="Installed backend name, or "
+        backend: str | None = typer.Option(None, "--backend", help="Installed backend name, or "
                                               "package.module:factory (default: the only installed one)."),
         list_backends: bool = typer.Option(False, "--list", help="List installed backends and exit."),
     ) -> None:

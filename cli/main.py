@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import typer
 
-from . import animate, eval as eval_, lift, prep, prior, reconstruct, render, train
+from . import animate, lift, prep, prior, reconstruct, render, train
+from . import eval as eval_
 
 app = typer.Typer(
     name="avat3r",

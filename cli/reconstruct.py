@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Optional
 
 import typer
 
@@ -26,7 +25,7 @@ def register(app: typer.Typer) -> None:
         out: Path = typer.Option(..., "--out", "-o", help="Avatar file to write (.avt)."),
         checkpoint: Path = typer.Option(..., "--checkpoint", "-c", help="Checkpoint folder, or a training run "
                                         "directory (its latest checkpoint)."),
-        masks: Optional[Path] = typer.Option(None, "--masks", help="Folder of foreground masks named like the photos."),
+        masks: Path | None = typer.Option(None, "--masks", help="Folder of foreground masks named like the photos."),
         self_contained: bool = typer.Option(False, "--self-contained", help="Also store the decoder weights, so "
                                             "the avatar animates without the checkpoint."),
         device: str = typer.Option("auto", "--device", help="cpu, cuda, cuda:N or auto."),

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import sys
 from pathlib import Path
-from typing import Optional
 
 import typer
 
@@ -27,25 +26,25 @@ inputs (cycles the avatar's input cameras) or a cams.json (cycles its cameras).
 def register(app: typer.Typer) -> None:
     @app.command("render", help=HELP)
     def render(
-        source: Optional[str] = typer.Argument(None, help="Frame stream file, - for stdin (default), .avt or .ply."),
+        source: str | None = typer.Argument(None, help="Frame stream file, - for stdin (default), .avt or .ply."),
         path: str = typer.Option("frontal", "--path", help="Camera path: frontal, orbit, inputs or a cams.json."),
-        video: Optional[Path] = typer.Option(None, "--video", help="Write an H.264 MP4 here."),
-        frames: Optional[Path] = typer.Option(None, "--frames", help="Write PNG frames (000000.png, …) into this "
+        video: Path | None = typer.Option(None, "--video", help="Write an H.264 MP4 here."),
+        frames: Path | None = typer.Option(None, "--frames", help="Write PNG frames (000000.png, …) into this "
                                               "folder."),
-        ply: Optional[Path] = typer.Option(None, "--ply", help="Write 3DGS PLYs: a folder gets one per frame, a "
+        ply: Path | None = typer.Option(None, "--ply", help="Write 3DGS PLYs: a folder gets one per frame, a "
                                            "name ending in .ply gets the first (or only) frame."),
         size: int = typer.Option(512, "--size", min=2, help="Image width in pixels (height follows the cameras' "
                                  "aspect; square for frontal/orbit)."),
         background: str = typer.Option("0,0,0", "--background", help="Background colour r,g,b in [0,1]."),
-        fps: Optional[float] = typer.Option(None, "--fps", help="Video frame rate (default: the stream's, else 25)."),
+        fps: float | None = typer.Option(None, "--fps", help="Video frame rate (default: the stream's, else 25)."),
         radius: float = typer.Option(1.0, "--radius", help="Camera distance from the head centre in metres "
                                      "(frontal/orbit)."),
-        n_frames: Optional[int] = typer.Option(None, "--n-frames", min=1, help="Frames for a static source (.ply, "
+        n_frames: int | None = typer.Option(None, "--n-frames", min=1, help="Frames for a static source (.ply, "
                                                ".avt at neutral) (default: 60 for orbit, 1 for frontal, one "
                                                "pass over cycled cameras)."),
         expr: str = typer.Option("neutral", "--expr", help="For .avt sources: neutral, a built-in sequence "
                                  "(demo) or an expr.parquet."),
-        checkpoint: Optional[Path] = typer.Option(None, "--checkpoint", "-c", help="For .avt sources without "
+        checkpoint: Path | None = typer.Option(None, "--checkpoint", "-c", help="For .avt sources without "
                                                   "decoder weights: the checkpoint they were made with."),
         backend: str = typer.Option("auto", "--backend", help="Rasterizer: auto, torch, gsplat or dense."),
         device: str = typer.Option("auto", "--device", help="cpu, cuda, cuda:N or auto."),
