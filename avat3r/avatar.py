@@ -26,6 +26,7 @@ from safetensors.torch import load as load_safetensors_bytes
 from safetensors.torch import save as save_safetensors_bytes
 
 from .cameras import CameraError, Cameras, atomic_write_bytes, cameras_from_json, cameras_to_json
+from .fileio import check_format
 from .model.checkpoint import CheckpointError, load_weights
 from .model.config import Avat3rConfig, ConfigError
 from .model.network import Avat3r, IdentityState, ModelInputError
@@ -156,11 +157,7 @@ def load_avatar(path: str | os.PathLike, device: str | torch.device = "cpu") -> 
         meta = json.loads(data[META])
     except (UnicodeDecodeError, json.JSONDecodeError) as err:
         raise AvatarError(f"{path}: meta.json is not valid JSON ({err})") from None
-    if not isinstance(meta, dict) or meta.get("format") != AVATAR_FORMAT:
-        raise AvatarError(f"{path}: meta.json does not describe an avat3r avatar")
-    if meta.get("version") != AVATAR_VERSION:
-        raise AvatarError(f"{path}: avatar format version {meta.get('version')!r} is not supported "
-                          f"(expected {AVATAR_VERSION})")
+    check_format(meta, AVATAR_FORMAT, AVATAR_VERSION, f"{path}: meta.json", "an avat3r avatar", AvatarError)
     missing = [k for k in REQUIRED_META + ("config", "cameras") if k not in meta]
     if missing:
         raise AvatarError(f"{path}: meta.json lacks {', '.join(missing)}")

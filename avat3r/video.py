@@ -19,6 +19,7 @@ import numpy as np
 import torch
 
 from .cameras import atomic_write_bytes
+from .fileio import AbortOnError
 
 
 class VideoError(RuntimeError):
@@ -58,7 +59,7 @@ def pad_to_even(frame: np.ndarray) -> np.ndarray:
     return np.pad(frame, ((0, h % 2), (0, w % 2), (0, 0)), mode="edge")
 
 
-class VideoWriter:
+class VideoWriter(AbortOnError):
     """Write an H.264/yuv420p MP4 frame by frame; the file appears (atomically) on ``close()``.
 
     The frame size is fixed by the first frame. Use as a context manager; on an exception the partial
@@ -144,15 +145,6 @@ class VideoWriter:
         if self._log is not None:
             self._log.close()
             self._log = None
-
-    def __enter__(self) -> VideoWriter:
-        return self
-
-    def __exit__(self, exc_type, exc, tb) -> None:
-        if exc_type is None:
-            self.close()
-        else:
-            self.abort()
 
 
 # -- reading -------------------------------------------------------------------------------------

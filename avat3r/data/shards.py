@@ -22,6 +22,7 @@ from pathlib import Path
 
 import cv2
 import numpy as np
+from ..fileio import AbortOnError
 
 SHARD_PATTERN = "shard-{:06d}.tar"
 DEFAULT_MAXCOUNT = 100_000
@@ -151,7 +152,7 @@ def _entry_sort_key(entry: str) -> tuple[int, str]:
     return (ENTRY_ORDER.index(entry) if entry in ENTRY_ORDER else len(ENTRY_ORDER), entry)
 
 
-class ShardWriter:
+class ShardWriter(AbortOnError):
     """Writes samples into ``folder/shard-000000.tar``, … in the order given, starting a new shard when the
     next sample would exceed ``maxsize`` bytes or ``maxcount`` samples. Each shard is written under a temp
     name and renamed when complete. Use as a context manager; ``write`` returns the sample's SampleRecord."""
@@ -214,15 +215,6 @@ class ShardWriter:
             self._file.close()
             os.unlink(self.folder / f".{self.shards.pop()}.tmp")
             self._tar = self._file = None
-
-    def __enter__(self) -> ShardWriter:
-        return self
-
-    def __exit__(self, exc_type, exc, tb) -> None:
-        if exc_type is None:
-            self.close()
-        else:
-            self.abort()
 
 
 # -- random access -------------------------------------------------------------------------------

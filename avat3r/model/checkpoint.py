@@ -26,6 +26,7 @@ from safetensors.torch import load as load_safetensors_bytes
 from safetensors.torch import save as save_safetensors_bytes
 
 from ..cameras import atomic_write_bytes
+from ..fileio import check_format
 from .config import Avat3rConfig, ConfigError
 from .network import Avat3r
 
@@ -107,11 +108,7 @@ def read_checkpoint_config(directory: str | os.PathLike) -> tuple[Avat3rConfig, 
         doc = json.loads(path.read_text())
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
         raise CheckpointError(f"{path}: not valid JSON ({err})") from None
-    if not isinstance(doc, dict) or doc.get("format") != CHECKPOINT_FORMAT:
-        raise CheckpointError(f"{path}: not an avat3r checkpoint config")
-    if doc.get("version") != CHECKPOINT_VERSION:
-        raise CheckpointError(f"{path}: checkpoint version {doc.get('version')!r} is not supported "
-                              f"(expected {CHECKPOINT_VERSION})")
+    check_format(doc, CHECKPOINT_FORMAT, CHECKPOINT_VERSION, str(path), "an avat3r checkpoint", CheckpointError)
     try:
         config = Avat3rConfig.from_dict(doc.get("config"))
     except (ConfigError, TypeError) as err:
