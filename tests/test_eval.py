@@ -77,6 +77,18 @@ def _has_pyfvvdp() -> bool:
     return True
 
 
+@pytest.mark.skipif(not _has_pyfvvdp(), reason="JOD needs the optional pyfvvdp package")
+def test_jod_is_ten_for_identical_images_and_falls_with_distortion():
+    jod = M.JodMetric()
+    g = torch.Generator().manual_seed(0)
+    target = torch.rand(2, 32, 32, 3, generator=g)
+    noise = torch.randn(target.shape, generator=g)
+    mild, strong = (target + 0.02 * noise).clamp(0, 1), (target + 0.2 * noise).clamp(0, 1)
+    same = jod(target, target)
+    assert same.shape == (2,) and torch.allclose(same, torch.full((2,), 10.0), atol=1e-4)
+    assert (jod(mild, target) < 10.0).all() and (jod(strong, target) < jod(mild, target)).all()
+
+
 def test_registered_face_models_drive_akd_and_csim(monkeypatch):
     monkeypatch.setattr(M, "KEYPOINT_MODELS", {})
     monkeypatch.setattr(M, "IDENTITY_MODELS", {})

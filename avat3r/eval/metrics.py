@@ -53,7 +53,10 @@ class LpipsMetric:
 
 class JodMetric:
     """FovVideoVDP's JOD (10 = identical) via ``pyfvvdp``, which is optional and runs offline (its display
-    models ship with the package). Each example's target views are scored as images (no temporal axis)."""
+    models ship with the package). Each example's target views are scored as images (no temporal axis).
+
+    Install it with ``pip install --no-deps pyfvvdp imageio``: its declared dependency on the PyPI package
+    ``ffmpeg`` installs a module of the same name that shadows ffmpeg-python, which video writing needs."""
 
     name = "jod"
 
@@ -61,7 +64,7 @@ class JodMetric:
         try:
             from pyfvvdp import fvvdp
         except ImportError:
-            raise Unavailable("JOD needs the optional package pyfvvdp (pip install pyfvvdp)") from None
+            raise Unavailable("JOD needs the optional package pyfvvdp (pip install --no-deps pyfvvdp imageio)") from None
         try:
             self.metric = fvvdp(display_name=display, heatmap=None, quiet=True, device=torch.device(device))
         except Exception as e:  # noqa: BLE001 - any failure to set it up offline means "not available"
