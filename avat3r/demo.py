@@ -1,9 +1,12 @@
 """The demo's contact sheet: a reconstructed SynthHeads avatar next to the ground truth it never saw.
 
 Rows: the input photos, then one row per expression; columns: ground truth | avatar for a frontal, a
-three-quarter and a side view of the rig. Usage (what ``just demo`` runs)::
+three-quarter and a side view of the rig. And a cross-reenactment video: a driving video of another
+SynthHeads person | the avatar's person making the driving video's true expressions (ground truth) | the avatar
+driven by the expressions read off the video. Usage (what ``just demo`` runs)::
 
     python -m avat3r.demo sheet head.avt --photos inputs/ -o sheet.png
+    python -m avat3r.demo reenact head.avt --video driving.mp4 --photos inputs/ -o reenact.mp4
 """
 
 from __future__ import annotations
@@ -71,6 +74,33 @@ def avatar_sheet(avatar_path: str | Path, photos_dir: str | Path, size: int = 12
     return np.concatenate(rows, axis=0)
 
 
+def reenactment_frames(avatar_path: str | Path, video: str | Path, photos_dir: str | Path, size: int = 128,
+                       extractor_weights: str | Path | None = None):
+    """Yield uint8 RGB frames: driving video | ground truth | avatar, all seen by the driving video's camera.
+    The expressions come from the shipped regressor (what ``animate --video`` uses); the ground truth renders
+    the avatar's SynthHeads person (``photos_dir``/truth.json) at the video's true codes (``.expr.parquet``)."""
+    from .data.synth.photos import synth_video_camera
+    from .driving import build_extractor, extract_sequence
+    from .expressions import read_sequence
+    from .video import read_video_frames
+
+    truth = json.loads((Path(photos_dir) / "truth.json").read_text())
+    identity = S.make_identity(int(truth["seed"]), int(truth["person"]))
+    avatar = load_animatable(avatar_path)
+    read = extract_sequence(video, build_extractor("regressor", extractor_weights), avatar.expression_space,
+                            smooth=3)
+    true_codes = read_sequence(Path(video).with_suffix(".expr.parquet")).codes
+    camera = synth_video_camera(int(truth["seed"]), size)
+    tile = lambda x: (x.clamp(0, 1).numpy() * 255).round().astype(np.uint8)  # noqa: E731
+    for k, frame in enumerate(read_video_frames(video)):
+        with torch.inference_mode():
+            pred = avatar.model.decode(avatar.state, read.codes[k][None])[0].compact()
+        gt, _, _ = S.render_views(S.head_gaussians(identity, true_codes[k]), camera)
+        cells = [_label(cv2.resize(frame, (size, size), interpolation=cv2.INTER_LINEAR), "driving video"),
+                 _label(tile(gt[0]), "truth"), _label(tile(render_image(pred, camera, (0.0, 0.0, 0.0))), "avatar")]
+        yield np.concatenate(cells, axis=1)
+
+
 app = typer.Typer(add_completion=False, help="Demo helpers.")
 
 
@@ -83,6 +113,18 @@ def sheet(avatar: Path, photos: Path = typer.Option(..., "--photos"), out: Path 
     img = avatar_sheet(avatar, photos, size)
     ok, png = cv2.imencode(".png", cv2.cvtColor(img, cv2.COLOR_RGB2BGR))
     atomic_write_bytes(out, png.tobytes())
+
+
+@app.command("reenact")
+def reenact(avatar: Path, video: Path = typer.Option(..., "--video"), photos: Path = typer.Option(..., "--photos"),
+            out: Path = typer.Option(..., "-o"), size: int = typer.Option(128, "--size"),
+            extractor_weights: Path | None = typer.Option(None, "--extractor-weights")) -> None:
+    """Write the cross-reenactment MP4 (driving video | truth | avatar)."""
+    from .video import VideoWriter, video_info
+
+    with VideoWriter(out, fps=float(video_info(video)["fps"])) as writer:
+        for frame in reenactment_frames(avatar, video, photos, size, extractor_weights):
+            writer.write(frame)
 
 
 @app.command("info", hidden=True)

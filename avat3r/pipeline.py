@@ -428,7 +428,8 @@ def user_errors() -> tuple[type[BaseException], ...]:
     errors = [PipelineError, AvatarError, CameraError, ExpressionError, PlyError, LiftError, CheckpointError,
               ConfigError, ModelInputError, RenderError, StreamError, RunCheckpointError, VideoError,
               FileNotFoundError, IsADirectoryError, PermissionError]
-    for module, name in (("avat3r.priors.base", "PriorError"), ("avat3r.data.images", "ImagePrepError")):
+    for module, name in (("avat3r.priors.base", "PriorError"), ("avat3r.data.images", "ImagePrepError"),
+                         ("avat3r.driving", "DrivingError")):
         try:
             errors.append(getattr(import_module(module), name))
         except (ImportError, AttributeError):

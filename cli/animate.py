@@ -20,6 +20,12 @@ frame is written as soon as it is decoded, so a renderer on the other end of a p
   avat3r animate head.avt expr.parquet | avat3r render --video out.mp4
 
   avat3r animate head.avt --builtin demo -o frames.tar
+
+  avat3r animate head.avt --video driving.mp4 | avat3r render --video out.mp4
+
+--video reads the expressions off a driving video with an extractor for the avatar's expression space
+(default: the shipped synthheads-v1 regressor, models/synthheads-expr, or $AVAT3R_EXPRESSION_REGRESSOR);
+the face should fill the middle of the frame. --save-expr keeps the extracted codes as expr.parquet.
 """
 
 TTY_MESSAGE = ("refusing to write a binary frame stream to a terminal; redirect it (> frames.tar), pipe it "
@@ -49,6 +55,19 @@ def _open_output(out: Path | None):
     return f, finish
 
 
+def _sequence_from_video(video: Path, extractor: str, weights: Path | None, av, smooth: int, fps: float | None,
+                         quiet: bool):
+    from avat3r.driving import build_extractor, extract_sequence
+
+    ex = build_extractor(extractor, weights, device=av.state.tokens.device)
+    bar = LazyBar(desc="read expressions", disable=quiet)
+    try:
+        return extract_sequence(video, ex, expected_space=av.expression_space, smooth=smooth, fps=fps,
+                                progress=bar.update)
+    finally:
+        bar.close()
+
+
 def register(app: typer.Typer) -> None:
     @app.command("animate", help=HELP)
     def animate(
@@ -60,23 +79,36 @@ def register(app: typer.Typer) -> None:
         fps: float | None = typer.Option(None, "--fps", help="Frame rate (default: the sequence's; 25 for "
                                             "built-ins)."),
         batch: int = typer.Option(8, "--batch", min=1, help="Frames decoded per network call."),
+        video: Path | None = typer.Option(None, "--video", help="Driving video: take the expressions from it."),
+        extractor: str = typer.Option("regressor", "--extractor", help="Expression extractor for --video."),
+        extractor_weights: Path | None = typer.Option(None, "--extractor-weights", help="The extractor's "
+                                                         "weights (regressor: a folder with model.safetensors + "
+                                                         "config.json)."),
+        smooth: int = typer.Option(3, "--smooth", min=1, help="Moving-average window (odd, frames) over the "
+                                   "codes read off --video; 1 = none."),
+        save_expr: Path | None = typer.Option(None, "--save-expr", help="Also write the codes read off --video "
+                                              "as an expr.parquet."),
         checkpoint: Path | None = typer.Option(None, "--checkpoint", "-c", help="The checkpoint the avatar was "
                                                   "reconstructed with (needed unless it is self-contained)."),
         device: str = typer.Option("auto", "--device", help="cpu, cuda, cuda:N or auto."),
         quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar."),
     ) -> None:
-        from avat3r.expressions import builtin_sequence, read_sequence
+        from avat3r.expressions import builtin_sequence, read_sequence, write_sequence
         from avat3r.pipeline import animate as run_animate
         from avat3r.pipeline import error_line, load_animatable, user_errors
 
-        if (sequence is None) == (builtin is None):
-            fail("give an expression sequence (expr.parquet) or --builtin demo, not both and not neither")
+        if (sequence is not None) + (builtin is not None) + (video is not None) != 1:
+            fail("give exactly one of: an expression sequence (expr.parquet), --builtin demo, --video driving.mp4")
         if (out is None or str(out) == "-") and sys.stdout.isatty():
             fail(TTY_MESSAGE)  # before any work: the user forgot a redirect
         try:
             av = load_animatable(avatar, checkpoint, device)
             if builtin is not None:
                 seq = builtin_sequence(builtin, av.expression_space, fps or 25.0)
+            elif video is not None:
+                seq = _sequence_from_video(video, extractor, extractor_weights, av, smooth, fps, quiet)
+                if save_expr is not None:
+                    write_sequence(save_expr, seq)
             else:
                 seq = read_sequence(sequence)
                 if fps is not None:

@@ -9,7 +9,8 @@ import typer
 from .common import LazyBar, fail, info
 
 HELP = ("Prepare data as WebDataset shards + manifest.parquet: `synth` (procedural SynthHeads), "
-        "`images` (your photos + cams.json).")
+        "`images` (your photos + cams.json); `synth-photos` / `synth-video` film one SynthHeads person as "
+        "input photos for `reconstruct` / a driving video for `animate --video`.")
 
 
 def register(app: typer.Typer) -> None:
@@ -91,6 +92,44 @@ def register(app: typer.Typer) -> None:
         except ValueError as err:
             fail(str(err))
         info(f"avat3r prep synth-photos: {len(names)} photos of person {person} → {out}")
+
+    @prep_app.command("synth-video")
+    def synth_video(
+        out: Path = typer.Option(..., "-o", "--out", help="Driving video to write (.mp4); its ground-truth codes "
+                                 "go beside it as <name>.expr.parquet."),
+        person: int = typer.Option(..., "--person", min=0, help="SynthHeads person id who makes the expressions."),
+        sequence: str = typer.Option("demo", "--sequence", help="Built-in sequence (demo, neutral) or an "
+                                     "expr.parquet in synthheads-v1."),
+        frames: int | None = typer.Option(None, "--frames", min=1, help="Resample the sequence to this many frames."),
+        fps: float = typer.Option(25.0, "--fps", min=1.0, help="Frame rate of the video."),
+        seed: int = typer.Option(0, "--seed", help="Seed of the SynthHeads set."),
+        res: int = typer.Option(64, "--res", min=8, help="Video resolution (square)."),
+        quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar."),
+    ) -> None:
+        """Film a SynthHeads person making an expression sequence: a driving video for `animate --video`."""
+        from avat3r.data.synth.expressions import EXPRESSION_SPACE
+        from avat3r.data.synth.photos import write_synth_video
+        from avat3r.expressions import ExpressionError, builtin_sequence, check_space, load_sequence
+        from avat3r.video import VideoError
+
+        try:
+            if frames is not None and sequence in ("demo", "neutral"):
+                seq = builtin_sequence(sequence, EXPRESSION_SPACE, fps, n_frames=frames)
+            else:
+                seq = load_sequence(sequence, EXPRESSION_SPACE, fps)
+                check_space(seq, EXPRESSION_SPACE)
+                if frames is not None:
+                    import torch
+
+                    seq.codes = seq.codes[torch.linspace(0, len(seq) - 1, frames).round().long()]
+            bar = LazyBar(total=len(seq), desc="synth-video", disable=quiet)
+            try:
+                write_synth_video(out, person, seq.codes, seq.fps, seed, res, progress=bar.update)
+            finally:
+                bar.close()
+        except (ValueError, ExpressionError, VideoError) as err:
+            fail(str(err))
+        info(f"avat3r prep synth-video: {len(seq)} frames of person {person} at {seq.fps:g} fps → {out}")
 
     @prep_app.command("images")
     def images(

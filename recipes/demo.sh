@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
 # The embedded demo (`just demo`): reconstruct a held-out SynthHeads person from 4 photos taken at different
 # expressions with the shipped model, animate it with the built-in sequence, and render an orbit video, a PLY
-# and a truth-vs-avatar contact sheet. Usage: recipes/demo.sh [OUT_DIR] [CHECKPOINT]
+# and a truth-vs-avatar contact sheet; then film another held-out person as a driving video and reenact it
+# with the avatar (expressions read off the video by the shipped regressor). Usage: recipes/demo.sh [OUT_DIR]
+# [CHECKPOINT]
 set -euo pipefail
 out=${1:-demo_out}
 ckpt=${2:-models/synthheads-tiny}
@@ -15,4 +17,12 @@ avat3r animate "$out/head.avt" --builtin demo --quiet | \
     avat3r render --path orbit --size 256 --video "$out/orbit.mp4" --quiet
 avat3r render "$out/head.avt" --expr neutral --ply "$out/head.ply" --quiet
 python -m avat3r.demo sheet "$out/head.avt" --photos "$out/inputs" -o "$out/sheet.png"
-echo "demo: wrote $out/orbit.mp4, $out/head.ply, $out/sheet.png (inputs in $out/inputs)" >&2
+
+driver=${DEMO_DRIVER:-212}   # another held-out person
+avat3r prep synth-video --person "$driver" --frames 60 --fps 12.5 --res 64 -o "$out/driving.mp4" --quiet
+avat3r animate "$out/head.avt" --video "$out/driving.mp4" --quiet | \
+    avat3r render --path frontal --size 256 --video "$out/driven.mp4" --quiet
+python -m avat3r.demo reenact "$out/head.avt" --video "$out/driving.mp4" --photos "$out/inputs" \
+    -o "$out/reenact.mp4"
+echo "demo: wrote $out/orbit.mp4, $out/head.ply, $out/sheet.png, $out/driven.mp4 and $out/reenact.mp4" \
+     "(driving video | truth | avatar; inputs in $out/inputs)" >&2

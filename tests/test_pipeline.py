@@ -18,7 +18,7 @@ import torch
 from typer.testing import CliRunner
 
 from avat3r.cameras import Cameras, intrinsics_from_fov, look_at, write_cams_json
-from avat3r.expressions import ExpressionSequence, write_sequence
+from avat3r.expressions import ExpressionSequence, read_sequence, write_sequence
 from avat3r.gaussians import Gaussians, read_ply, write_ply
 from avat3r.pipeline import CameraPath, render_image
 from avat3r.render import rasterize
@@ -431,3 +431,35 @@ def test_lift_with_a_plugged_in_backend_writes_views_and_cams(tmp_path, monkeypa
     src = read_png(tmp_path / "me.png")
     assert np.array_equal(read_png(tmp_path / "views" / "view_0.png"), src)
     assert np.array_equal(read_png(tmp_path / "views" / "view_1.png"), src[:, ::-1])
+
+
+def test_animate_reads_expressions_off_a_driving_video(avatar, tiny_checkpoint, tmp_path):
+    from avat3r.driving import (ExpressionRegressor, RegressorConfig, RegressorExtractor, load_regressor,
+                                save_regressor)
+    from avat3r.video import VideoWriter
+
+    torch.manual_seed(3)
+    save_regressor(tmp_path / "reg", ExpressionRegressor(RegressorConfig("synthheads-v1", E_SYNTH, 16, 8)))
+    g = torch.Generator().manual_seed(0)
+    with VideoWriter(tmp_path / "drive.mp4", fps=8.0) as v:
+        for _ in range(5):
+            v.write(torch.rand(20, 24, 3, generator=g))
+    out, expr = tmp_path / "frames.tar", tmp_path / "expr.parquet"
+    code, _, err = run_cli(["animate", str(avatar), "--video", str(tmp_path / "drive.mp4"), "--extractor-weights",
+                            str(tmp_path / "reg"), "--smooth", "1", "--save-expr", str(expr), "--checkpoint",
+                            str(tiny_checkpoint), "-o", str(out), "-q"])
+    assert code == 0, err
+    frames = np.stack(list(read_video_frames(tmp_path / "drive.mp4")))
+    want = RegressorExtractor(load_regressor(tmp_path / "reg"))(frames)
+    seq = read_sequence(expr)
+    assert seq.fps == 8.0 and seq.space == "synthheads-v1" and torch.allclose(seq.codes, want, atol=1e-6)
+    with open(out, "rb") as f:
+        metas = [m for m, _ in read_frame_stream(f)]
+    assert len(metas) == 5 and torch.allclose(torch.tensor([m["expr"] for m in metas]), want, atol=1e-6)
+
+    code, _, err = run_cli(["animate", str(avatar), "--video", str(tmp_path / "drive.mp4"), "--extractor-weights",
+                            str(tmp_path / "none"), "--checkpoint", str(tiny_checkpoint), "-o", str(out)])
+    assert code != 0 and "--extractor-weights" in err and err.count("\n") == 1, err
+    code, _, err = run_cli(["animate", str(avatar), "--video", str(tmp_path / "drive.mp4"), "--builtin", "demo",
+                            "-o", str(out)])
+    assert code != 0 and "exactly one" in err, err

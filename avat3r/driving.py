@@ -1,0 +1,296 @@
+"""Driving-video expressions: the frames of a face video → an expression sequence (`animate --video`).
+
+An *extractor* turns RGB frames (N, H, W, 3) in [0, 1] into codes (N, E) of one expression space, and says
+which space (``extractor.space``), so a video never drives an avatar with codes of another space. Extractors
+are registered by name; avat3r ships ``regressor``: a small CNN stored as safetensors + config.json
+(``ExpressionRegressor``), e.g. ``models/synthheads-expr`` for the synthheads-v1 space, trained on SynthHeads
+renders by :func:`fit_regressor` (``recipes/train_expression_regressor.py``). Register another (say, a
+face tracker whose blendshapes map onto a space) with :func:`register_extractor`.
+
+Frames are centre-cropped to a square and resized to the extractor's input size, so the face should fill
+the middle of the video as it fills a SynthHeads rig view (head ≈ 60–85 % of the frame height).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from .cameras import Cameras, atomic_write_bytes, intrinsics, look_at
+from .expressions import ExpressionSequence
+
+REGRESSOR_FORMAT = "avat3r-expression-regressor"
+REGRESSOR_VERSION = 1
+ENV_REGRESSOR = "AVAT3R_EXPRESSION_REGRESSOR"
+DEFAULT_REGRESSOR = Path("models/synthheads-expr")  # relative to the working directory, like the demo's model
+
+
+class DrivingError(ValueError):
+    """A driving video or extractor cannot be used; the message says why and what to do."""
+
+
+# -- the shipped extractor: a small CNN regressor -------------------------------------------------
+@dataclass(frozen=True)
+class RegressorConfig:
+    space: str  # expression space of the codes it predicts
+    dim: int  # code size E
+    input_size: int = 64  # square input, pixels
+    width: int = 32  # channels of the first convolution (doubling per stride-2 stage, capped at 4×)
+    bounded: bool = True  # codes in [0, 1] (a sigmoid output), as synthheads-v1's are
+
+
+class ExpressionRegressor(nn.Module):
+    """Four stride-2 convolutions (input/16 resolution left), then a two-layer MLP to the code: small enough
+    to fit on a CPU in minutes, which is all a 13-parameter expression space of rendered faces needs."""
+
+    def __init__(self, config: RegressorConfig):
+        super().__init__()
+        self.config = config
+        w = config.width
+        chans = [3, w, 2 * w, 4 * w, 4 * w]
+        layers: list[nn.Module] = []
+        for cin, cout in zip(chans[:-1], chans[1:]):
+            # no normalisation layer: per-channel statistics would discard the absolute intensities a code
+            # can depend on, and four layers train fine without one
+            layers += [nn.Conv2d(cin, cout, 3, stride=2, padding=1), nn.SiLU()]
+        self.features = nn.Sequential(*layers)
+        side = config.input_size // 16
+        self.head = nn.Sequential(nn.Flatten(), nn.Linear(chans[-1] * side * side, 256), nn.SiLU(),
+                                  nn.Linear(256, config.dim))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """(N, 3, S, S) RGB in [0, 1] → (N, E) codes."""
+        y = self.head(self.features(x * 2.0 - 1.0))
+        return torch.sigmoid(y) if self.config.bounded else y
+
+
+def prepare_frames(frames: torch.Tensor | np.ndarray, size: int) -> torch.Tensor:
+    """(N, H, W, 3) uint8 or float RGB → (N, 3, size, size) float in [0, 1]: centre square crop, area resize."""
+    x = torch.as_tensor(np.asarray(frames) if not isinstance(frames, torch.Tensor) else frames)
+    if x.ndim != 4 or x.shape[-1] != 3:
+        raise DrivingError(f"frames must be (N, H, W, 3) RGB, got {tuple(x.shape)}")
+    x = x.float() / 255.0 if x.dtype == torch.uint8 else x.float()
+    h, w = x.shape[1:3]
+    s = min(h, w)
+    x = x[:, (h - s) // 2:(h - s) // 2 + s, (w - s) // 2:(w - s) // 2 + s].permute(0, 3, 1, 2)
+    if s != size:
+        x = F.interpolate(x, size=(size, size), mode="bilinear", align_corners=False, antialias=s > size)
+    return x.clamp(0, 1).contiguous()
+
+
+class RegressorExtractor:
+    """An ``ExpressionRegressor`` as an extractor: call on (N, H, W, 3) frames."""
+
+    name = "regressor"
+
+    def __init__(self, model: ExpressionRegressor, device="cpu"):
+        self.model = model.to(device).eval()
+        self.device = torch.device(device)
+        self.space = model.config.space
+
+    @torch.no_grad()
+    def __call__(self, frames) -> torch.Tensor:
+        x = prepare_frames(frames, self.model.config.input_size).to(self.device)
+        return self.model(x).float().cpu()
+
+
+def save_regressor(out_dir: str | os.PathLike, model: ExpressionRegressor, info: dict | None = None) -> None:
+    """Write ``model.safetensors`` and ``config.json`` (each atomically) to ``out_dir``."""
+    from safetensors.torch import save as save_tensors
+
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    tensors = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
+    atomic_write_bytes(out / "model.safetensors", save_tensors(tensors))
+    config = {"format": REGRESSOR_FORMAT, "version": REGRESSOR_VERSION, "config": asdict(model.config),
+              "info": info or {}}
+    atomic_write_bytes(out / "config.json", (json.dumps(config, indent=1) + "\n").encode())
+
+
+def load_regressor(path: str | os.PathLike) -> ExpressionRegressor:
+    """Read a regressor folder written by :func:`save_regressor` (never a pickle)."""
+    from safetensors.torch import load_file
+
+    path = Path(path)
+    cfg_file, weights = path / "config.json", path / "model.safetensors"
+    if not cfg_file.is_file() or not weights.is_file():
+        raise DrivingError(f"{path}: not an expression regressor (needs config.json and model.safetensors); "
+                           f"pass --extractor-weights DIR or set {ENV_REGRESSOR}")
+    try:
+        meta = json.loads(cfg_file.read_text())
+    except json.JSONDecodeError as err:
+        raise DrivingError(f"{cfg_file}: not JSON ({err})") from None
+    if meta.get("format") != REGRESSOR_FORMAT:
+        raise DrivingError(f"{cfg_file}: format {meta.get('format')!r} is not {REGRESSOR_FORMAT!r}")
+    if meta.get("version") != REGRESSOR_VERSION:
+        raise DrivingError(f"{cfg_file}: version {meta.get('version')!r}; this avat3r reads {REGRESSOR_VERSION}")
+    try:
+        model = ExpressionRegressor(RegressorConfig(**meta["config"]))
+        model.load_state_dict(load_file(str(weights)))
+    except (TypeError, KeyError, RuntimeError) as err:
+        raise DrivingError(f"{path}: weights do not fit the config ({str(err).splitlines()[0]})") from None
+    return model
+
+
+# -- extractor registry ----------------------------------------------------------------------------
+Extractor = Callable[[torch.Tensor], torch.Tensor]  # with a ``space`` attribute
+_EXTRACTORS: dict[str, Callable[..., Extractor]] = {}
+
+
+def register_extractor(name: str, factory: Callable[..., Extractor]) -> None:
+    """Make ``factory(weights=PATH_OR_NONE, device=...)`` available to `animate --video --extractor NAME`."""
+    _EXTRACTORS[name] = factory
+
+
+def extractor_names() -> tuple[str, ...]:
+    return tuple(sorted(_EXTRACTORS))
+
+
+def _regressor_factory(weights: str | os.PathLike | None = None, device="cpu") -> RegressorExtractor:
+    path = weights or os.environ.get(ENV_REGRESSOR) or DEFAULT_REGRESSOR
+    if not Path(path).exists():
+        raise DrivingError(f"expression regressor {path} not found: pass --extractor-weights DIR (e.g. "
+                           f"models/synthheads-expr of an avat3r checkout) or set {ENV_REGRESSOR}")
+    return RegressorExtractor(load_regressor(path), device)
+
+
+register_extractor("regressor", _regressor_factory)
+
+
+def build_extractor(name: str = "regressor", weights: str | os.PathLike | None = None, device="cpu") -> Extractor:
+    if name not in _EXTRACTORS:
+        raise DrivingError(f"unknown expression extractor {name!r}; known: {', '.join(extractor_names())}")
+    return _EXTRACTORS[name](weights=weights, device=device)
+
+
+# -- video → sequence --------------------------------------------------------------------------------
+def _batches(frames: Iterable[np.ndarray], n: int) -> Iterator[np.ndarray]:
+    batch: list[np.ndarray] = []
+    for f in frames:
+        batch.append(f)
+        if len(batch) == n:
+            yield np.stack(batch)
+            batch = []
+    if batch:
+        yield np.stack(batch)
+
+
+def smooth_codes(codes: torch.Tensor, window: int) -> torch.Tensor:
+    """Centred moving average over ``window`` frames (odd; 1 = none), edges padded by repetition:
+    per-frame regression jitters, a face does not."""
+    if window <= 1:
+        return codes
+    if window % 2 == 0:
+        raise DrivingError(f"the smoothing window must be odd, got {window}")
+    x = codes.T[None]  # (1, E, T)
+    x = F.pad(x, (window // 2, window // 2), mode="replicate")
+    return F.avg_pool1d(x, window, stride=1)[0].T.contiguous()
+
+
+def extract_sequence(video: str | os.PathLike, extractor: Extractor, expected_space: str | None = None,
+                     batch: int = 32, smooth: int = 1, fps: float | None = None,
+                     progress: Callable[[int], None] | None = None) -> ExpressionSequence:
+    """Run ``extractor`` over every frame of ``video``; the sequence plays at the video's frame rate."""
+    from .video import read_video_frames, video_info
+
+    space = getattr(extractor, "space", None)
+    if not space:
+        raise DrivingError("the expression extractor does not name its expression space")
+    if expected_space is not None and space != expected_space:
+        raise DrivingError(f"the extractor predicts {space!r} codes but the avatar was trained in "
+                           f"{expected_space!r}; use an extractor for {expected_space!r}")
+    rate = float(fps) if fps is not None else float(video_info(video)["fps"])
+    codes = []
+    for frames in _batches(read_video_frames(video), max(1, int(batch))):
+        codes.append(torch.as_tensor(extractor(frames), dtype=torch.float32))
+        if progress is not None:
+            progress(len(frames))
+    if not codes:
+        raise DrivingError(f"{video}: the video has no frames")
+    return ExpressionSequence(smooth_codes(torch.cat(codes), smooth), rate, space)
+
+
+# -- training data: SynthHeads renders of random expressions ------------------------------------------
+def random_codes(rng: np.random.Generator, n: int) -> np.ndarray:
+    """Sparse random synthheads-v1 codes: each parameter is active with probability ½ at a uniform level,
+    and a third of the codes are frames of the recorded segments (the combinations faces really make)."""
+    from .data.synth.expressions import EXPRESSION_NAMES, SEGMENTS, segment_codes
+
+    e = len(EXPRESSION_NAMES)
+    codes = np.where(rng.random((n, e)) < 0.5, rng.random((n, e)), 0.0)
+    for i in np.flatnonzero(rng.random(n) < 1 / 3):
+        seg = SEGMENTS[int(rng.integers(len(SEGMENTS)))]
+        codes[i] = segment_codes(seg, 40)[int(rng.integers(40))].numpy()
+    return codes.astype(np.float32)
+
+
+def driving_cameras(rng: np.random.Generator, n: int, res: int, yaw_deg: float = 20.0,
+                    pitch_deg: float = 12.0) -> Cameras:
+    """Near-frontal cameras framed like the SynthHeads rig (head 60–85 % of the image), with pose jitter."""
+    from .data.synth.rig import HEAD_EXTENT
+
+    yaw = np.deg2rad(rng.uniform(-yaw_deg, yaw_deg, n))
+    pitch = np.deg2rad(rng.uniform(-pitch_deg, pitch_deg, n) + 4.0)
+    dist = rng.uniform(0.9, 1.1, n)
+    d = np.stack([np.cos(pitch) * np.sin(yaw), np.sin(pitch), np.cos(pitch) * np.cos(yaw)], -1)
+    f = rng.uniform(0.6, 0.85, n) * res * dist / HEAD_EXTENT
+    pp = res / 2 + rng.uniform(-0.03, 0.03, (n, 2)) * res
+    K = torch.stack([intrinsics(float(f[k]), float(f[k]), float(pp[k, 0]), float(pp[k, 1])) for k in range(n)])
+    target = torch.tensor([0.0, -0.01, 0.0])
+    return Cameras(K.float(), look_at(torch.from_numpy(d * dist[:, None]).float(), target), res, res)
+
+
+def render_training_chunk(seed: int, persons: list[int], n_codes: int, views_per_code: int, res: int,
+                          chunk_seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """``n_codes`` random (person, code) pairs, each seen by ``views_per_code`` jittered cameras:
+    images (N, res, res, 3) uint8 and their codes (N, E) float32. A pure function of its arguments."""
+    from .data.synth.identity import make_identity
+    from .data.synth.render import head_gaussians, render_views, single_thread
+
+    rng = np.random.default_rng([int(seed), int(chunk_seed), 0xE4])
+    codes = random_codes(rng, n_codes)
+    images, targets = [], []
+    for code in codes:
+        person = persons[int(rng.integers(len(persons)))]
+        g = head_gaussians(make_identity(seed, person), torch.from_numpy(code))
+        with single_thread():
+            rgb, _, _ = render_views(g, driving_cameras(rng, views_per_code, res))
+        images.append(np.round(rgb.clamp(0, 1).numpy() * 255).astype(np.uint8))
+        targets.append(np.repeat(code[None], views_per_code, 0))
+    return np.concatenate(images), np.concatenate(targets)
+
+
+def fit_regressor(images: np.ndarray, codes: np.ndarray, config: RegressorConfig, steps: int = 3000,
+                  batch: int = 64, lr: float = 2e-3, seed: int = 0,
+                  progress: Callable[[int, float], None] | None = None) -> ExpressionRegressor:
+    """Fit an ``ExpressionRegressor`` to (images uint8 (N,H,W,3), codes (N,E)) with L1 and AdamW under a
+    cosine schedule; random horizontal shifts of up to 1/16 of the frame make it tolerate framing."""
+    torch.manual_seed(seed)
+    model = ExpressionRegressor(config)
+    x_all = prepare_frames(images, config.input_size)
+    y_all = torch.as_tensor(codes, dtype=torch.float32)
+    opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=1e-4)
+    sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=lr, total_steps=steps, pct_start=0.05)
+    g = torch.Generator().manual_seed(seed)
+    shift = max(1, config.input_size // 16)
+    model.train()
+    for step in range(steps):
+        idx = torch.randint(len(x_all), (batch,), generator=g)
+        dx, dy = (int(v) for v in torch.randint(-shift, shift + 1, (2,), generator=g))
+        x = torch.roll(x_all[idx], shifts=(dy, dx), dims=(2, 3))
+        loss = F.l1_loss(model(x), y_all[idx])
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        sched.step()
+        if progress is not None:
+            progress(step, float(loss))
+    return model.eval()
