@@ -19,4 +19,4 @@ bench:
     python bench/render.py
 
 lint:
-    python -m ruff check avat3r cli tests bench
+    python -m ruff check avat3r cli tests bench recipes

@@ -7,8 +7,8 @@ are registered by name; avat3r ships ``regressor``: a small CNN stored as safete
 renders by :func:`fit_regressor` (``recipes/train_expression_regressor.py``). Register another (say, a
 face tracker whose blendshapes map onto a space) with :func:`register_extractor`.
 
-Frames are centre-cropped to a square and resized to the extractor's input size, so the face should fill
-the middle of the video as it fills a SynthHeads rig view (head ≈ 60–85 % of the frame height).
+Frames are centre-cropped to a square and resized to the extractor's input size; the shipped regressor
+expects the face to fill that square from brows to chin, as in the videos `prep synth-video` films.
 """
 
 from __future__ import annotations
@@ -42,7 +42,7 @@ class DrivingError(ValueError):
 class RegressorConfig:
     space: str  # expression space of the codes it predicts
     dim: int  # code size E
-    input_size: int = 64  # square input, pixels
+    input_size: int = 96  # square input, pixels (a multiple of 16)
     width: int = 32  # channels of the first convolution (doubling per stride-2 stage, capped at 4×)
     bounded: bool = True  # codes in [0, 1] (a sigmoid output), as synthheads-v1's are
 
@@ -232,16 +232,22 @@ def random_codes(rng: np.random.Generator, n: int) -> np.ndarray:
     return codes.astype(np.float32)
 
 
-def driving_cameras(rng: np.random.Generator, n: int, res: int, yaw_deg: float = 20.0,
-                    pitch_deg: float = 12.0) -> Cameras:
-    """Near-frontal cameras framed like the SynthHeads rig (head 60–85 % of the image), with pose jitter."""
+# A driving video frames the face, not the whole head: brows to chin fill the frame, so that expressions
+# move many pixels (at a rig view's framing a smile changes about 4 pixels of a 64² image).
+DRIVING_FILL = (1.25, 1.55)  # head extent (hair to chin) over image height; the video uses the middle
+DRIVING_RES = 96
+
+
+def driving_cameras(rng: np.random.Generator, n: int, res: int, yaw_deg: float = 20.0, pitch_deg: float = 12.0,
+                    fill: tuple[float, float] = DRIVING_FILL) -> Cameras:
+    """Near-frontal cameras framed on the face (``fill``: head extent over image height), with pose jitter."""
     from .data.synth.rig import HEAD_EXTENT
 
     yaw = np.deg2rad(rng.uniform(-yaw_deg, yaw_deg, n))
     pitch = np.deg2rad(rng.uniform(-pitch_deg, pitch_deg, n) + 4.0)
     dist = rng.uniform(0.9, 1.1, n)
     d = np.stack([np.cos(pitch) * np.sin(yaw), np.sin(pitch), np.cos(pitch) * np.cos(yaw)], -1)
-    f = rng.uniform(0.6, 0.85, n) * res * dist / HEAD_EXTENT
+    f = rng.uniform(*fill, n) * res * dist / HEAD_EXTENT
     pp = res / 2 + rng.uniform(-0.03, 0.03, (n, 2)) * res
     K = torch.stack([intrinsics(float(f[k]), float(f[k]), float(pp[k, 0]), float(pp[k, 1])) for k in range(n)])
     target = torch.tensor([0.0, -0.01, 0.0])
@@ -271,8 +277,10 @@ def render_training_chunk(seed: int, persons: list[int], n_codes: int, views_per
 def fit_regressor(images: np.ndarray, codes: np.ndarray, config: RegressorConfig, steps: int = 3000,
                   batch: int = 64, lr: float = 2e-3, seed: int = 0,
                   progress: Callable[[int, float], None] | None = None) -> ExpressionRegressor:
-    """Fit an ``ExpressionRegressor`` to (images uint8 (N,H,W,3), codes (N,E)) with L1 and AdamW under a
-    cosine schedule; random horizontal shifts of up to 1/16 of the frame make it tolerate framing."""
+    """Fit an ``ExpressionRegressor`` to (images uint8 (N,H,W,3), codes (N,E)) with MSE and AdamW under a
+    one-cycle schedule; random shifts of up to 1/16 of the frame make it tolerate framing. Not L1: most
+    parameters are 0 in most frames, so L1's optimum at the start is the median 0, where the sigmoid
+    saturates and the network stays stuck predicting it."""
     torch.manual_seed(seed)
     model = ExpressionRegressor(config)
     x_all = prepare_frames(images, config.input_size)
@@ -286,11 +294,11 @@ def fit_regressor(images: np.ndarray, codes: np.ndarray, config: RegressorConfig
         idx = torch.randint(len(x_all), (batch,), generator=g)
         dx, dy = (int(v) for v in torch.randint(-shift, shift + 1, (2,), generator=g))
         x = torch.roll(x_all[idx], shifts=(dy, dx), dims=(2, 3))
-        loss = F.l1_loss(model(x), y_all[idx])
+        loss = F.mse_loss(model(x), y_all[idx])
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
         sched.step()
         if progress is not None:
-            progress(step, float(loss))
+            progress(step, loss.item())
     return model.eval()

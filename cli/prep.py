@@ -103,7 +103,8 @@ def register(app: typer.Typer) -> None:
         frames: int | None = typer.Option(None, "--frames", min=1, help="Resample the sequence to this many frames."),
         fps: float = typer.Option(25.0, "--fps", min=1.0, help="Frame rate of the video."),
         seed: int = typer.Option(0, "--seed", help="Seed of the SynthHeads set."),
-        res: int = typer.Option(64, "--res", min=8, help="Video resolution (square)."),
+        res: int = typer.Option(96, "--res", min=8, help="Video resolution (square; the shipped regressor reads "
+                                "96²)."),
         quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar."),
     ) -> None:
         """Film a SynthHeads person making an expression sequence: a driving video for `animate --video`."""

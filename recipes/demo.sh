@@ -19,7 +19,7 @@ avat3r render "$out/head.avt" --expr neutral --ply "$out/head.ply" --quiet
 python -m avat3r.demo sheet "$out/head.avt" --photos "$out/inputs" -o "$out/sheet.png"
 
 driver=${DEMO_DRIVER:-212}   # another held-out person
-avat3r prep synth-video --person "$driver" --frames 60 --fps 12.5 --res 64 -o "$out/driving.mp4" --quiet
+avat3r prep synth-video --person "$driver" --frames 60 --fps 12.5 -o "$out/driving.mp4" --quiet
 avat3r animate "$out/head.avt" --video "$out/driving.mp4" --quiet | \
     avat3r render --path frontal --size 256 --video "$out/driven.mp4" --quiet
 python -m avat3r.demo reenact "$out/head.avt" --video "$out/driving.mp4" --photos "$out/inputs" \

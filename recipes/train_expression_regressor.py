@@ -6,7 +6,7 @@ held-out persons (210–219) against always predicting the training mean, and wr
 
     python recipes/train_expression_regressor.py -o models/synthheads-expr
 
-The renders are cached (npz) so a second fit skips them. About 15 min on 2 CPU cores.
+The renders are cached (npz) so a second fit skips them. About 20 min on 2 CPU cores.
 """
 
 from __future__ import annotations
@@ -26,7 +26,14 @@ from tqdm import tqdm
 
 from avat3r.cameras import atomic_write_bytes
 from avat3r.data.synth.expressions import EXPRESSION_NAMES, EXPRESSION_SPACE
-from avat3r.driving import RegressorConfig, RegressorExtractor, fit_regressor, render_training_chunk, save_regressor
+from avat3r.driving import (
+    DRIVING_RES,
+    RegressorConfig,
+    RegressorExtractor,
+    fit_regressor,
+    render_training_chunk,
+    save_regressor,
+)
 
 CHUNK = 25  # codes per worker task
 
@@ -61,12 +68,12 @@ def main() -> None:
     ap.add_argument("--seed", type=int, default=0, help="SynthHeads set seed (the shipped data's is 0)")
     ap.add_argument("--train-persons", type=int, default=200, help="persons 0..N-1 are rendered for training")
     ap.add_argument("--test-persons", default="210-219", help="held-out person range for the measurement")
-    ap.add_argument("--codes", type=int, default=2000, help="random expressions rendered for training")
+    ap.add_argument("--codes", type=int, default=1500, help="random expressions rendered for training")
     ap.add_argument("--views", type=int, default=2, help="jittered cameras per training expression")
-    ap.add_argument("--test-codes", type=int, default=200, help="random expressions of held-out persons")
-    ap.add_argument("--res", type=int, default=64)
-    ap.add_argument("--steps", type=int, default=3000)
-    ap.add_argument("--batch", type=int, default=64)
+    ap.add_argument("--test-codes", type=int, default=150, help="random expressions of held-out persons")
+    ap.add_argument("--res", type=int, default=DRIVING_RES)
+    ap.add_argument("--steps", type=int, default=1500)
+    ap.add_argument("--batch", type=int, default=48)
     ap.add_argument("--lr", type=float, default=2e-3)
     ap.add_argument("--workers", type=int, default=os.cpu_count() or 1)
     args = ap.parse_args()

@@ -434,8 +434,13 @@ def test_lift_with_a_plugged_in_backend_writes_views_and_cams(tmp_path, monkeypa
 
 
 def test_animate_reads_expressions_off_a_driving_video(avatar, tiny_checkpoint, tmp_path):
-    from avat3r.driving import (ExpressionRegressor, RegressorConfig, RegressorExtractor, load_regressor,
-                                save_regressor)
+    from avat3r.driving import (
+        ExpressionRegressor,
+        RegressorConfig,
+        RegressorExtractor,
+        load_regressor,
+        save_regressor,
+    )
     from avat3r.video import VideoWriter
 
     torch.manual_seed(3)
