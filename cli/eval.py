@@ -17,6 +17,14 @@ backbone, pyfvvdp for JOD, keypoint/identity models for AKD/CSIM) are reported a
 """
 
 
+def _sampler_options(consistent: bool, other: bool) -> dict | None:
+    if consistent and other:
+        fail("--consistent-inputs and --other-expression-inputs exclude each other")
+    if other:
+        return {"random_timesteps": False, "inputs_elsewhere": True}
+    return {"random_timesteps": False} if consistent else None
+
+
 def register(app: typer.Typer) -> None:
     @app.command("eval", help=HELP)
     def eval_stage(
@@ -31,6 +39,9 @@ def register(app: typer.Typer) -> None:
                                                "prior's positions; uses the checkpoint's config if given)."),
         consistent: bool = typer.Option(False, "--consistent-inputs/--mixed-inputs", help="Input views at the "
                                         "target's expression, or (default, as in training) at random timesteps."),
+        other: bool = typer.Option(False, "--other-expression-inputs", help="All input views at one expression "
+                                   "other than the target's: the animation case (photos at one expression, "
+                                   "the avatar driven to another)."),
         out: Path = typer.Option(Path("eval_out"), "--out", "-o", help="Output folder."),
         device: str = typer.Option("auto", "--device", help="cpu, cuda, cuda:N or auto (CUDA when available)."),
         quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar."),
@@ -42,7 +53,7 @@ def register(app: typer.Typer) -> None:
         try:
             report = evaluate(out, checkpoint=checkpoint, manifest=manifest, split=split, n_examples=examples,
                               seed=seed, baseline=baseline, device=device, progress=not quiet, log=info,
-                              sampler_options={"random_timesteps": False} if consistent else None)
+                              sampler_options=_sampler_options(consistent, other))
         except (EvalError, CheckpointError, ModelCheckpointError, FileNotFoundError, ValueError) as e:
             fail(str(e).splitlines()[0] if str(e) else type(e).__name__)
         overall = report.overall()

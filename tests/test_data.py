@@ -330,6 +330,18 @@ def test_random_timesteps_flag(ring_set):
                 assert times == {plan.target_timestep}
     assert mixed >= 15  # 6 timesteps: 4 independent draws coincide with probability (1/6)^3
 
+    m_other = ExampleSampler(ring_set, "train", seed=0, require_prior=False, random_timesteps=False,
+                             inputs_elsewhere=True)
+    targets = set()
+    for i in range(20):
+        plan = m_other.plan(i)
+        times = {(m_other.manifest["segment"][r], int(m_other.manifest["frame"][r])) for r in plan.inputs}
+        assert len(times) == 1 and plan.target_timestep not in times
+        assert all((m_other.manifest["segment"][r], int(m_other.manifest["frame"][r])) == plan.target_timestep
+                   for r in plan.targets)
+        targets.add(plan.target_timestep)
+    assert len(targets) >= 4  # targets still range over the timesteps
+
 
 def _write_prior_set(folder: Path) -> Path:
     """One person, 6 cameras × 2 frames; only frame 1 of cameras 0–4 and frame 0 of camera 5 have priors."""

@@ -3,7 +3,8 @@
 Inputs: 4 cameras picked by k-farthest viewpoint sampling (10 evenly spread candidates from a random start,
 4 of them at random, never a back-only camera), each at an independently random timestep of the person, so the
 network learns to be robust to inconsistent expressions across inputs (``random_timesteps=False`` puts every
-input at the target timestep, for the ablation). Supervision: 8 cameras (back ones allowed) at the target
+input at the target timestep, for the ablation; adding ``inputs_elsewhere=True`` puts them all at one other
+timestep, to measure animation). Supervision: 8 cameras (back ones allowed) at the target
 timestep, whose expression code drives the decoder.
 
 An example is a pure function of ``(seed, index)``: ``ExampleSampler(manifest, split, seed).example(i)``
@@ -51,11 +52,14 @@ class ExampleSampler:
 
     def __init__(self, manifest: Manifest | str, split: str | None = "train", seed: int = 0,
                  n_inputs: int = N_INPUTS, n_targets: int = N_TARGETS, n_candidates: int = N_CANDIDATES,
-                 random_timesteps: bool = True, require_prior: bool = True):
+                 random_timesteps: bool = True, require_prior: bool = True, inputs_elsewhere: bool = False):
         self.manifest = read_manifest(manifest) if not isinstance(manifest, Manifest) else manifest
         self.split, self.seed = split, int(seed)
         self.n_inputs, self.n_targets, self.n_candidates = n_inputs, n_targets, n_candidates
         self.random_timesteps, self.require_prior = random_timesteps, require_prior
+        # with random_timesteps=False: all inputs at one timestep other than the target's (the animation case:
+        # photos at one expression, the avatar driven to another)
+        self.inputs_elsewhere = bool(inputs_elsewhere) and not random_timesteps
         m = self.manifest
         rows = m.rows(split)
         eligible = np.ones(len(m), bool) if not require_prior else m["has_prior"].astype(bool)
@@ -92,20 +96,28 @@ class ExampleSampler:
         person = self.persons[int(rng.integers(len(self.persons)))]
         timesteps = self._timesteps[person]
         eligible = self._eligible[person]
+        t_input = None
         if not self.random_timesteps:
-            # inputs share the target's timestep, so only timesteps with enough input-eligible views qualify
-            timesteps = [t for t in timesteps
-                         if sum(r in eligible for r in self._by_time[person][t]) >= self.n_inputs] or timesteps
-        t_target = timesteps[int(rng.integers(len(timesteps)))]
+            # inputs share one timestep, so only timesteps with enough input-eligible views qualify for it
+            qualifying = [t for t in timesteps
+                          if sum(r in eligible for r in self._by_time[person][t]) >= self.n_inputs] or timesteps
+            if self.inputs_elsewhere:
+                t_target = timesteps[int(rng.integers(len(timesteps)))]
+                others = [t for t in qualifying if t != t_target] or qualifying
+                t_input = others[int(rng.integers(len(others)))]
+            else:
+                t_target = t_input = qualifying[int(rng.integers(len(qualifying)))]
+        else:
+            t_target = timesteps[int(rng.integers(len(timesteps)))]
         at_target = self._by_time[person][t_target]
 
         if self.random_timesteps:
             cams = sorted(self._inputs_by_cam[person])
         else:
-            row_of_cam = {m["camera"][r]: r for r in at_target if r in eligible}
+            row_of_cam = {m["camera"][r]: r for r in self._by_time[person][t_input] if r in eligible}
             cams = sorted(row_of_cam)
             if len(cams) < self.n_inputs:
-                raise ValueError(f"{person} has only {len(cams)} input cameras at {t_target[0]}/{t_target[1]}")
+                raise ValueError(f"{person} has only {len(cams)} input cameras at {t_input[0]}/{t_input[1]}")
         cameras = Cameras.cat([self._reference_camera(person, c) for c in cams])
         gen = torch.Generator().manual_seed(int(rng.integers(2**62)))
         picked = k_farthest_viewpoints(cameras, k=self.n_inputs, n_candidates=self.n_candidates, generator=gen,
