@@ -17,12 +17,14 @@ backbone, pyfvvdp for JOD, keypoint/identity models for AKD/CSIM) are reported a
 """
 
 
-def _sampler_options(consistent: bool, other: bool) -> dict | None:
+def _sampler_options(consistent: bool, other: bool) -> dict:
+    """Always explicit, so that every checkpoint is measured on the same examples whatever its training
+    recipe's sampler options were."""
     if consistent and other:
         fail("--consistent-inputs and --other-expression-inputs exclude each other")
     if other:
         return {"random_timesteps": False, "inputs_elsewhere": True}
-    return {"random_timesteps": False} if consistent else None
+    return {"random_timesteps": not consistent, "inputs_elsewhere": False}
 
 
 def register(app: typer.Typer) -> None:

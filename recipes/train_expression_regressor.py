@@ -96,7 +96,7 @@ def main() -> None:
     def progress(step, loss):
         bar.update(1)
         if step % 50 == 0:
-            bar.set_postfix(l1=f"{loss:.4f}")
+            bar.set_postfix(mse=f"{loss:.4f}")
 
     t1 = time.time()
     model = fit_regressor(*train, config, steps=args.steps, batch=args.batch, lr=args.lr, progress=progress)

@@ -152,3 +152,12 @@ def test_runner_rejects_mismatched_expression_space_and_bad_arguments(tmp_path):
         evaluate(tmp_path, baseline="nope", examples=FakeExamples(), progress=False)
     with pytest.raises(EvalError, match="--checkpoint"):
         evaluate(tmp_path, examples=FakeExamples(), progress=False)
+
+
+def test_eval_input_modes_override_the_training_recipe():
+    # a checkpoint trained without random timesteps is still measured on the mixed-input examples by default
+    from cli.eval import _sampler_options
+
+    assert _sampler_options(False, False) == {"random_timesteps": True, "inputs_elsewhere": False}
+    assert _sampler_options(True, False) == {"random_timesteps": False, "inputs_elsewhere": False}
+    assert _sampler_options(False, True) == {"random_timesteps": False, "inputs_elsewhere": True}
