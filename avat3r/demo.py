@@ -76,11 +76,12 @@ def avatar_sheet(avatar_path: str | Path, photos_dir: str | Path, size: int = 12
 
 def reenactment_frames(avatar_path: str | Path, video: str | Path, photos_dir: str | Path, size: int = 128,
                        extractor_weights: str | Path | None = None):
-    """Yield uint8 RGB frames: driving video | ground truth | avatar, all seen by the driving video's camera.
+    """Yield uint8 RGB frames: driving video | ground truth | avatar, the last two seen by a frontal camera
+    framed like the rig's (the whole head: the avatar was made from 64² rig views, a face close-up would show
+    mostly its blur).
     The expressions come from the shipped regressor (what ``animate --video`` uses); the ground truth renders
     the avatar's SynthHeads person (``photos_dir``/truth.json) at the video's true codes (``.expr.parquet``)."""
-    from .data.synth.photos import synth_video_camera
-    from .driving import build_extractor, extract_sequence
+    from .driving import build_extractor, driving_cameras, extract_sequence
     from .expressions import read_sequence
     from .video import read_video_frames
 
@@ -90,7 +91,8 @@ def reenactment_frames(avatar_path: str | Path, video: str | Path, photos_dir: s
     read = extract_sequence(video, build_extractor("regressor", extractor_weights), avatar.expression_space,
                             smooth=3)
     true_codes = read_sequence(Path(video).with_suffix(".expr.parquet")).codes
-    camera = synth_video_camera(int(truth["seed"]), size)
+    camera = driving_cameras(np.random.default_rng([int(truth["seed"]), 0, 0xD1]), 1, size, yaw_deg=0.0,
+                             pitch_deg=0.0, fill=(0.72, 0.72))
     tile = lambda x: (x.clamp(0, 1).numpy() * 255).round().astype(np.uint8)  # noqa: E731
     for k, frame in enumerate(read_video_frames(video)):
         with torch.inference_mode():

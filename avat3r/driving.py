@@ -58,9 +58,9 @@ class ExpressionRegressor(nn.Module):
         chans = [3, w, 2 * w, 4 * w, 4 * w]
         layers: list[nn.Module] = []
         for cin, cout in zip(chans[:-1], chans[1:]):
-            # no normalisation layer: per-channel statistics would discard the absolute intensities a code
-            # can depend on, and four layers train fine without one
-            layers += [nn.Conv2d(cin, cout, 3, stride=2, padding=1), nn.SiLU()]
+            # batch norm, not group/instance norm: per-image statistics would discard the absolute intensities
+            # a code can depend on; without any normalisation the network stays at the mean code
+            layers += [nn.Conv2d(cin, cout, 3, stride=2, padding=1), nn.BatchNorm2d(cout), nn.SiLU()]
         self.features = nn.Sequential(*layers)
         side = config.input_size // 16
         self.head = nn.Sequential(nn.Flatten(), nn.Linear(chans[-1] * side * side, 256), nn.SiLU(),
@@ -275,7 +275,7 @@ def render_training_chunk(seed: int, persons: list[int], n_codes: int, views_per
 
 
 def fit_regressor(images: np.ndarray, codes: np.ndarray, config: RegressorConfig, steps: int = 3000,
-                  batch: int = 64, lr: float = 2e-3, seed: int = 0,
+                  batch: int = 64, lr: float = 1e-3, seed: int = 0,
                   progress: Callable[[int, float], None] | None = None) -> ExpressionRegressor:
     """Fit an ``ExpressionRegressor`` to (images uint8 (N,H,W,3), codes (N,E)) with MSE and AdamW under a
     one-cycle schedule; random shifts of up to 1/16 of the frame make it tolerate framing. Not L1: most

@@ -74,7 +74,7 @@ def main() -> None:
     ap.add_argument("--res", type=int, default=DRIVING_RES)
     ap.add_argument("--steps", type=int, default=1500)
     ap.add_argument("--batch", type=int, default=48)
-    ap.add_argument("--lr", type=float, default=2e-3)
+    ap.add_argument("--lr", type=float, default=1e-3)
     ap.add_argument("--workers", type=int, default=os.cpu_count() or 1)
     args = ap.parse_args()
 
