@@ -30,7 +30,7 @@ from .expressions import ExpressionSequence
 REGRESSOR_FORMAT = "avat3r-expression-regressor"
 REGRESSOR_VERSION = 1
 ENV_REGRESSOR = "AVAT3R_EXPRESSION_REGRESSOR"
-DEFAULT_REGRESSOR = Path("models/synthheads-expr")  # relative to the working directory, like the demo's model
+DEFAULT_REGRESSOR = Path("models/synthheads-expr")  # in the working directory, else in the avat3r checkout
 
 
 class DrivingError(ValueError):
@@ -154,8 +154,13 @@ def extractor_names() -> tuple[str, ...]:
     return tuple(sorted(_EXTRACTORS))
 
 
+def _default_regressor() -> Path:
+    checkout = Path(__file__).resolve().parents[1] / DEFAULT_REGRESSOR  # an editable install's source tree
+    return DEFAULT_REGRESSOR if DEFAULT_REGRESSOR.exists() or not checkout.exists() else checkout
+
+
 def _regressor_factory(weights: str | os.PathLike | None = None, device="cpu") -> RegressorExtractor:
-    path = weights or os.environ.get(ENV_REGRESSOR) or DEFAULT_REGRESSOR
+    path = weights or os.environ.get(ENV_REGRESSOR) or _default_regressor()
     if not Path(path).exists():
         raise DrivingError(f"expression regressor {path} not found: pass --extractor-weights DIR (e.g. "
                            f"models/synthheads-expr of an avat3r checkout) or set {ENV_REGRESSOR}")
