@@ -22,6 +22,7 @@ from pathlib import Path
 
 import cv2
 import numpy as np
+
 from ..fileio import AbortOnError
 
 SHARD_PATTERN = "shard-{:06d}.tar"
