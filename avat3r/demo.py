@@ -22,6 +22,7 @@ import typer
 from .cameras import view_angle_degrees
 from .data import synthheads as S
 from .pipeline import load_animatable, render_image
+from .video import to_uint8
 
 SHEET_EXPRESSIONS = {
     "neutral": {},
@@ -55,7 +56,6 @@ def avatar_sheet(avatar_path: str | Path, photos_dir: str | Path, size: int = 12
     angles = view_angle_degrees(rig)
     views = [int(torch.argmin((angles - a).abs())) for a in SHEET_VIEWS_DEGREES]
     identity = S.make_identity(seed, person)
-    tile = lambda x: (x.clamp(0, 1).numpy() * 255).round().astype(np.uint8)  # noqa: E731
     rows = []
     photos = [cv2.cvtColor(cv2.imread(str(Path(photos_dir) / v["image"])), cv2.COLOR_BGR2RGB) for v in truth["views"]]
     photos = [cv2.resize(p, (size, size), interpolation=cv2.INTER_NEAREST) for p in photos]
@@ -68,8 +68,8 @@ def avatar_sheet(avatar_path: str | Path, photos_dir: str | Path, size: int = 12
         gt_rgb, _, _ = S.render_views(S.head_gaussians(identity, z), rig[views])
         cells = []
         for j, v in enumerate(views):
-            cells.append(_label(tile(gt_rgb[j]), f"truth {name}"))
-            cells.append(_label(tile(render_image(pred, rig[v], (0.0, 0.0, 0.0))), "avatar"))
+            cells.append(_label(to_uint8(gt_rgb[j]), f"truth {name}"))
+            cells.append(_label(to_uint8(render_image(pred, rig[v], (0.0, 0.0, 0.0))), "avatar"))
         rows.append(np.concatenate(cells, axis=1))
     return np.concatenate(rows, axis=0)
 
@@ -93,13 +93,13 @@ def reenactment_frames(avatar_path: str | Path, video: str | Path, photos_dir: s
     true_codes = read_sequence(Path(video).with_suffix(".expr.parquet")).codes
     camera = driving_cameras(np.random.default_rng([int(truth["seed"]), 0, 0xD1]), 1, size, yaw_deg=0.0,
                              pitch_deg=0.0, fill=(0.72, 0.72))
-    tile = lambda x: (x.clamp(0, 1).numpy() * 255).round().astype(np.uint8)  # noqa: E731
     for k, frame in enumerate(read_video_frames(video)):
         with torch.inference_mode():
             pred = avatar.model.decode(avatar.state, read.codes[k][None])[0].compact()
         gt, _, _ = S.render_views(S.head_gaussians(identity, true_codes[k]), camera)
         cells = [_label(cv2.resize(frame, (size, size), interpolation=cv2.INTER_LINEAR), "driving video"),
-                 _label(tile(gt[0]), "truth"), _label(tile(render_image(pred, camera, (0.0, 0.0, 0.0))), "avatar")]
+                 _label(to_uint8(gt[0]), "truth"),
+                 _label(to_uint8(render_image(pred, camera, (0.0, 0.0, 0.0))), "avatar")]
         yield np.concatenate(cells, axis=1)
 
 

@@ -221,9 +221,16 @@ def builtin_sequence(name: str, space: str = "synthheads-v1", fps: float = DEFAU
     from .data import synthheads
 
     seq = torch.cat([synthheads.segment_codes(seg, max(1, round(sec * fps))) for seg, sec in _DEMO_SEGMENTS])
-    if n_frames is not None:  # the same motion at another length
-        seq = seq[torch.linspace(0, len(seq) - 1, n_frames).round().long()]
+    if n_frames is not None:
+        seq = resample_codes(seq, n_frames)
     return ExpressionSequence(seq.contiguous(), fps, space)
+
+
+def resample_codes(codes: torch.Tensor, n_frames: int) -> torch.Tensor:
+    """The same motion at another length: (T, E) → (n_frames, E) by nearest-frame lookup."""
+    if n_frames <= 0:
+        raise ExpressionError("a sequence needs at least one frame")
+    return codes[torch.linspace(0, len(codes) - 1, n_frames).round().long()].contiguous()
 
 
 def load_sequence(spec: str, space: str, fps: float | None = None) -> ExpressionSequence:

@@ -110,19 +110,14 @@ def register(app: typer.Typer) -> None:
         """Film a SynthHeads person making an expression sequence: a driving video for `animate --video`."""
         from avat3r.data.synth.expressions import EXPRESSION_SPACE
         from avat3r.data.synth.photos import write_synth_video
-        from avat3r.expressions import ExpressionError, builtin_sequence, check_space, load_sequence
+        from avat3r.expressions import ExpressionError, check_space, load_sequence, resample_codes
         from avat3r.video import VideoError
 
         try:
-            if frames is not None and sequence in ("demo", "neutral"):
-                seq = builtin_sequence(sequence, EXPRESSION_SPACE, fps, n_frames=frames)
-            else:
-                seq = load_sequence(sequence, EXPRESSION_SPACE, fps)
-                check_space(seq, EXPRESSION_SPACE)
-                if frames is not None:
-                    import torch
-
-                    seq.codes = seq.codes[torch.linspace(0, len(seq) - 1, frames).round().long()]
+            seq = load_sequence(sequence, EXPRESSION_SPACE, fps)
+            check_space(seq, EXPRESSION_SPACE)
+            if frames is not None:
+                seq.codes = resample_codes(seq.codes, frames)
             bar = LazyBar(total=len(seq), desc="synth-video", disable=quiet)
             try:
                 write_synth_video(out, person, seq.codes, seq.fps, seed, res, progress=bar.update)
