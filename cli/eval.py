@@ -1,4 +1,5 @@
-"""`avat3r eval`: evaluate a checkpoint on held-out persons: PSNR, SSIM, LPIPS, JOD, AKD, CSIM; parquet + markdown."""
+"""`avat3r eval`: evaluate a checkpoint on held-out persons: PSNR, SSIM, LPIPS, JOD, AKD, CSIM and expression
+metrics; parquet + markdown."""
 
 from __future__ import annotations
 
@@ -10,21 +11,52 @@ from .common import fail, info
 
 HELP = """Evaluate a checkpoint on held-out persons of a manifest.
 
-Example i is the same for every model (a pure function of --seed and i), so two evaluations compare row by row.
-Writes OUT/metrics.parquet (one row per example), OUT/metrics.md (overall and per-person tables) and
-OUT/comparison.png (inputs | prediction | ground truth). Metrics whose models or weights are missing (LPIPS
-backbone, pyfvvdp for JOD, keypoint/identity models for AKD/CSIM) are reported as not available.
+Example i is the same for every model (a pure function of --seed and i), so two evaluations compare row by row;
+targets are never at an input camera. Writes OUT/metrics.parquet (one row per example), OUT/metrics.md (overall,
+per-expression and per-person tables, each metric as mean ± standard error (n)) and OUT/comparison.png (inputs |
+prediction | ground truth). Metrics whose models or weights are missing (LPIPS backbone, pyfvvdp for JOD,
+keypoint/identity models for AKD/CSIM) are reported as not available.
+
+Expression metrics work in the region where the truth changes between the inputs' (reference) timestep and the
+target's: max over RGB |Δ| > tau = 0.05, dilated by one pixel. Gain (dB) = region PSNR of the avatar driven by
+the target code − region PSNR of the same avatar at the reference code (0: the code is ignored); ratio = the
+avatar's mean change between the two codes / the truth's mean change in the region (1: as much as the truth).
 """
 
+# sampler options of each input mode (--inputs)
+INPUT_MODES = {"mixed": {"random_timesteps": True, "inputs_elsewhere": False},
+               "consistent": {"random_timesteps": False, "inputs_elsewhere": False},
+               "other": {"random_timesteps": False, "inputs_elsewhere": True}}
 
-def _sampler_options(consistent: bool, other: bool) -> dict:
+
+def _input_mode(inputs: str | None, consistent: bool | None = None, other: bool = False) -> str:
+    """The input mode from --inputs or the older flags (--consistent-inputs/--mixed-inputs,
+    --other-expression-inputs), which name one mode each and must agree with each other and with --inputs."""
+    if inputs is not None and inputs not in INPUT_MODES:
+        fail(f"--inputs must be one of {', '.join(INPUT_MODES)}, not {inputs!r}")
+    named = {inputs} - {None}
+    if consistent is not None:
+        named.add("consistent" if consistent else "mixed")
+    if other:
+        named.add("other")
+    if len(named) > 1:
+        fail(f"the input modes {', '.join(sorted(named))} exclude each other; give one --inputs")
+    return named.pop() if named else "mixed"
+
+
+def _segments(value: str | None) -> tuple[str, ...] | None:
+    if value is None:
+        return None
+    segments = tuple(s.strip() for s in value.split(",") if s.strip())
+    if not segments:
+        fail("--input-segments needs at least one segment name (e.g. neutral)")
+    return segments
+
+
+def _sampler_options(mode: str = "mixed", segments: tuple[str, ...] | None = None) -> dict:
     """Always explicit, so that every checkpoint is measured on the same examples whatever its training
     recipe's sampler options were."""
-    if consistent and other:
-        fail("--consistent-inputs and --other-expression-inputs exclude each other")
-    if other:
-        return {"random_timesteps": False, "inputs_elsewhere": True}
-    return {"random_timesteps": not consistent, "inputs_elsewhere": False}
+    return {**INPUT_MODES[mode], "avoid_target_timestep": False, "input_segments": segments}
 
 
 def register(app: typer.Typer) -> None:
@@ -34,31 +66,39 @@ def register(app: typer.Typer) -> None:
                                                   "directory (its latest complete checkpoint)."),
         manifest: Path = typer.Option(..., "--manifest", "-m", help="manifest.parquet with the held-out split."),
         split: str = typer.Option("test", "--split", help="Manifest split to evaluate."),
-        examples: int = typer.Option(16, "--examples", "-n", help="Number of examples (4 inputs + targets each)."),
+        examples: int = typer.Option(96, "--examples", "-n", help="Number of examples (4 inputs + targets each)."),
         seed: int = typer.Option(0, "--seed", help="Example seed (same seed → same examples)."),
         baseline: str | None = typer.Option(None, "--baseline", help="Evaluate a reference instead: "
                                                "'reprojection' (the untrained network: inputs splatted at the "
-                                               "prior's positions; uses the checkpoint's config if given)."),
-        consistent: bool = typer.Option(False, "--consistent-inputs/--mixed-inputs", help="Input views at the "
-                                        "target's expression, or (default, as in training) at random timesteps."),
-        other: bool = typer.Option(False, "--other-expression-inputs", help="All input views at one expression "
-                                   "other than the target's: the animation case (photos at one expression, "
-                                   "the avatar driven to another)."),
+                                               "prior's positions; uses the checkpoint's config if given) or "
+                                               "'nearest-view' (each target is the input image whose camera "
+                                               "direction is nearest; gain and ratio 0 by definition)."),
+        inputs: str | None = typer.Option(None, "--inputs", help="Input views: 'mixed' (default, as in training: "
+                                          "random timesteps), 'consistent' (at the target's timestep) or 'other' "
+                                          "(all at one other timestep: the animation case)."),
+        consistent: bool | None = typer.Option(None, "--consistent-inputs/--mixed-inputs",
+                                               help="Same as --inputs consistent / --inputs mixed."),
+        other: bool = typer.Option(False, "--other-expression-inputs", help="Same as --inputs other."),
+        input_segments: str | None = typer.Option(None, "--input-segments", help="Comma-separated segments the "
+                                                  "input views come from (e.g. 'neutral': neutral photos driven "
+                                                  "to every expression)."),
+        lpips_weights: Path | None = typer.Option(None, "--lpips-weights", help="torchvision backbone file for "
+                                                  "LPIPS (default: $TORCH_HOME/hub/checkpoints/<standard name>)."),
         out: Path = typer.Option(Path("eval_out"), "--out", "-o", help="Output folder."),
         device: str = typer.Option("auto", "--device", help="cpu, cuda, cuda:N or auto (CUDA when available)."),
         quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar."),
     ) -> None:
-        from avat3r.eval.runner import EvalError, evaluate
+        from avat3r.eval.runner import LABELS, EvalError, evaluate, format_stat
         from avat3r.model.checkpoint import CheckpointError as ModelCheckpointError
         from avat3r.train.checkpointing import CheckpointError
 
+        options = _sampler_options(_input_mode(inputs, consistent, other), _segments(input_segments))
         try:
             report = evaluate(out, checkpoint=checkpoint, manifest=manifest, split=split, n_examples=examples,
                               seed=seed, baseline=baseline, device=device, progress=not quiet, log=info,
-                              sampler_options=_sampler_options(consistent, other))
+                              sampler_options=options, lpips_weights=lpips_weights)
         except (EvalError, CheckpointError, ModelCheckpointError, FileNotFoundError, ValueError) as e:
             fail(str(e).splitlines()[0] if str(e) else type(e).__name__)
-        overall = report.overall()
-        info(f"{report.label}: " + ", ".join(f"{k.upper()} {v:.4f}" for k, v in overall.items()))
+        info(f"{report.label}: " + ", ".join(f"{LABELS[k]} {format_stat(k, s)}" for k, s in report.overall().items()))
         for path in report.files:
             info(f"wrote {path}")

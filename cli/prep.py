@@ -33,6 +33,9 @@ def register(app: typer.Typer) -> None:
         test_persons: int | None = typer.Option(
             None, "--test-persons", min=0, help="Persons held out for testing (default ≈10 %, ≥1 from 3 persons)."),
         depth: bool = typer.Option(True, "--depth/--no-depth", help="Store depth.npy (for ground-truth priors)."),
+        rig: str = typer.Option("person", "--rig", help="'person': every person filmed by its own rig (layout, "
+                                "distance, focal length, aim and head pose jittered, as across real captures); "
+                                "'shared': one rig for the whole set."),
         preview: Path | None = typer.Option(None, "--preview", help="Also write a contact sheet PNG here."),
         maxsize_mb: float = typer.Option(1024, "--shard-mb", help="Largest shard size in MB."),
         source: str = typer.Option("avat3r.data.synthheads", "--source", hidden=True,
@@ -40,10 +43,14 @@ def register(app: typer.Typer) -> None:
     ) -> None:
         """Render SynthHeads identities × segments × frames × cameras into shards + manifest.parquet.
 
-        Persons are split by id: the last --test-persons are `test`, the --val-persons before them `val`."""
+        Persons are split by id: the last --test-persons are `test`, the --val-persons before them `val`
+        (--test-persons equal to --persons writes an evaluation-only set). Segment `random` gives every
+        person and frame its own expression code."""
         from avat3r.data.prep import load_source, prep_synth
         from avat3r.data.shards import encode_png
 
+        if rig not in ("person", "shared"):
+            fail(f"--rig must be 'person' or 'shared', got {rig!r}")
         try:
             src = load_source(source)
         except (ImportError, AttributeError) as err:
@@ -56,7 +63,7 @@ def register(app: typer.Typer) -> None:
         try:
             summary = prep_synth(out, persons, frames, cameras, res, seed=seed, segments=segments,
                                  workers=workers, n_val=val_persons, n_test=test_persons, depth=depth, source=source,
-                                 maxsize=int(maxsize_mb * 1e6), progress=bar.update)
+                                 maxsize=int(maxsize_mb * 1e6), person_rig=rig == "person", progress=bar.update)
         except ValueError as err:
             bar.close()
             fail(str(err))
@@ -83,12 +90,17 @@ def register(app: typer.Typer) -> None:
         mixed: bool = typer.Option(True, "--mixed/--neutral", help="Each photo at a random expressive frame, or "
                                    "all neutral."),
         view_seed: int = typer.Option(0, "--view-seed", help="Seed of the view and timestep choice."),
+        rig: str = typer.Option("person", "--rig", help="'person': the person's own rig (as `prep synth --rig "
+                                "person`); 'shared': the set's one rig."),
     ) -> None:
         """Write posed photos of one SynthHeads person (PNGs + cams.json), ready for `avat3r reconstruct`."""
         from avat3r.data.synth.photos import write_synth_photos
 
+        if rig not in ("person", "shared"):
+            fail(f"--rig must be 'person' or 'shared', got {rig!r}")
         try:
-            names = write_synth_photos(out, person, seed, res, cameras, views, frames, mixed, view_seed)
+            names = write_synth_photos(out, person, seed, res, cameras, views, frames, mixed, view_seed,
+                                       person_rig=rig == "person")
         except ValueError as err:
             fail(str(err))
         info(f"avat3r prep synth-photos: {len(names)} photos of person {person} → {out}")

@@ -248,7 +248,7 @@ def test_example_contents(tiny_set):
     plan = s.plan(4)
     m = s.manifest
     assert set(ex) == {"inputs_rgb", "inputs_cameras", "inputs_pos", "inputs_conf", "inputs_expr", "target_rgb",
-                       "target_mask", "target_cameras", "expr", "person"}
+                       "target_mask", "target_cameras", "expr", "person", "target_timestep"}
     assert ex["person"] == "id000" and ex["inputs_rgb"].shape == (4, 32, 32, 3)
     assert ex["target_rgb"].shape == (8, 32, 32, 3) and ex["target_mask"].shape == (8, 32, 32)
     assert len(ex["inputs_cameras"]) == 4 and len(ex["target_cameras"]) == 8
@@ -263,6 +263,42 @@ def test_example_contents(tiny_set):
     assert torch.equal(ex["target_mask"][0], torch.from_numpy(m.read(plan.targets[0])["mask"]).float() / 255)
     with pytest.raises(ValueError, match="prior"):
         ExampleSampler(tiny_set, "train", seed=1)  # no sample has a prior yet
+
+
+def test_inputs_avoid_the_target_timestep_and_targets_are_novel_views(tiny_set):
+    from avat3r.data.examples import ExampleSampler
+
+    s = ExampleSampler(tiny_set, "train", seed=2, require_prior=False, avoid_target_timestep=True,
+                       novel_targets=True)
+    plain = ExampleSampler(tiny_set, "train", seed=2, require_prior=False)
+    m, shared, cams_shared = s.manifest, 0, 0
+    for i in range(40):
+        plan = s.plan(i)
+        input_times = {(m["segment"][r], int(m["frame"][r])) for r in plan.inputs}
+        assert plan.target_timestep not in input_times
+        assert not {m["camera"][r] for r in plan.targets} & {m["camera"][r] for r in plan.inputs}
+        p = plain.plan(i)
+        shared += p.target_timestep in {(m["segment"][r], int(m["frame"][r])) for r in p.inputs}
+        cams_shared += bool({m["camera"][r] for r in p.targets} & {m["camera"][r] for r in p.inputs})
+    assert shared > 0 and cams_shared > 0  # without the options both shortcuts occur (the test can fail)
+
+
+def test_reference_views_are_the_target_cameras_at_input_0s_timestep(tiny_set):
+    from avat3r.data.examples import ExampleSampler
+
+    s = ExampleSampler(tiny_set, "train", seed=5, require_prior=False, random_timesteps=False,
+                       inputs_elsewhere=True, reference_views=True, input_segments=("EXP_b",))
+    m = s.manifest
+    for i in range(6):
+        plan, ex = s.plan(i), s.example(i)
+        t_ref = (m["segment"][plan.inputs[0]], int(m["frame"][plan.inputs[0]]))
+        assert t_ref[0] == "EXP_b" and t_ref != plan.target_timestep
+        assert ex["ref_timestep"] == f"{t_ref[0]}/{t_ref[1]}" and bool(ex["target_ref_valid"].all())
+        assert torch.equal(ex["ref_expr"], torch.from_numpy(m["expr"][plan.inputs[0]]))
+        for j, r in enumerate(plan.targets):
+            ref_row = next(q for q in range(len(m)) if m["person"][q] == plan.person and m["camera"][q] == m["camera"][r]
+                           and (m["segment"][q], int(m["frame"][q])) == t_ref)
+            assert torch.equal(ex["target_ref_rgb"][j], torch.from_numpy(m.read(ref_row)["rgb"]).float() / 255)
 
 
 def test_example_is_a_pure_function_of_seed_and_index(tiny_set):

@@ -129,19 +129,27 @@ def test_runner_writes_deterministic_per_example_metrics(tmp_path, monkeypatch):
     assert table.column("person").to_pylist() == ["p0", "p1", "p0"]
     assert table.column("lpips").null_count == 3  # not available → nulls, never numbers
     assert "lpips" in json.loads(table.schema.metadata[b"not_available"])
-    # Example 1 by hand: the same forward + render, mean PSNR over its 8 target views.
+    # Example 1 by hand: the same forward + render, the MSE pooled over its target views before the log.
     batch = collate_examples([examples.example(1)])
     with torch.no_grad():
         pred = render_targets(predict(model, batch), batch["target_cameras"])[0].clamp(0, 1)
-    expected = M.psnr(pred, batch["target_rgb"][0], per_image=True).mean().item()
-    assert table.column("psnr").to_pylist()[1] == pytest.approx(expected, rel=1e-6)
+    mse = ((pred.double() - batch["target_rgb"][0].double()) ** 2).mean().item()
+    assert table.column("psnr").to_pylist()[1] == pytest.approx(10 * math.log10(1 / mse), rel=1e-9)
+    expected_ssim = M.ssim_metric(pred, batch["target_rgb"][0], per_image=True).mean().item()
+    assert table.column("ssim").to_pylist()[1] == pytest.approx(expected_ssim, rel=1e-6)
+    # these examples carry no reference views: the expression scores are null, never made up
+    assert table.column("expr_gain").null_count == 3 and table.column("expression").null_count == 3
     md = (tmp_path / "a" / "metrics.md").read_text()
     assert "## Per person" in md and "| p1 | 1 |" in md and "LPIPS: " in md and "n/a" in md
     sheet = cv2.imread(str(tmp_path / "a" / "comparison.png"))
     assert sheet is not None and sheet.shape[0] > 3 * 12 and sheet.max() > 0
     again = evaluate(tmp_path / "b", model=model, examples=FakeExamples(seed=5), n_examples=3, progress=False)
     assert [r["psnr"] for r in again.rows] == [r["psnr"] for r in report.rows]
-    assert report.overall()["psnr"] == pytest.approx(np.mean(table.column("psnr").to_pylist()))
+    psnrs = table.column("psnr").to_pylist()
+    overall = report.overall()["psnr"]
+    assert overall.n == 3 and overall.mean == pytest.approx(np.mean(psnrs))
+    assert overall.se == pytest.approx(np.std(psnrs, ddof=1) / math.sqrt(3))
+    assert "lpips" not in report.overall() and "n/a (0)" in md  # LPIPS unavailable; region scores undefined
 
 
 def test_runner_rejects_mismatched_expression_space_and_bad_arguments(tmp_path):
@@ -156,8 +164,14 @@ def test_runner_rejects_mismatched_expression_space_and_bad_arguments(tmp_path):
 
 def test_eval_input_modes_override_the_training_recipe():
     # a checkpoint trained without random timesteps is still measured on the mixed-input examples by default
-    from cli.eval import _sampler_options
+    from cli.eval import _input_mode, _sampler_options
 
-    assert _sampler_options(False, False) == {"random_timesteps": True, "inputs_elsewhere": False}
-    assert _sampler_options(True, False) == {"random_timesteps": False, "inputs_elsewhere": False}
-    assert _sampler_options(False, True) == {"random_timesteps": False, "inputs_elsewhere": True}
+    assert _input_mode(None) == "mixed"
+    assert _input_mode("other") == "other" and _input_mode(None, other=True) == "other"  # the older flag
+    assert _input_mode(None, consistent=True) == "consistent" and _input_mode(None, consistent=False) == "mixed"
+    assert _input_mode("consistent", consistent=True) == "consistent"  # agreeing spellings are fine
+    base = {"avoid_target_timestep": False, "input_segments": None}
+    assert _sampler_options("mixed") == {"random_timesteps": True, "inputs_elsewhere": False, **base}
+    assert _sampler_options("consistent") == {"random_timesteps": False, "inputs_elsewhere": False, **base}
+    assert _sampler_options("other", ("neutral",)) == {"random_timesteps": False, "inputs_elsewhere": True,
+                                                       **base, "input_segments": ("neutral",)}

@@ -205,8 +205,10 @@ def test_each_view_influences_every_views_tokens():
 def test_expression_changes_decoded_gaussians_not_identity_state():
     cfg = tiny()
     model = make_model(cfg)
-    with torch.no_grad():  # give the zero-initialised Δ heads weights, as after training
+    with torch.no_grad():  # give the zero-initialised Δ heads and cross-attention outputs weights, as after training
         model.decoder.heads.unpatchify.weight.normal_(0, 0.02)
+        for blk in model.decoder.blocks:
+            blk.attn.proj.weight.normal_(0, 0.02)
     images, cams, pos, conf = sphere_scene(32)
     gen = torch.Generator().manual_seed(3)
     za, zb = torch.randn(1, 13, generator=gen), torch.randn(1, 13, generator=gen)
@@ -219,6 +221,39 @@ def test_expression_changes_decoded_gaussians_not_identity_state():
     for name in ("means", "colors", "scales", "opacities", "quats"):
         assert (getattr(ga, name) - getattr(gb, name)).abs().max() > 1e-6, name
     assert torch.equal(ga.valid, gb.valid)  # the mask depends only on the confidence
+
+
+def test_conditioned_path_starts_closed_but_learns():
+    """Zero-initialised cross-attention outputs: an untrained decoder ignores the code exactly (no
+    code-dependent noise), yet the code's gradient reaches the output projections at once."""
+    model = make_model(tiny())
+    with torch.no_grad():
+        model.decoder.heads.unpatchify.weight.normal_(0, 0.02)
+    images, cams, pos, conf = sphere_scene(32)
+    state = model.encode(images, cams, pos, conf)
+    ga, gb = model.decode(state, torch.zeros(1, 13)), model.decode(state, torch.ones(1, 13))
+    assert torch.equal(ga.means, gb.means) and torch.equal(ga.colors, gb.colors)
+    (gb.means.square().sum() + gb.colors.sum()).backward()
+    assert all(blk.attn.proj.weight.grad.abs().max() > 0 for blk in model.decoder.blocks)
+
+
+def test_constant_conditioning_is_the_same_network_without_the_code():
+    full, const = make_model(tiny()), make_model(tiny(expression_conditioning="constant"))
+    assert n_params(full) == n_params(const)
+    const.load_state_dict(full.state_dict())  # same architecture, parameter for parameter
+    with torch.no_grad():
+        for m in (full, const):
+            m.decoder.heads.unpatchify.weight.normal_(0, 0.02, generator=torch.Generator().manual_seed(1))
+            for i, blk in enumerate(m.decoder.blocks):
+                blk.attn.proj.weight.normal_(0, 0.02, generator=torch.Generator().manual_seed(2 + i))
+    images, cams, pos, conf = sphere_scene(32)
+    z = torch.rand(1, 13, generator=torch.Generator().manual_seed(4))
+    with torch.no_grad():
+        sf, sc = full.encode(images, cams, pos, conf), const.encode(images, cams, pos, conf)
+        assert torch.equal(const.decode(sc, z).means, full.decode(sf, torch.zeros(1, 13)).means)
+        assert not torch.equal(full.decode(sf, z).means, full.decode(sf, torch.zeros(1, 13)).means)
+    with pytest.raises(ConfigError, match="expression_conditioning"):
+        tiny(expression_conditioning="shuffled")
 
 
 def test_static_model_ignores_expression():

@@ -235,6 +235,37 @@ def test_rig(n):
     assert not torch.equal(sh.make_rig(1, n, 64)[1].w2c, cams.w2c)
 
 
+def test_per_person_rigs_differ_within_capture_ranges():
+    n = 12
+    shared = sh.make_rig(0, n, 64)[1]
+    rigs = [sh.make_rig(0, n, 64, person=p)[1] for p in range(6)]
+    assert torch.equal(sh.make_rig(0, n, 64, person=3)[1].w2c, rigs[3].w2c)  # deterministic
+    for cams in rigs:
+        assert not torch.allclose(cams.w2c, shared.w2c)
+        dist = cams.centers.norm(dim=-1)
+        assert 0.8 * 0.95 - 1e-4 <= float(dist.min()) and float(dist.max()) <= 1.25 * 1.05 + 1e-4
+        assert 1 <= int(is_back_only(cams).sum()) < n // 4
+        aim = torch.nn.functional.cosine_similarity(cams.forward, -cams.centers, dim=-1)
+        assert float(aim.min()) > np.cos(np.deg2rad(4))  # still aimed at the head
+    dists = torch.stack([c.centers.norm(dim=-1).mean() for c in rigs])
+    assert float(dists.max() - dists.min()) > 0.05  # distances (and so rigs) really vary between persons
+    a = sh.render_sample(0, 2, "neutral", 0, 0, n_frames=1, n_cameras=8, res=32, person_rig=True)
+    assert np.allclose(a["camera"]["w2c"], sh.make_rig(0, 8, 32, person=2)[1].w2c[0].double().numpy())
+
+
+def test_random_segment_codes_vary_per_person_and_frame():
+    codes = torch.stack([sh.random_code(0, p, f) for p in range(20) for f in range(10)])
+    assert torch.equal(codes[7], sh.random_code(0, 0, 7))  # a pure function of (seed, person, frame)
+    assert len({tuple(c.tolist()) for c in codes}) > 170  # ~1 in 10 frames is neutral, the rest distinct
+    assert float(codes.min()) >= 0 and float(codes.max()) <= 1
+    used = (codes > 0.3).float().mean(0)
+    assert bool((used > 0.03).all())  # every parameter of the space is exercised
+    tongue = codes[:, sh.EXPRESSION_NAMES.index("tongueOut")] > 0
+    assert bool((codes[tongue, sh.EXPRESSION_NAMES.index("jawOpen")] >= 0.5).all())  # tongue shows: jaw open
+    s = sh.render_sample(0, 4, "random", 3, 0, n_frames=5, n_cameras=8, res=32)
+    assert np.array_equal(s["expr"], sh.random_code(0, 4, 3).numpy())
+
+
 def test_render_sample_is_deterministic():
     args = {"n_frames": 5, "n_cameras": 8, "res": 32}
     a = sh.render_sample(0, 1, "EXP_jaw003", 2, 0, **args)

@@ -147,6 +147,26 @@ def test_l1_and_dssim_values():
     assert (m[..., 0, 0] != m[..., 20, 20]).all()  # border windows see the zero padding (as 3DGS)
 
 
+def test_pixel_weighted_losses_and_the_changing_region():
+    from avat3r.train.losses import changing_region, dssim_loss, l1_loss
+
+    g = torch.Generator().manual_seed(0)
+    pred, target = torch.rand(2, 16, 16, 3, generator=g), torch.rand(2, 16, 16, 3, generator=g)
+    ones = torch.ones(2, 16, 16)
+    assert torch.allclose(l1_loss(pred, target, ones), l1_loss(pred, target))
+    assert torch.allclose(dssim_loss(pred, target, 3 * ones), dssim_loss(pred, target))
+    w = torch.zeros(2, 16, 16)
+    w[1, 4, 5] = 1.0  # all weight on one pixel: the loss is that pixel's error
+    assert torch.allclose(l1_loss(pred, target, w), (pred[1, 4, 5] - target[1, 4, 5]).abs().mean())
+    ref = torch.zeros(2, 8, 8, 3)
+    img = ref.clone()
+    img[0, 3, 3, 1] = 0.06  # above tau = 0.05 → the pixel and its 8 neighbours
+    img[0, 6, 6, 0] = 0.04  # below tau → nothing
+    img[1, 0, 0, 2] = 0.5  # in a view without a reference → nothing
+    region = changing_region(img, ref, torch.tensor([True, False]))
+    assert region[0].sum() == 9 and region[0, 2:5, 2:5].all() and region[1].sum() == 0
+
+
 def test_photometric_loss_weights_and_lpips_schedule():
     a = torch.rand(1, 32, 32, 3, generator=torch.Generator().manual_seed(1))
     b = torch.rand(1, 32, 32, 3, generator=torch.Generator().manual_seed(2))
@@ -352,5 +372,18 @@ def test_the_real_network_trains_checkpoints_and_evaluates(tmp_path, monkeypatch
     base = evaluate(tmp_path / "base", checkpoint=tmp_path / "run", baseline="reprojection", examples=examples,
                     n_examples=1, progress=False)
     assert trained.label == "step_00000008" and base.label == "reprojection"
+    # fine-tuning starts from the checkpoint's weights exactly, also for the same network fed a constant code
+    from avat3r.train.loop import DataInfo, TrainError, default_model_factory
+
+    info = DataInfo("fake-v1", ["a", "b", "c"], [0.0, 0.0, 0.0])
+    for overrides in ({}, {"expression_conditioning": "constant"}):
+        again = tiny_recipe(model={"overrides": {**recipe.model.overrides, **overrides},
+                                   "init": str(result.checkpoint)})
+        start = default_model_factory(again, info)
+        assert start.config.expression_conditioning == overrides.get("expression_conditioning", "code")
+        assert all(torch.equal(a, b) for a, b in zip(start.state_dict().values(), model.state_dict().values()))
+    with pytest.raises(TrainError, match="another architecture"):
+        default_model_factory(tiny_recipe(model={"overrides": {**recipe.model.overrides, "dim": 64},
+                                                 "init": str(result.checkpoint)}), info)
     # The fixed example was trained on: the network beats its untrained (reprojection) self on it.
     assert trained.rows[0]["psnr"] > base.rows[0]["psnr"]

@@ -7,6 +7,14 @@ input at the target timestep, for the ablation; adding ``inputs_elsewhere=True``
 timestep, to measure animation). Supervision: 8 cameras (back ones allowed) at the target
 timestep, whose expression code drives the decoder.
 
+Options that keep the expression code from being redundant or the scores from flattering:
+``avoid_target_timestep`` draws random-timestep inputs only from timesteps other than the target's (copying
+an input view would otherwise reproduce the target's expression without reading the code);
+``novel_targets`` never supervises/scores a target at an input camera (evaluation: novel views only);
+``input_segments`` restricts the inputs to some segments (e.g. neutral photos, driven to every expression);
+``reference_views`` adds the target cameras' images at the *reference timestep* (input 0's) and its code, so
+the pixels that an expression change moves can be found from the truth alone (loss weighting, eval).
+
 An example is a pure function of ``(seed, index)``: ``ExampleSampler(manifest, split, seed).example(i)``
 reads its samples by byte span. ``ExampleDataset`` deals indices to ranks and DataLoader workers without
 overlap; a trainer that starts at ``start`` resumes on exactly the examples it would have seen.
@@ -52,7 +60,9 @@ class ExampleSampler:
 
     def __init__(self, manifest: Manifest | str, split: str | None = "train", seed: int = 0,
                  n_inputs: int = N_INPUTS, n_targets: int = N_TARGETS, n_candidates: int = N_CANDIDATES,
-                 random_timesteps: bool = True, require_prior: bool = True, inputs_elsewhere: bool = False):
+                 random_timesteps: bool = True, require_prior: bool = True, inputs_elsewhere: bool = False,
+                 avoid_target_timestep: bool = False, novel_targets: bool = False,
+                 input_segments: Sequence[str] | None = None, reference_views: bool = False):
         self.manifest = read_manifest(manifest) if not isinstance(manifest, Manifest) else manifest
         self.split, self.seed = split, int(seed)
         self.n_inputs, self.n_targets, self.n_candidates = n_inputs, n_targets, n_candidates
@@ -60,9 +70,14 @@ class ExampleSampler:
         # with random_timesteps=False: all inputs at one timestep other than the target's (the animation case:
         # photos at one expression, the avatar driven to another)
         self.inputs_elsewhere = bool(inputs_elsewhere) and not random_timesteps
+        self.avoid_target_timestep = bool(avoid_target_timestep) and random_timesteps
+        self.novel_targets, self.reference_views = bool(novel_targets), bool(reference_views)
+        self.input_segments = tuple(input_segments) if input_segments else None
         m = self.manifest
         rows = m.rows(split)
         eligible = np.ones(len(m), bool) if not require_prior else m["has_prior"].astype(bool)
+        if self.input_segments is not None:
+            eligible &= np.isin(np.asarray(m["segment"], dtype=object), self.input_segments)
         # person → timestep → rows, and person → camera → input-eligible rows (in manifest order)
         self._by_time: dict[str, dict[tuple[str, int], list[int]]] = defaultdict(lambda: defaultdict(list))
         self._inputs_by_cam: dict[str, dict[str, list[int]]] = defaultdict(lambda: defaultdict(list))
@@ -79,6 +94,8 @@ class ExampleSampler:
             what = "with a prior (run `avat3r prior` first)" if require_prior else ""
             raise ValueError(f"no person of split {split!r} in {m.root} has {n_inputs} cameras {what}".strip())
         self._timesteps = {p: sorted(self._by_time[p]) for p in self.persons}
+        self._timestep_of_row = {r: (m["segment"][r], int(m["frame"][r])) for p in self.persons
+                                 for rs in self._by_time[p].values() for r in rs}
         self._eligible = {p: {r for rs in self._inputs_by_cam[p].values() for r in rs} for p in self.persons}
         self._cam_cache: dict[tuple[str, str], Cameras] = {}
 
@@ -102,7 +119,9 @@ class ExampleSampler:
             qualifying = [t for t in timesteps
                           if sum(r in eligible for r in self._by_time[person][t]) >= self.n_inputs] or timesteps
             if self.inputs_elsewhere:
-                t_target = timesteps[int(rng.integers(len(timesteps)))]
+                # a target timestep that has some other qualifying timestep for the inputs
+                targets = [t for t in timesteps if any(q != t for q in qualifying)] or timesteps
+                t_target = targets[int(rng.integers(len(targets)))]
                 others = [t for t in qualifying if t != t_target] or qualifying
                 t_input = others[int(rng.integers(len(others)))]
             else:
@@ -126,9 +145,16 @@ class ExampleSampler:
         for i in picked:
             if self.random_timesteps:
                 cam_rows = self._inputs_by_cam[person][cams[i]]
+                if self.avoid_target_timestep:
+                    cam_rows = [r for r in cam_rows if self._timestep_of_row[r] != t_target] or cam_rows
                 inputs.append(cam_rows[int(rng.integers(len(cam_rows)))])
             else:
                 inputs.append(row_of_cam[cams[i]])
+        if self.novel_targets:
+            input_cams = {m["camera"][r] for r in inputs}
+            at_target = [r for r in at_target if m["camera"][r] not in input_cams]
+            if not at_target:
+                raise ValueError(f"{person} has no camera at {t_target[0]}/{t_target[1]} besides the input cameras")
         replace = len(at_target) < self.n_targets  # small rigs repeat views rather than fail
         targets = rng.choice(np.asarray(at_target), size=self.n_targets, replace=replace)
         return ExamplePlan(person, t_target, tuple(inputs), tuple(int(t) for t in targets))
@@ -172,10 +198,31 @@ class ExampleSampler:
             "target_cameras": Cameras.cat([_camera_from_json(s["camera"]) for s in tgs]),
             "expr": torch.from_numpy(m["expr"][plan.targets[0]].astype(np.float32)),
             "person": plan.person,
+            "target_timestep": "/".join(map(str, plan.target_timestep)),
         }
+        if self.reference_views:
+            out.update(self._reference(plan, tgs, (h, w)))
         if all("feat" in s for s in ins):
             out["inputs_feat"] = torch.from_numpy(np.stack([s["feat"] for s in ins]).astype(np.float32))
         return out
+
+
+    def _reference(self, plan: ExamplePlan, targets: list[dict], hw: tuple[int, int]) -> dict:
+        """The reference timestep (input 0's): its code and every target camera's image there (zeros and
+        ``target_ref_valid`` False where that camera has no sample at it)."""
+        m = self.manifest
+        t_ref = self._timestep_of_row[plan.inputs[0]]
+        row_of_cam = {m["camera"][r]: r for r in self._by_time[plan.person][t_ref]}
+        images, valid = [], []
+        for r in plan.targets:
+            ref_row = row_of_cam.get(m["camera"][r])
+            valid.append(ref_row is not None)
+            images.append(m.read(ref_row, entries=("rgb.png",))["rgb"] if ref_row is not None
+                          else np.zeros((*hw, 3), np.uint8))
+        return {"ref_expr": torch.from_numpy(m["expr"][plan.inputs[0]].astype(np.float32)),
+                "target_ref_rgb": torch.from_numpy(np.stack(images).astype(np.float32) / 255.0),
+                "target_ref_valid": torch.tensor(valid),
+                "ref_timestep": "/".join(map(str, t_ref))}
 
 
 # -- distributed iteration -----------------------------------------------------------------------

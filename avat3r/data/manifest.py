@@ -175,8 +175,10 @@ def assign_splits(persons: Sequence[str], n_val: int, n_test: int) -> dict[str, 
         raise ValueError("person ids must be unique")
     if n_val < 0 or n_test < 0:
         raise ValueError("held-out person counts cannot be negative")
-    if n_val + n_test >= n > 0:
-        raise ValueError(f"holding out {n_val} val + {n_test} test of {n} persons leaves none to train on")
+    if n_val + n_test > n or (n_val + n_test == n > 0 and n_test != n):
+        # an all-test set (n_test = n) is allowed: a held-out evaluation set of persons and rigs never trained on
+        raise ValueError(f"holding out {n_val} val + {n_test} test of {n} persons leaves none to train on "
+                         "(hold out every person as test for an evaluation-only set)")
     out = {}
     for i, p in enumerate(persons):
         out[p] = "test" if i >= n - n_test else "val" if i >= n - n_test - n_val else "train"

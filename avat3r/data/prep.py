@@ -41,6 +41,7 @@ class SynthJob:
     n_cameras: int
     res: int
     depth: bool
+    person_rig: bool = False
 
 
 def _mask_u8(mask: np.ndarray) -> np.ndarray:
@@ -54,15 +55,16 @@ def render_job(job: SynthJob) -> list[tuple[str, dict[str, bytes], dict, np.ndar
     """Every camera's sample of one frame as (key, encoded entries, manifest fields, expr). Top-level, so
     spawned workers can run it."""
     src = load_source(job.source)
-    cam_names, _ = src.make_rig(job.seed, job.n_cameras, job.res)
+    rig = {"person_rig": True} if job.person_rig else {}  # sources without per-person rigs need no keyword
+    cam_names, _ = src.make_rig(job.seed, job.n_cameras, job.res, **({"person": job.person} if rig else {}))
     person = src.person_name(job.person)
     out = []
     if hasattr(src, "render_frame_samples"):  # builds the head once per frame
         frame_samples = src.render_frame_samples(job.seed, job.person, job.segment, job.frame, None, job.n_frames,
-                                                 job.n_cameras, job.res)
+                                                 job.n_cameras, job.res, **rig)
     else:
         frame_samples = [src.render_sample(job.seed, job.person, job.segment, job.frame, c, job.n_frames,
-                                           job.n_cameras, job.res) for c in range(len(cam_names))]
+                                           job.n_cameras, job.res, **rig) for c in range(len(cam_names))]
     for cam_name, s in zip(cam_names, frame_samples):
         sample = {"rgb": np.asarray(s["rgb"], dtype=np.uint8), "mask": _mask_u8(s["mask"]),
                   "camera": s["camera"], "expr": np.asarray(s["expr"], dtype=np.float32),
@@ -93,17 +95,18 @@ class PrepSummary:
 def prep_synth(out: str | os.PathLike, persons: int, frames: int, cameras: int, res: int, seed: int = 0,
                segments: Sequence[str] | None = None, workers: int = 1, n_val: int | None = None,
                n_test: int | None = None, depth: bool = True, source: str = DEFAULT_SOURCE,
-               maxcount: int = DEFAULT_MAXCOUNT, maxsize: int = DEFAULT_MAXSIZE,
+               maxcount: int = DEFAULT_MAXCOUNT, maxsize: int = DEFAULT_MAXSIZE, person_rig: bool = False,
                progress: Callable[[int], None] | None = None) -> PrepSummary:
     """Render ``persons`` identities × ``segments`` × ``frames`` × ``cameras`` into ``out`` (shards +
-    manifest.parquet). ``progress(n)`` is called with the number of samples each finished frame added."""
+    manifest.parquet), each person through its own rig when ``person_rig``. ``progress(n)`` is called with the number of samples each finished frame added."""
     if persons < 1 or frames < 1 or cameras < 1 or res < 8:
         raise ValueError("need persons, frames, cameras ≥ 1 and res ≥ 8")
     src = load_source(source)
     segments = tuple(segments) if segments else tuple(src.SEGMENTS)
-    unknown = [s for s in segments if s not in src.SEGMENTS]
+    known = tuple(getattr(src, "ALL_SEGMENTS", src.SEGMENTS))
+    unknown = [s for s in segments if s not in known]
     if unknown:
-        raise ValueError(f"unknown segment(s) {', '.join(unknown)}; known: {', '.join(src.SEGMENTS)}")
+        raise ValueError(f"unknown segment(s) {', '.join(unknown)}; known: {', '.join(known)}")
     if len(set(segments)) != len(segments):
         raise ValueError("segments are listed twice")
     dv, dt = default_holdout(persons)
@@ -117,7 +120,7 @@ def prep_synth(out: str | os.PathLike, persons: int, frames: int, cameras: int, 
     for stale in out.glob("shard-*.tar"):  # a previous run's extra shards would break "same args, same bytes"
         stale.unlink()
     # key order: person → segment → frame → camera (the rig's order)
-    jobs = [SynthJob(source, seed, p, seg, f, frames, cameras, res, depth)
+    jobs = [SynthJob(source, seed, p, seg, f, frames, cameras, res, depth, person_rig)
             for p in range(persons) for seg in segments for f in range(frames)]
     records, rows, exprs = [], [], []
     workers = max(1, min(workers, len(jobs)))

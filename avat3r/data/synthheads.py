@@ -10,7 +10,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from .synth.expressions import EXPRESSION_NAMES, EXPRESSION_SPACE, SEGMENTS, neutral_code, segment_codes
+from .synth.expressions import (ALL_SEGMENTS, EXPRESSION_NAMES, EXPRESSION_SPACE, RANDOM_SEGMENT, SEGMENTS,
+                                neutral_code, random_code, segment_codes)
 from .synth.head import CAVITY_COLOR
 from .synth.identity import FACIAL_HAIR, HAIR_STYLES, Identity, make_identity, person_name
 from .synth.parts import PARTS, RIGID_PARTS
@@ -19,6 +20,9 @@ from .synth.rig import make_rig
 from .synth.rigging import neutral_head
 
 __all__ = [
+    "ALL_SEGMENTS",
+    "RANDOM_SEGMENT",
+    "random_code",
     "CAVITY_COLOR",
     "EXPRESSION_NAMES",
     "EXPRESSION_SPACE",

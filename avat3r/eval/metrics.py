@@ -1,4 +1,6 @@
-"""Evaluation metrics of paper §4.2: PSNR, SSIM, LPIPS (paired images), JOD (FovVideoVDP), AKD and CSIM.
+"""Evaluation metrics of paper §4.2: PSNR, SSIM, LPIPS (paired images), JOD (FovVideoVDP), AKD and CSIM,
+plus the expression metrics that say whether the avatar follows its expression code (see "expression
+metrics" below).
 
 Every metric either gives a number computed here or says it is "not available" and why; never a stand-in
 number. SSIM is the loss's implementation (3DGS window). LPIPS needs the torchvision backbone on disk; JOD needs
@@ -8,11 +10,14 @@ uses PIPNet and ArcFace; neither ships weights with avat3r).
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import math
+import re
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import torch
 
+from ..train import losses
 from ..train.losses import LpipsWeightsMissing, build_lpips, lpips_distance, ssim
 
 
@@ -43,8 +48,8 @@ class LpipsMetric:
     def __init__(self, net: str = "alex", weights: str | None = None, device="cpu"):
         try:
             self.module = build_lpips(net, weights).to(device)
-        except LpipsWeightsMissing as e:
-            raise Unavailable(str(e)) from None
+        except (LpipsWeightsMissing, ValueError) as e:  # missing, or not a torchvision checkpoint
+            raise Unavailable(str(e).splitlines()[0]) from None
 
     @torch.no_grad()
     def __call__(self, pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
@@ -174,3 +179,112 @@ def build_metrics(lpips_net: str = "alex", lpips_weights: str | None = None, key
         except Unavailable as e:
             unavailable[name] = str(e)
     return MetricSet(functions, unavailable)
+
+
+# -- expression metrics -------------------------------------------------------------------------------
+# Whole-frame PSNR barely sees an expression (a smile moves ~2 % of a 64² frame), and an avatar that ignores its
+# code scores almost as well as one that follows it. These scores compare the avatar decoded with the target
+# code against the same avatar decoded with the reference code (the inputs' expression), inside the pixels the
+# expression change moves in the truth. Images are (V,H,W,3) in [0,1]: the target views of one example. Every
+# score is a finite float, or None where it is undefined (an empty region: the truth does not change).
+REGION_TAU = 0.05  # a colour change above 5 % of the range counts as moved: above 8-bit noise and resampling
+NEUTRAL_CHANGE = 0.05  # a code whose parameters all change by less than this is grouped as "neutral"
+MSE_FLOOR = 1e-10  # PSNR is capped at 100 dB, so a perfect prediction scores a finite number
+
+
+def changing_region(target: torch.Tensor, target_ref: torch.Tensor, valid: torch.Tensor | None = None,
+                    tau: float = REGION_TAU) -> torch.Tensor:
+    """The pixels where the truth moves with the expression: max over RGB |target − target_ref| > ``tau``,
+    dilated by one pixel (3×3 max-pool), only in views whose reference image exists (``valid`` (V,) bool).
+    Defined from the truth alone, so it works for any data source. → (V,H,W) float 0/1. (The training loss
+    weights the same region: one definition for both.)"""
+    return losses.changing_region(target, target_ref, valid, tau=tau)
+
+
+def weighted_psnr(pred: torch.Tensor, target: torch.Tensor, weight: torch.Tensor | None = None) -> float | None:
+    """PSNR of the MSE pooled over all pixels of all views (each pixel weighted by ``weight`` (V,H,W), channels
+    averaged) — not a mean of per-view PSNRs, so no single view can score infinity. None when the weights sum
+    to zero."""
+    err = ((pred.double() - target.double()) ** 2).mean(dim=-1)
+    w = torch.ones_like(err) if weight is None else weight.double().expand_as(err)
+    total = float(w.sum())
+    if total <= 0:
+        return None
+    mse = float((err * w).sum()) / total
+    return 10.0 * math.log10(1.0 / max(mse, MSE_FLOOR))
+
+
+def pooled_psnr(pred: torch.Tensor, target: torch.Tensor) -> float:
+    """Whole-frame PSNR of an example: the MSE averaged over all pixels of all its target views, then the log."""
+    return weighted_psnr(pred, target)
+
+
+def foreground_psnr(pred: torch.Tensor, target: torch.Tensor, mask: torch.Tensor) -> float | None:
+    """PSNR of the MSE weighted by the true soft foreground ``mask`` (V,H,W), pooled over views: errors on the
+    background do not count."""
+    return weighted_psnr(pred, target, mask)
+
+
+def region_psnr(pred: torch.Tensor, target: torch.Tensor, region: torch.Tensor) -> float | None:
+    """PSNR of the MSE pooled over all region pixels of all views; None for an empty region."""
+    return weighted_psnr(pred, target, region)
+
+
+def _mean_abs_change(a: torch.Tensor, b: torch.Tensor, region: torch.Tensor) -> float:
+    change = (a.double() - b.double()).abs().mean(dim=-1)
+    return float((change * region.double()).sum()) / float(region.double().sum())
+
+
+def expression_gain(pred: torch.Tensor, pred_ref: torch.Tensor, target: torch.Tensor,
+                    region: torch.Tensor) -> float | None:
+    """Expression gain (dB): region PSNR of the avatar decoded with the target code (``pred``) − region PSNR of
+    the same avatar decoded with the reference code (``pred_ref``), both against the target truth. 0 for an
+    avatar that ignores its code; None for an empty region."""
+    with_code, without = region_psnr(pred, target, region), region_psnr(pred_ref, target, region)
+    return None if with_code is None or without is None else with_code - without
+
+
+def response_ratio(pred: torch.Tensor, pred_ref: torch.Tensor, target: torch.Tensor, target_ref: torch.Tensor,
+                   region: torch.Tensor) -> float | None:
+    """Response ratio: mean over region pixels of |pred − pred_ref| / mean over region pixels of
+    |target − target_ref|. 1 when the avatar changes as much as the truth, 0 when it ignores its code; None for
+    an empty region (or a truth that does not change inside it)."""
+    if float(region.sum()) <= 0:
+        return None
+    truth = _mean_abs_change(target, target_ref, region)
+    return _mean_abs_change(pred, pred_ref, region) / truth if truth > 0 else None
+
+
+def example_scores(pred: torch.Tensor, target: torch.Tensor, mask: torch.Tensor | None = None,
+                   pred_ref: torch.Tensor | None = None, target_ref: torch.Tensor | None = None,
+                   ref_valid: torch.Tensor | None = None) -> dict[str, float | None]:
+    """All pooled and expression scores of one example (the columns of metrics.parquet); the expression
+    scores are None without the reference images and the avatar at the reference code."""
+    scores = {"psnr": pooled_psnr(pred, target),
+              "psnr_fg": foreground_psnr(pred, target, mask) if mask is not None else None,
+              "psnr_region": None, "psnr_region_ref": None, "expr_gain": None, "response_ratio": None,
+              "region_frac": None}
+    if pred_ref is None or target_ref is None:
+        return scores
+    region = changing_region(target, target_ref, ref_valid)
+    scores.update(psnr_region=region_psnr(pred, target, region),
+                  psnr_region_ref=region_psnr(pred_ref, target, region),
+                  expr_gain=expression_gain(pred, pred_ref, target, region),
+                  response_ratio=response_ratio(pred, pred_ref, target, target_ref, region),
+                  region_frac=float(region.float().mean()))
+    return scores
+
+
+EXPRESSION_SCORES = ("psnr_fg", "psnr_region", "psnr_region_ref", "expr_gain", "response_ratio", "region_frac")
+
+
+def expression_group(expr: torch.Tensor, ref_expr: torch.Tensor, names: Sequence[str],
+                     threshold: float = NEUTRAL_CHANGE) -> str:
+    """The group of a code change: the name of the parameter with the largest |expr − ref_expr|, without a
+    trailing Left/Right (``mouthSmileLeft`` → ``mouthSmile``); ``neutral`` when no parameter changes by
+    ``threshold`` or more."""
+    delta = (torch.as_tensor(expr).double() - torch.as_tensor(ref_expr).double()).abs().reshape(-1)
+    i = int(delta.argmax())
+    if float(delta[i]) < threshold:
+        return "neutral"
+    return re.sub(r"(Left|Right)$", "", names[i]) or names[i]

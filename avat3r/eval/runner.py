@@ -1,9 +1,12 @@
-"""`avat3r eval`: score a checkpoint (or the reprojection baseline) on deterministic held-out examples.
+"""`avat3r eval`: score a checkpoint (or a baseline) on deterministic held-out examples.
 
 Example i of the evaluation is ``ExampleSampler(manifest, split, seed).example(i)`` — the same 4 inputs and 8
-targets on every run and for every model, so rows of two evaluations compare one to one. Outputs in ``out_dir``:
-``metrics.parquet`` (one row per example: person and the mean over its target views of every available
-metric), ``metrics.md`` (overall and per-person tables, plus why any metric is not available) and
+targets on every run and for every model, so rows of two evaluations compare one to one. Targets are never at
+an input camera (``novel_targets``), and every example carries its target cameras' images at the reference
+timestep (``reference_views``), so the expression metrics of ``avat3r.eval.metrics`` can compare the avatar
+decoded with the target code to the same avatar decoded with the inputs' code. Outputs in ``out_dir``:
+``metrics.parquet`` (one row per example: person, timesteps, expression group and every available score),
+``metrics.md`` (overall, per-expression and per-person tables, plus why any metric is not available) and
 ``comparison.png`` (per example: inputs | prediction | ground truth rows).
 """
 
@@ -11,23 +14,53 @@ from __future__ import annotations
 
 import json
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
 
-from ..cameras import atomic_write_bytes
+from ..cameras import Cameras, atomic_write_bytes
 from ..train.checkpointing import TRAIN_JSON, resolve_checkpoint
 from ..train.loop import collate_examples, predict, render_targets, to_device
-from .metrics import METRICS, MetricSet, build_metrics
+from .metrics import METRICS, REGION_TAU, MetricSet, build_metrics, example_scores, expression_group
 from .sheet import comparison_rows, write_png
 
-BASELINES = ("reprojection",)
+BASELINES = ("reprojection", "nearest-view")
+# every evaluation scores novel views only and needs the reference images for the expression metrics
+EVAL_SAMPLER_OPTIONS = {"novel_targets": True, "reference_views": True}
+# the columns of metrics.parquet that hold scores, in report order
+SCORES = ("psnr", "psnr_fg", "psnr_region", "psnr_region_ref", "expr_gain", "response_ratio", "region_frac",
+          "ssim", "lpips", "jod", "akd", "csim")
+LABELS = {"psnr": "PSNR", "psnr_fg": "PSNR fg", "psnr_region": "PSNR region",
+          "psnr_region_ref": "PSNR region (ref code)", "expr_gain": "gain (dB)", "response_ratio": "ratio",
+          "region_frac": "region frac", "ssim": "SSIM", "lpips": "LPIPS", "jod": "JOD", "akd": "AKD",
+          "csim": "CSIM"}
 
 
 class EvalError(RuntimeError):
     """An evaluation cannot run; one-line message."""
+
+
+@dataclass(frozen=True)
+class Stat:
+    """Mean, standard error of the mean (None below two values) and count of the values that exist."""
+
+    mean: float | None
+    se: float | None
+    n: int
+
+
+def summarize(values) -> Stat:
+    """Stat of the finite values; None (no changing pixels, metric not available) is left out and counted
+    out through ``n``."""
+    finite = [float(v) for v in values if v is not None and math.isfinite(v)]
+    n = len(finite)
+    if n == 0:
+        return Stat(None, None, 0)
+    mean = sum(finite) / n
+    se = math.sqrt(sum((v - mean) ** 2 for v in finite) / (n - 1) / n) if n > 1 else None
+    return Stat(mean, se, n)
 
 
 @dataclass
@@ -38,21 +71,9 @@ class EvalReport:
     out_dir: Path
     files: list[Path] = field(default_factory=list)
 
-    def overall(self) -> dict[str, float]:
-        return {m: _mean([r[m] for r in self.rows]) for m in METRICS if m not in self.unavailable}
-
-
-def _mean(values) -> float:
-    finite = [v for v in values if v is not None and math.isfinite(v)]
-    return sum(finite) / len(finite) if finite else float("nan")
-
-
-def _std(values) -> float:
-    finite = [v for v in values if v is not None and math.isfinite(v)]
-    if len(finite) < 2:
-        return 0.0
-    m = sum(finite) / len(finite)
-    return math.sqrt(sum((v - m) ** 2 for v in finite) / (len(finite) - 1))
+    def overall(self) -> dict[str, Stat]:
+        """Every available score over the examples: mean ± standard error (n)."""
+        return {m: summarize(r[m] for r in self.rows) for m in SCORES if m not in self.unavailable}
 
 
 # -- models ----------------------------------------------------------------------------------------------
@@ -79,6 +100,20 @@ def reprojection_baseline(config, seed: int = 0) -> torch.nn.Module:
     return Avat3r(config)
 
 
+def nearest_view(inputs_rgb: torch.Tensor, inputs_cameras: Cameras, target_cameras: Cameras) -> torch.Tensor:
+    """The nearest-view baseline: each target view is the input image whose camera's viewing direction (its
+    centre's direction from the origin, the head) is nearest in angle to the target camera's. (N,H,W,3) inputs
+    → (V,H,W,3), at the targets' resolution."""
+    d_in = torch.nn.functional.normalize(inputs_cameras.centers.float(), dim=-1)
+    d_tg = torch.nn.functional.normalize(target_cameras.centers.float().to(d_in.device), dim=-1)
+    picked = inputs_rgb[(d_tg @ d_in.T).argmax(dim=1).to(inputs_rgb.device)].float()
+    width, height = target_cameras.image_size
+    if picked.shape[1:3] != (height, width):
+        picked = torch.nn.functional.interpolate(picked.permute(0, 3, 1, 2), size=(height, width), mode="bilinear",
+                                                 align_corners=False).permute(0, 2, 3, 1)
+    return picked
+
+
 def _data_options(meta: dict) -> dict:
     """Sampler options the model was trained with (input/target resolution etc.), from its checkpoint."""
     data = meta.get("data") or meta.get("train", {}).get("recipe", {}).get("data", {})
@@ -90,24 +125,88 @@ def _data_options(meta: dict) -> dict:
 
 
 def default_examples(manifest: str | Path, split: str, seed: int, options: dict):
+    """The evaluation's example sampler: ``options`` plus EVAL_SAMPLER_OPTIONS (novel targets, reference
+    views), whatever ``options`` say."""
     from ..data.examples import ExampleSampler
+    from ..data.manifest import read_manifest
 
     if not Path(manifest).is_file():
         raise EvalError(f"manifest {manifest} does not exist")
-    return ExampleSampler(str(manifest), split, seed, **options)
+    m = read_manifest(str(manifest))
+    present = set(m["segment"].tolist())
+    unknown = sorted(set(options.get("input_segments") or ()) - present)
+    if unknown:
+        raise EvalError(f"no segment named {', '.join(unknown)} in {manifest} (it has {', '.join(sorted(present))})")
+    return ExampleSampler(m, split, seed, **{**options, **EVAL_SAMPLER_OPTIONS})
+
+
+def _expression_names(meta: dict, examples, dim: int) -> list[str]:
+    """Names of the code's parameters: the checkpoint's, the example source's, its expression space's, or
+    e0..eN."""
+    names = meta.get("expression_names") or getattr(examples, "expression_names", None)
+    if not names:
+        space = (getattr(examples, "expression_space", None)
+                 or getattr(getattr(examples, "manifest", None), "expression_space", None))
+        try:
+            from ..expressions import get_space
+
+            names = get_space(space).names if space else None
+        except (ImportError, ValueError):  # an unknown space (ExpressionError is a ValueError)
+            names = None
+    names = list(names or [])
+    return names if len(names) == dim else [f"e{i}" for i in range(dim)]
+
+
+# -- predictions -----------------------------------------------------------------------------------------
+Predictor = Callable[[dict], tuple[torch.Tensor, torch.Tensor | None]]
+
+
+def _encoder_inputs(batch: dict) -> tuple:
+    feats = batch.get("inputs_feat")
+    return (batch["inputs_rgb"].float(), Cameras.cat(batch["inputs_cameras"]), batch["inputs_pos"].float(),
+            batch["inputs_conf"].float(), None if feats is None else feats.float())
+
+
+def avatar_predictor(model: torch.nn.Module, backend: str = "auto") -> Predictor:
+    """Renders of one example's avatar in its target cameras, decoded with the target code and (when the
+    example has one) with the reference code: (V,H,W,3) each, the second None without ``ref_expr``."""
+
+    def run(batch: dict) -> tuple[torch.Tensor, torch.Tensor | None]:
+        cams = batch["target_cameras"]
+        if "ref_expr" not in batch:
+            return render_targets(predict(model, batch), cams, backend)[0].clamp(0, 1), None
+        codes = torch.cat([batch["expr"], batch["ref_expr"]]).float()
+        if callable(getattr(model, "encode", None)) and callable(getattr(model, "decode", None)):
+            # encode once, decode both codes as two frames of one avatar: the same identity state for both
+            images = render_targets(model.decode(model.encode(*_encoder_inputs(batch)), codes), cams * 2, backend)
+        else:  # a model with forward() only: one pass per code
+            images = torch.cat([render_targets(predict(model, {**batch, "expr": c[None]}), cams, backend)
+                                for c in codes])
+        images = images.clamp(0, 1)
+        return images[0], images[1]
+
+    return run
+
+
+def nearest_view_predictor(batch: dict) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """The nearest-view baseline has no code: its render at the reference code is the same image (so its gain
+    and ratio are 0 by definition)."""
+    pred = nearest_view(batch["inputs_rgb"][0], batch["inputs_cameras"][0], batch["target_cameras"][0])
+    return pred, (pred if "ref_expr" in batch else None)
 
 
 # -- the runner --------------------------------------------------------------------------------------------
 def evaluate(out_dir: str | Path, *, checkpoint: str | Path | None = None, manifest: str | Path | None = None,
-             split: str = "test", n_examples: int = 16, seed: int = 0, baseline: str | None = None,
+             split: str = "test", n_examples: int = 96, seed: int = 0, baseline: str | None = None,
              model: torch.nn.Module | None = None, meta: dict | None = None, examples=None,
              metrics: MetricSet | None = None, sheet_examples: int = 4, render_backend: str = "auto",
              device: str = "cpu", progress: bool = True, sampler_options: dict | None = None,
+             lpips_weights: str | Path | None = None,
              log: Callable[[str], None] = lambda message: None) -> EvalReport:
-    """Evaluate a checkpoint (``checkpoint``), the reprojection baseline (``baseline="reprojection"``, with the
-    checkpoint's config when one is given), or a given ``model``; write the report files into ``out_dir``.
-    ``sampler_options`` override the example sampler's (e.g. ``random_timesteps=False``: all inputs at the
-    target's expression)."""
+    """Evaluate a checkpoint (``checkpoint``), a baseline (``baseline``: "reprojection", with the checkpoint's
+    config when one is given, or "nearest-view"), or a given ``model``; write the report files into
+    ``out_dir``. ``sampler_options`` override the example sampler's (e.g. ``random_timesteps=False``: all inputs
+    at the target's expression); EVAL_SAMPLER_OPTIONS always apply. ``lpips_weights``: the LPIPS backbone file."""
     if baseline is not None and baseline not in BASELINES:
         raise EvalError(f"unknown baseline {baseline!r}; choose one of {', '.join(BASELINES)}")
     if n_examples < 1:
@@ -116,29 +215,22 @@ def evaluate(out_dir: str | Path, *, checkpoint: str | Path | None = None, manif
     if device == "auto":
         device = "cuda" if torch.cuda.is_available() else "cpu"
     label = "model"
-    if model is None:
-        if checkpoint is not None:
-            model, meta = load_trained(checkpoint, device)
-            label = Path(meta["checkpoint"]).name
-        if baseline == "reprojection":
-            config = model.config if model is not None else _tiny_config_for(manifest, split, seed, examples)
-            model = reprojection_baseline(config)
-            label = "reprojection"
-        if model is None:
-            raise EvalError("give --checkpoint, or --baseline reprojection")
-    model = model.to(device).eval()
+    if model is None and checkpoint is not None:
+        model, meta = load_trained(checkpoint, device)
+        label = Path(meta["checkpoint"]).name
     if examples is None:
         if manifest is None:
             raise EvalError("--manifest is required")
         examples = default_examples(manifest, split, seed, {**_data_options(meta), **(sampler_options or {})})
     _check_space(meta, examples)
-    metrics = metrics if metrics is not None else build_metrics(device=device)
+    predictor, label = _predictor(model, baseline, label, examples, device, render_backend)
+    metrics = metrics if metrics is not None else build_metrics(lpips_weights=lpips_weights, device=device)
     for name, why in metrics.unavailable.items():
         log(f"{name}: not available ({why})")
 
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    rows, sheets = [], []
+    rows, sheets, names = [], [], None
     iterator = range(n_examples)
     if progress:
         from tqdm import tqdm
@@ -147,16 +239,12 @@ def evaluate(out_dir: str | Path, *, checkpoint: str | Path | None = None, manif
     with torch.no_grad():
         for i in iterator:
             ex = examples.example(i)
+            names = names or _expression_names(meta, examples, int(ex["expr"].shape[-1]))
             batch = to_device(collate_examples([ex]), torch.device(device))
-            pred = render_targets(predict(model, batch), batch["target_cameras"], render_backend)[0].clamp(0, 1)
-            target = batch["target_rgb"][0].float()
-            values = metrics(pred, target)
-            row = {"example": i, "person": str(ex.get("person", "")), "views": int(target.shape[0])}
-            for name in METRICS:
-                row[name] = float(values[name].nanmean()) if name in values else None
-            rows.append(row)
+            pred, pred_ref = predictor(batch)
+            rows.append(score_example(i, ex, batch, pred, pred_ref, metrics, names))
             if len(sheets) < sheet_examples:
-                sheets.append(comparison_rows(batch["inputs_rgb"][0], pred, target))
+                sheets.append(comparison_rows(batch["inputs_rgb"][0], pred, batch["target_rgb"][0].float()))
 
     report = EvalReport(rows, dict(metrics.unavailable), label, out_dir)
     report.files = [write_parquet(report, out_dir / "metrics.parquet", meta, split, seed),
@@ -165,14 +253,48 @@ def evaluate(out_dir: str | Path, *, checkpoint: str | Path | None = None, manif
     return report
 
 
-def _tiny_config_for(manifest, split, seed, examples):
+def _predictor(model, baseline: str | None, label: str, examples, device: str, backend: str):
+    """The prediction function and the report's label for a model or a baseline."""
+    if baseline == "nearest-view":
+        return nearest_view_predictor, baseline
+    if baseline == "reprojection":
+        config = getattr(model, "config", None) or _tiny_config_for(examples)
+        model, label = reprojection_baseline(config), baseline
+    if model is None:
+        raise EvalError("give --checkpoint, or --baseline " + "|".join(BASELINES))
+    return avatar_predictor(model.to(device).eval(), backend), label
+
+
+def _finite(value) -> float | None:
+    """Parquet and the tables hold numbers or None, never NaN/inf."""
+    return float(value) if value is not None and math.isfinite(value) else None
+
+
+def score_example(index: int, ex: dict, batch: dict, pred: torch.Tensor, pred_ref: torch.Tensor | None,
+                  metrics: MetricSet, names: Sequence[str]) -> dict:
+    """One metrics.parquet row: identifiers, the pooled and expression scores, and the mean over the target
+    views of every per-image metric (SSIM, LPIPS, JOD, AKD, CSIM)."""
+    target = batch["target_rgb"][0].float()
+    has_ref = pred_ref is not None and "target_ref_rgb" in batch
+    row = {"example": index, "person": str(ex.get("person", "")), "views": int(target.shape[0]),
+           "expression": expression_group(ex["expr"], ex["ref_expr"], names) if "ref_expr" in ex else None,
+           "target_timestep": ex.get("target_timestep"), "ref_timestep": ex.get("ref_timestep")}
+    values = metrics(pred, target)
+    for name in METRICS:
+        row[name] = _finite(float(values[name].nanmean())) if name in values else None
+    mask = batch.get("target_mask")
+    # PSNR pooled over the views replaces the per-view mean: one perfect view would make that infinite
+    scores = example_scores(pred, target, None if mask is None else mask[0],
+                            pred_ref if has_ref else None, batch["target_ref_rgb"][0] if has_ref else None,
+                            batch["target_ref_valid"][0] if has_ref else None)
+    row.update({k: _finite(v) for k, v in scores.items()})
+    return row
+
+
+def _tiny_config_for(examples):
     """Without a checkpoint the baseline uses the tiny preset sized to the data's expression codes."""
     from ..model import Avat3rConfig
 
-    if examples is None:
-        if manifest is None:
-            raise EvalError("--manifest is required")
-        examples = default_examples(manifest, split, seed, {})
     ex = examples.example(0)
     res = int(ex["inputs_rgb"].shape[-2])
     return Avat3rConfig.preset("tiny", expression_dim=int(ex["expr"].shape[-1]), input_res=res)
@@ -196,11 +318,13 @@ def write_parquet(report: EvalReport, path: Path, meta: dict, split: str, seed: 
     columns = {"example": pa.array([r["example"] for r in report.rows], pa.int64()),
                "person": pa.array([r["person"] for r in report.rows], pa.string()),
                "views": pa.array([r["views"] for r in report.rows], pa.int32())}
-    for name in METRICS:  # unavailable metrics stay as all-null columns, never as made-up numbers
+    for name in ("expression", "target_timestep", "ref_timestep"):
+        columns[name] = pa.array([r[name] for r in report.rows], pa.string())
+    for name in SCORES:  # unavailable or undefined scores stay null, never made-up numbers
         columns[name] = pa.array([r[name] for r in report.rows], pa.float64())
     table = pa.table(columns).replace_schema_metadata({
         "label": report.label, "checkpoint": str(meta.get("checkpoint", "")), "split": split, "seed": str(seed),
-        "not_available": json.dumps(report.unavailable, sort_keys=True)})
+        "region_tau": str(REGION_TAU), "not_available": json.dumps(report.unavailable, sort_keys=True)})
     sink = io.BytesIO()
     pq.write_table(table, sink)
     atomic_write_bytes(path, sink.getvalue())
@@ -210,35 +334,72 @@ def write_parquet(report: EvalReport, path: Path, meta: dict, split: str, seed: 
 def _fmt(name: str, value) -> str:
     if value is None or (isinstance(value, float) and not math.isfinite(value)):
         return "n/a"
-    return f"{value:.2f}" if name in ("psnr", "akd", "jod") else f"{value:.4f}"
+    if name in ("psnr", "psnr_fg", "psnr_region", "psnr_region_ref", "expr_gain", "akd", "jod"):
+        return f"{value:.2f}"
+    return f"{value:.3f}" if name == "response_ratio" else f"{value:.4f}"
+
+
+def format_stat(name: str, stat: Stat) -> str:
+    """``mean ± standard error (n)``."""
+    if stat.n == 0:
+        return "n/a (0)"
+    se = f" ± {_fmt(name, stat.se)}" if stat.se is not None else ""
+    return f"{_fmt(name, stat.mean)}{se} ({stat.n})"
+
+
+def _mean_cell(name: str, rows: list[dict], unavailable: dict) -> str:
+    return "n/a" if name in unavailable else _fmt(name, summarize(r[name] for r in rows).mean)
 
 
 def write_markdown(report: EvalReport, path: Path, split: str, seed: int) -> Path:
-    names = list(METRICS)
+    rows, names = report.rows, [n for n in SCORES if n not in report.unavailable]
+    overall = report.overall()
     lines = [f"# Evaluation: {report.label}", "",
-             (f"{len(report.rows)} examples from split `{split}` (seed {seed}); each row averages its target "
-              "views. PSNR/SSIM/CSIM/JOD higher is better, LPIPS/AKD lower is better."), "",
-             "## Overall", "", "| model | examples | " + " | ".join(n.upper() for n in names) + " |",
-             "|---|---|" + "---|" * len(names)]
-    cells = []
-    for n in names:
-        if n in report.unavailable:
-            cells.append("n/a")
-        else:
-            vals = [r[n] for r in report.rows]
-            cells.append(f"{_fmt(n, _mean(vals))} ± {_fmt(n, _std(vals))}")
-    lines.append(f"| {report.label} | {len(report.rows)} | " + " | ".join(cells) + " |")
-    lines += ["", "## Per person", "", "| person | examples | " + " | ".join(n.upper() for n in names) + " |",
+             (f"{len(rows)} examples from split `{split}` (seed {seed}), targets at cameras no input uses. PSNR "
+              "pools the MSE over an example's target views (fg: weighted by the true foreground mask); the other "
+              "metrics average them. The *region* is the pixels where the truth changes between the reference "
+              f"timestep (the inputs') and the target's (max over RGB |Δ| > {REGION_TAU}, dilated by one pixel). "
+              "Gain = region PSNR with the target code − region PSNR with the reference code (0: the code is "
+              "ignored); ratio = mean |Δ| of the avatar between the two codes / mean |Δ| of the truth, in the "
+              "region (1: moves as much as the truth). Examples without changing pixels have no region scores "
+              "(n counts the rest). PSNR/SSIM/CSIM/JOD higher is better, LPIPS/AKD lower is better."), "",
+             "## Overall", "", f"| metric | {report.label}: mean ± SE (n) |", "|---|---|"]
+    lines += [f"| {LABELS[n]} | {format_stat(n, overall[n])} |" for n in names]
+    empty = sum(1 for r in rows if r["expression"] is not None and r["psnr_region"] is None)
+    if empty:
+        lines += ["", f"{empty} of {len(rows)} examples have no changing pixels and are left out of the region "
+                      "scores."]
+    lines += _expression_table(rows)
+    lines += ["", "## Per person", "", "| person | examples | " + " | ".join(LABELS[n] for n in names) + " |",
               "|---|---|" + "---|" * len(names)]
-    for person in sorted({r["person"] for r in report.rows}):
-        rows = [r for r in report.rows if r["person"] == person]
-        lines.append(f"| {person} | {len(rows)} | " + " | ".join(
-            "n/a" if n in report.unavailable else _fmt(n, _mean([r[n] for r in rows])) for n in names) + " |")
+    for person in sorted({r["person"] for r in rows}):
+        mine = [r for r in rows if r["person"] == person]
+        lines.append(f"| {person} | {len(mine)} | "
+                     + " | ".join(_mean_cell(n, mine, report.unavailable) for n in names) + " |")
     if report.unavailable:
         lines += ["", "## Not available", ""]
         lines += [f"- {n.upper()}: {why}" for n, why in sorted(report.unavailable.items())]
     atomic_write_bytes(path, ("\n".join(lines) + "\n").encode())
     return path
+
+
+def _expression_table(rows: list[dict]) -> list[str]:
+    """One row per expression group (the parameter that changes most between reference and target code)."""
+    groups = sorted({r["expression"] for r in rows if r["expression"] is not None})
+    if not groups:
+        return []
+    lines = ["", "## Per expression", "",
+             "Group = the code parameter that changes most from the reference to the target (Left/Right merged; "
+             "`neutral`: no parameter changes by 0.05 or more).", "",
+             "| expression | n | PSNR region | gain (dB) | ratio | PSNR fg |", "|---|---|---|---|---|---|"]
+    by_size = sorted(groups, key=lambda g: (-sum(r["expression"] == g for r in rows), g))
+    for group in by_size:
+        mine = [r for r in rows if r["expression"] == group]
+        lines.append(f"| {group} | {len(mine)} | {_mean_cell('psnr_region', mine, {})} | "
+                     f"{format_stat('expr_gain', summarize(r['expr_gain'] for r in mine))} | "
+                     f"{format_stat('response_ratio', summarize(r['response_ratio'] for r in mine))} | "
+                     f"{_mean_cell('psnr_fg', mine, {})} |")
+    return lines
 
 
 def write_sheet(sheets: list, path: Path) -> Path:

@@ -34,6 +34,9 @@ class Avat3rConfig:
     expression_dim: int = 256  # paper: dimension of the expression code E (set from the expression space)
     expression_hidden: int = 256  # paper: width of the 2-layer expression MLP
     expression_tokens: int = 8  # S: lost from our copy; 8 is our choice (a short sequence as in [26, 53])
+    # "code": Eq. 8 reads the expression code; "constant": the same network is fed the neutral (zero) code
+    # whatever is asked, the clean "no expression" ablation (same blocks, same parameter count)
+    expression_conditioning: str = "code"
     # -- GRM transformer upsampler (Eq. 10) ------------------------------------------------------------
     upsample_steps: int = 1  # paper: #GRM transformer upsampler steps
     upsampler_layers: int = 2  # GRM: a 2-layer windowed transformer after each pixel shuffle
@@ -65,6 +68,8 @@ class Avat3rConfig:
             raise ConfigError("use_features needs feature_dim > 0")
         if self.expression_dim <= 0 or self.expression_tokens <= 0:
             raise ConfigError("expression_dim and expression_tokens must be positive")
+        if self.expression_conditioning not in ("code", "constant"):
+            raise ConfigError(f"expression_conditioning must be 'code' or 'constant', got {self.expression_conditioning!r}")
         if not 0.0 <= self.confidence_threshold < 1.0:
             raise ConfigError(f"confidence_threshold must lie in [0, 1), got {self.confidence_threshold}")
 

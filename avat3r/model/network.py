@@ -130,6 +130,8 @@ class ExpressionDecoder(nn.Module):
         cfg = self.config
         x = tokens
         if self.expression is not None:
+            if cfg.expression_conditioning == "constant":  # the ablation: the code never reaches the network
+                codes = torch.zeros_like(codes)
             e = self.expression(codes)  # Eq. 8
             for blk in self.blocks:  # Eq. 9
                 x = blk(x, e)

@@ -67,13 +67,20 @@ class SelfAttentionBlock(nn.Module):
 
 
 class CrossAttentionBlock(nn.Module):
-    """x ← x + CrossAttn(LN(x), LN(e)); x ← x + MLP(LN(x)): image tokens query the expression tokens e."""
+    """x ← x + CrossAttn(LN(x), LN(e)); x ← x + MLP(LN(x)): image tokens query the expression tokens e.
+
+    The cross-attention's output projection starts at zero (as adaLN-zero does for its conditioning), so an
+    untrained block passes the identity tokens through unchanged instead of adding code-dependent noise; its
+    gradient is not zero, so the path opens as soon as the code explains something.
+    """
 
     def __init__(self, dim: int, heads: int, mlp_ratio: float = 4.0):
         super().__init__()
         self.norm_q = nn.LayerNorm(dim)
         self.norm_kv = nn.LayerNorm(dim)
         self.attn = CrossAttention(dim, heads)
+        nn.init.zeros_(self.attn.proj.weight)
+        nn.init.zeros_(self.attn.proj.bias)
         self.norm2 = nn.LayerNorm(dim)
         self.mlp = MLP(dim, mlp_ratio)
 

@@ -28,10 +28,11 @@ from .checkpointing import (
     latest_checkpoint,
     prune_checkpoints,
     read_train_json,
+    resolve_checkpoint,
     write_checkpoint,
     write_json,
 )
-from .losses import LossWeights, LpipsWeightsMissing, PhotometricLoss
+from .losses import LossWeights, LpipsWeightsMissing, PhotometricLoss, changing_region
 from .recipe import Recipe
 
 TRAIN_STATE = "train_state"
@@ -141,6 +142,14 @@ def psnr_of(pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
     return -10.0 * torch.log10(mse.clamp_min(1e-12))
 
 
+def expression_pixel_weight(batch: dict, weight: float) -> torch.Tensor | None:
+    """1 + ``weight`` on the pixels the expression change moves (None when unweighted)."""
+    if weight <= 0:
+        return None
+    region = changing_region(batch["target_rgb"], batch["target_ref_rgb"], batch["target_ref_valid"])
+    return 1.0 + weight * region
+
+
 def step_seed(seed: int, step: int, rank: int) -> int:
     return int(np.random.SeedSequence([seed, step, rank]).generate_state(1)[0])
 
@@ -196,7 +205,23 @@ def default_model_factory(recipe: Recipe, info: DataInfo) -> torch.nn.Module:
         config = Avat3rConfig.preset(recipe.model.preset, **overrides)
     except TypeError as e:  # an unknown override name
         raise TrainError(f"{recipe.source}: model.overrides: {e}") from None
-    return Avat3r(config)
+    model = Avat3r(config)
+    if recipe.model.init:
+        init_from_checkpoint(model, recipe.model.init)
+    return model
+
+
+def init_from_checkpoint(model: torch.nn.Module, path: str) -> None:
+    """Copy a trained checkpoint's weights into ``model`` (fine-tuning). Only the architecture must match: a
+    config that differs in non-structural fields (e.g. expression_conditioning) is what an ablation changes."""
+    from ..model.checkpoint import load_checkpoint
+
+    loaded = load_checkpoint(resolve_checkpoint(path), "cpu")
+    source = loaded[0] if isinstance(loaded, tuple) else loaded
+    theirs, ours = source.state_dict(), model.state_dict()
+    if set(theirs) != set(ours) or any(theirs[k].shape != ours[k].shape for k in ours):
+        raise TrainError(f"model.init: {path} has another architecture than the recipe's model")
+    model.load_state_dict(theirs)
 
 
 def default_save_model(directory: Path, model: torch.nn.Module, meta: dict) -> None:
@@ -343,7 +368,7 @@ def train(recipe: Recipe, run_dir: str | Path, *, resume: bool = False, max_step
             gaussians = predict(model, batch)
         pred = render_targets(gaussians, batch["target_cameras"], recipe.run.render_backend)
         target = batch["target_rgb"].float()
-        loss, parts = loss_fn(pred, target, step)
+        loss, parts = loss_fn(pred, target, step, expression_pixel_weight(batch, recipe.loss.expression_weight))
         if not torch.isfinite(loss):
             raise TrainError(f"the loss became {loss.item()} at step {step}; lower optim.lr or check the data")
         accelerator.backward(loss)

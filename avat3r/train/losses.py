@@ -34,9 +34,28 @@ def _to_nchw(x: torch.Tensor) -> torch.Tensor:
     return x.reshape(-1, *x.shape[-3:]).permute(0, 3, 1, 2)
 
 
-def l1_loss(pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-    """Eq. (15): mean absolute error over all pixels and channels."""
-    return (pred - target).abs().mean()
+def l1_loss(pred: torch.Tensor, target: torch.Tensor, weight: torch.Tensor | None = None) -> torch.Tensor:
+    """Eq. (15): mean absolute error over all pixels and channels; with a per-pixel ``weight`` (…,H,W) the
+    weighted mean (normalised by the mean weight, so the loss keeps its scale)."""
+    err = (pred - target).abs()
+    if weight is None:
+        return err.mean()
+    w = weight[..., None].expand_as(err)
+    return (err * w).sum() / w.sum().clamp_min(1e-12)
+
+
+def changing_region(target: torch.Tensor, reference: torch.Tensor, valid: torch.Tensor | None = None,
+                    tau: float = 0.05) -> torch.Tensor:
+    """Pixels the expression change moves, from the truth alone: max over RGB |target − reference| > ``tau``,
+    dilated by one pixel (3×3), in views whose reference exists (``valid`` (…,) bool). (…,H,W,3) → (…,H,W)
+    float 0/1."""
+    moved = ((target.float() - reference.float()).abs().amax(dim=-1) > tau).float()
+    lead = moved.shape[:-2]
+    flat = moved.reshape(-1, 1, *moved.shape[-2:])
+    region = F.max_pool2d(flat, 3, stride=1, padding=1).reshape(*lead, *moved.shape[-2:])
+    if valid is not None:
+        region = region * valid.reshape(*lead, 1, 1).to(region.dtype)
+    return region
 
 
 def gaussian_window(size: int = SSIM_WINDOW, sigma: float = SSIM_SIGMA, dtype=torch.float32, device=None):
@@ -70,9 +89,13 @@ def ssim(pred: torch.Tensor, target: torch.Tensor, per_image: bool = False) -> t
     return m.mean(dim=(1, 2, 3)) if per_image else m.mean()
 
 
-def dssim_loss(pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-    """Eq. (16): 1 − SSIM."""
-    return 1.0 - ssim(pred, target)
+def dssim_loss(pred: torch.Tensor, target: torch.Tensor, weight: torch.Tensor | None = None) -> torch.Tensor:
+    """Eq. (16): 1 − SSIM; with a per-pixel ``weight`` (…,H,W) the weighted mean of the SSIM map."""
+    if weight is None:
+        return 1.0 - ssim(pred, target)
+    m = ssim_map(pred, target)  # (N,3,H,W)
+    w = weight.reshape(-1, 1, *weight.shape[-2:]).expand_as(m)
+    return 1.0 - (m * w).sum() / w.sum().clamp_min(1e-12)
 
 
 # -- LPIPS -------------------------------------------------------------------------------------------
@@ -161,9 +184,11 @@ class PhotometricLoss(torch.nn.Module):
     def lpips_active(self, step: int) -> bool:
         return self.lpips is not None and step >= self.weights.lpips_start_step
 
-    def forward(self, pred: torch.Tensor, target: torch.Tensor, step: int) -> tuple[torch.Tensor, dict]:
+    def forward(self, pred: torch.Tensor, target: torch.Tensor, step: int,
+                pixel_weight: torch.Tensor | None = None) -> tuple[torch.Tensor, dict]:
+        """``pixel_weight`` (…,H,W) re-weights L1 and D-SSIM (e.g. 1 + λ·changing region); LPIPS stays global."""
         w = self.weights
-        parts = {"l1": l1_loss(pred, target), "dssim": dssim_loss(pred, target)}
+        parts = {"l1": l1_loss(pred, target, pixel_weight), "dssim": dssim_loss(pred, target, pixel_weight)}
         total = w.l1 * parts["l1"] + w.ssim * parts["dssim"]
         if self.lpips_active(step):
             parts["lpips"] = lpips_distance(self.lpips, pred, target).mean()

@@ -32,6 +32,8 @@ class ModelSection:
     preset: str = "tiny"
     # Keyword overrides for Avat3rConfig.preset(); the expression dimension is taken from the data.
     overrides: dict = field(default_factory=dict)
+    # Start from this checkpoint's weights (fine-tuning; same architecture) instead of a fresh initialisation.
+    init: str = ""
 
 
 @dataclass
@@ -71,6 +73,10 @@ class LossSection:
     lpips_start_step: int = 0  # paper: LPIPS only after 3M of 3.5M steps
     lpips_net: str = "alex"  # "alex" or "vgg"
     lpips_weights: str = ""  # torchvision backbone file; "" = $TORCH_HOME/hub/checkpoints/<standard name>
+    # Extra L1/D-SSIM weight on the pixels an expression change moves (truth at the target vs the target
+    # cameras' images at the reference timestep; needs data.options.reference_views): at 64² those are ~2 %
+    # of a frame, too few for an unweighted loss to notice. 0 = unweighted (Eq. 18 as printed).
+    expression_weight: float = 0.0
 
 
 @dataclass
@@ -114,8 +120,10 @@ class Recipe:
             problems.append("optim.batch_size and optim.max_steps must be ≥ 1")
         if len(self.optim.betas) != 2:
             problems.append("optim.betas must have two values")
-        if min(self.loss.l1, self.loss.ssim, self.loss.lpips) < 0:
+        if min(self.loss.l1, self.loss.ssim, self.loss.lpips, self.loss.expression_weight) < 0:
             problems.append("loss weights must be ≥ 0")
+        if self.loss.expression_weight > 0 and not self.data.options.get("reference_views", False):
+            problems.append("loss.expression_weight needs data.options.reference_views = true")
         if self.loss.lpips_net not in ("alex", "vgg"):
             problems.append(f"loss.lpips_net must be 'alex' or 'vgg', not {self.loss.lpips_net!r}")
         if self.run.mixed_precision not in ("auto", "no", "bf16"):

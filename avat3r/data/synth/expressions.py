@@ -26,8 +26,18 @@ _SEGMENT_TRACKS = {
     "EXP_smile": [(("mouthSmileLeft", "mouthSmileRight"), 1.0, (0.05, 0.35, 0.6, 0.85)),
                   (("jawOpen",), 0.22, (0.25, 0.42, 0.55, 0.7)),
                   (("cheekPuff",), 0.9, (0.8, 0.88, 0.93, 0.99))],
+    "EXP_blink": [(("eyeBlinkLeft", "eyeBlinkRight"), 1.0, (0.05, 0.3, 0.6, 0.85))],
 }
 SEGMENTS = tuple(_SEGMENT_TRACKS)
+# Not a fixed trajectory: every (person, frame) draws its own combination over the whole space, so training
+# data holds as many distinct codes as frames (a fixed segment gives every person the same few codes).
+RANDOM_SEGMENT = "random"
+ALL_SEGMENTS = SEGMENTS + (RANDOM_SEGMENT,)
+
+# groups of parameters that move together in the random segment (mostly symmetric, sometimes one-sided)
+_RANDOM_GROUPS = (("jawOpen",), ("mouthSmileLeft", "mouthSmileRight"), ("mouthFunnel",),
+                  ("eyeBlinkLeft", "eyeBlinkRight"), ("eyeWideLeft", "eyeWideRight"), ("browInnerUp",),
+                  ("browOuterUpLeft", "browOuterUpRight"), ("cheekPuff",), ("tongueOut",))
 
 
 def neutral_code() -> torch.Tensor:
@@ -54,6 +64,24 @@ def segment_codes(segment: str, n_frames: int) -> torch.Tensor:
         for name in names:
             codes[:, EXPR_INDEX[name]] = np.maximum(codes[:, EXPR_INDEX[name]], v)
     return torch.from_numpy(np.clip(codes, 0, 1).astype(np.float32))
+
+
+def random_code(seed: int, person: int, frame: int) -> torch.Tensor:
+    """(E,) code of ``frame`` of the random segment of ``person``: 1–3 parameter groups at random strengths
+    (one in ten frames neutral); a tongue out always comes with an open jaw, or it would stay hidden."""
+    rng = np.random.Generator(np.random.PCG64(np.random.SeedSequence([int(seed), 0xE4, int(person), int(frame)])))
+    z = np.zeros(len(EXPRESSION_NAMES))
+    if rng.uniform() >= 0.1:
+        k = int(rng.choice([1, 2, 3], p=[0.45, 0.35, 0.2]))
+        for g in rng.choice(len(_RANDOM_GROUPS), size=k, replace=False):
+            names = _RANDOM_GROUPS[int(g)]
+            v = rng.uniform(0.35, 1.0)
+            one_sided = len(names) == 2 and rng.uniform() < 0.2
+            for j, name in enumerate(names):
+                z[EXPR_INDEX[name]] = v if not one_sided or j == int(rng.integers(2)) else rng.uniform(0, 0.2)
+        if z[EXPR_INDEX["tongueOut"]] > 0:
+            z[EXPR_INDEX["jawOpen"]] = max(z[EXPR_INDEX["jawOpen"]], rng.uniform(0.5, 0.9))
+    return torch.from_numpy(np.clip(z, 0, 1).astype(np.float32))
 
 
 def check_code(expr) -> np.ndarray:

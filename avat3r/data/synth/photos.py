@@ -20,13 +20,13 @@ INPUT_SEGMENTS = ("EXP_jaw003", "EXP_eye_wide", "EXP_tongue001")
 
 def write_synth_photos(out_dir: str | os.PathLike, person: int, seed: int = 0, res: int = 64, n_cameras: int = 12,
                        n_views: int = 4, n_frames: int = 2, mixed_expressions: bool = True,
-                       view_seed: int = 0) -> list[str]:
+                       view_seed: int = 0, person_rig: bool = False) -> list[str]:
     """Render ``n_views`` k-farthest rig views of ``person`` (each at a random frame of an expressive segment
     when ``mixed_expressions``, else all neutral) to ``out_dir``/view_i.png + cams.json; returns the names.
-    ``truth.json`` records the segment/frame of each view."""
+    ``truth.json`` records the segment/frame of each view and whether the person's own rig filmed them."""
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    _, cams = make_rig(seed, n_cameras, res)
+    _, cams = make_rig(seed, n_cameras, res, person if person_rig else None)
     g = torch.Generator().manual_seed(view_seed * 1_000_003 + person)
     views = k_farthest_viewpoints(cams, n_views, generator=g)
     names, truth = [], []
@@ -36,7 +36,7 @@ def write_synth_photos(out_dir: str | os.PathLike, person: int, seed: int = 0, r
             frame = int(torch.randint(n_frames, (1,), generator=g))
         else:
             segment, frame = SEGMENTS[0], 0
-        s = render_frame_samples(seed, person, segment, frame, [cam], n_frames, n_cameras, res)[0]
+        s = render_frame_samples(seed, person, segment, frame, [cam], n_frames, n_cameras, res, person_rig)[0]
         name = f"view_{i}.png"
         ok, png = cv2.imencode(".png", cv2.cvtColor(s["rgb"], cv2.COLOR_RGB2BGR))
         if not ok:
@@ -45,7 +45,8 @@ def write_synth_photos(out_dir: str | os.PathLike, person: int, seed: int = 0, r
         names.append(name)
         truth.append({"image": name, "camera": int(cam), "segment": segment, "frame": frame})
     write_cams_json(out / "cams.json", cams[views], names)
-    atomic_write_bytes(out / "truth.json", (json.dumps({"person": person, "seed": seed, "views": truth},
+    atomic_write_bytes(out / "truth.json", (json.dumps({"person": person, "seed": seed, "person_rig": bool(person_rig),
+                                                       "n_cameras": n_cameras, "views": truth},
                                                       indent=1) + "\n").encode())
     return names
 

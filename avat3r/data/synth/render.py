@@ -12,7 +12,7 @@ import torch
 from ...cameras import Cameras
 from ...gaussians import Gaussians
 from ...render import rasterize
-from .expressions import EXPR_INDEX, SEGMENTS, check_code, segment_codes
+from .expressions import ALL_SEGMENTS, EXPR_INDEX, RANDOM_SEGMENT, check_code, random_code, segment_codes
 from .identity import make_identity
 from .rig import make_rig
 from .rigging import deform, neutral_head
@@ -85,16 +85,20 @@ def _codes(segment: str, n_frames: int) -> torch.Tensor:
 
 
 @lru_cache(maxsize=1)
-def _render_frame(seed: int, person: int, segment: str, frame: int, n_frames: int, n_cameras: int, res: int):
+def _render_frame(seed: int, person: int, segment: str, frame: int, n_frames: int, n_cameras: int, res: int,
+                  person_rig: bool = False):
     """All rig cameras of one frame in one batched render (about 2× faster than one camera at a time).
     Every sample comes from this full-rig render, so a sample's bytes never depend on which other cameras
     were asked for; the cache makes consecutive calls for the same frame cheap."""
-    if segment not in SEGMENTS:
-        raise ValueError(f"unknown SynthHeads segment {segment!r}; choose one of {', '.join(SEGMENTS)}")
+    if segment not in ALL_SEGMENTS:
+        raise ValueError(f"unknown SynthHeads segment {segment!r}; choose one of {', '.join(ALL_SEGMENTS)}")
     if not 0 <= int(frame) < int(n_frames):
         raise ValueError(f"frame {frame} is outside the segment's {n_frames} frames")
-    names, cams = make_rig(seed, n_cameras, res)
-    expr = _codes(segment, int(n_frames))[int(frame)].clone()
+    names, cams = make_rig(seed, n_cameras, res, person if person_rig else None)
+    if segment == RANDOM_SEGMENT:
+        expr = random_code(seed, person, frame)
+    else:
+        expr = _codes(segment, int(n_frames))[int(frame)].clone()
     g = head_gaussians(make_identity(seed, person), expr)
     with single_thread():
         rgb, alpha, depth = render_views(g, cams)
@@ -102,11 +106,11 @@ def _render_frame(seed: int, person: int, segment: str, frame: int, n_frames: in
 
 
 def render_frame_samples(seed: int, person: int, segment: str, frame: int, cameras=None, n_frames: int = 30,
-                         n_cameras: int = 64, res: int = 256) -> list[dict]:
+                         n_cameras: int = 64, res: int = 256, person_rig: bool = False) -> list[dict]:
     """The samples of one frame seen by several rig cameras (names or indices; all by default), each
-    byte-identical to :func:`render_sample`'s."""
+    byte-identical to :func:`render_sample`'s. ``person_rig``: the person's own rig, not the shared one."""
     names, cams, expr, rgb, alpha, depth = _render_frame(int(seed), int(person), segment, int(frame),
-                                                         int(n_frames), int(n_cameras), int(res))
+                                                         int(n_frames), int(n_cameras), int(res), bool(person_rig))
     indices = range(len(names)) if cameras is None else [_camera_index(c, names) for c in cameras]
     return [{
         "rgb": np.round(rgb[k].clamp(0, 1).numpy() * 255).astype(np.uint8),
@@ -119,10 +123,10 @@ def render_frame_samples(seed: int, person: int, segment: str, frame: int, camer
 
 
 def render_sample(seed: int, person: int, segment: str, frame: int, camera, n_frames: int = 30,
-                  n_cameras: int = 64, res: int = 256) -> dict:
+                  n_cameras: int = 64, res: int = 256, person_rig: bool = False) -> dict:
     """One sample (DESIGN §4) as a pure function of its arguments: ``rgb`` uint8 H×W×3, ``mask`` uint8 H×W,
     ``depth`` float32 H×W, ``camera`` {K, w2c, width, height}, ``expr`` float32 (E,)."""
-    return render_frame_samples(seed, person, segment, frame, [camera], n_frames, n_cameras, res)[0]
+    return render_frame_samples(seed, person, segment, frame, [camera], n_frames, n_cameras, res, person_rig)[0]
 
 
 def _code(**values) -> np.ndarray:
