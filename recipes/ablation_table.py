@@ -1,8 +1,10 @@
 """The ablation table of docs/results.md from `avat3r eval` output folders.
 
 Every evaluation of one input mode draws the same examples (same manifest, split, seed and sampler options),
-so models are compared per example: the table gives each model's mean ± std over examples and its paired
-difference to a reference row (mean ± standard error of the per-example differences).
+so models are compared per example: the table gives each model's mean and its paired difference to a reference
+row (mean ± standard error of the per-example differences, over the examples where both have the score; n
+says how many: region scores are missing where the truth does not change). Folders written before a score
+existed simply lack its columns.
 
     python recipes/ablation_table.py --ref eval/trained-mixed eval/trained-mixed eval/no-expression ...
 """
@@ -15,19 +17,34 @@ import math
 import numpy as np
 import pyarrow.parquet as pq
 
+# column, header, scale of the printed values (SSIM in hundredths)
+SCORES = (("psnr", "PSNR", 1.0), ("psnr_fg", "PSNR fg", 1.0), ("psnr_region", "PSNR region", 1.0),
+          ("expr_gain", "gain (dB)", 1.0), ("response_ratio", "ratio", 1.0), ("ssim", "SSIM ×100", 100.0),
+          ("jod", "JOD", 1.0))
+
 
 def load(folder: str) -> dict[str, np.ndarray]:
+    """Score columns sorted by example, nulls as NaN."""
     t = pq.read_table(f"{folder}/metrics.parquet")
+    wanted = ["example"] + [name for name, _, _ in SCORES]
     cols = {name: np.asarray(t.column(name).to_numpy(zero_copy_only=False), dtype=np.float64)
-            for name in ("example", "psnr", "ssim", "jod") if name in t.column_names}
+            for name in wanted if name in t.column_names}
     order = np.argsort(cols["example"])
     return {k: v[order] for k, v in cols.items()}
 
 
+def mean_cell(a: np.ndarray) -> str:
+    a = a[np.isfinite(a)]
+    return f"{a.mean():.2f}" if len(a) else "n/a"
+
+
 def paired(a: np.ndarray, b: np.ndarray) -> str:
-    d = a - b
-    se = d.std(ddof=1) / math.sqrt(len(d)) if len(d) > 1 else float("nan")
-    return f"{d.mean():+.2f} ± {se:.2f}"
+    """Mean ± standard error of a − b over the examples where both exist, and their count."""
+    d = (a - b)[np.isfinite(a) & np.isfinite(b)]
+    if len(d) == 0:
+        return "n/a (0)"
+    se = f"{d.std(ddof=1) / math.sqrt(len(d)):.2f}" if len(d) > 1 else "n/a"
+    return f"{d.mean():+.2f} ± {se} ({len(d)})"
 
 
 def main() -> None:
@@ -38,15 +55,17 @@ def main() -> None:
     args = ap.parse_args()
     labels = args.labels.split(",") if args.labels else [f.rstrip("/").split("/")[-1] for f in args.folders]
     ref = load(args.ref)
-    print("| model | PSNR (dB) | SSIM | JOD | Δ PSNR vs ref (paired) | Δ SSIM ×100 (paired) |")
-    print("|---|---|---|---|---|---|")
-    for label, folder in zip(labels, args.folders):
-        m = load(folder)
+    tables = [load(f) for f in args.folders]
+    for folder, m in zip(args.folders, tables):
         if not np.array_equal(m["example"], ref["example"]):
             raise SystemExit(f"{folder}: its examples differ from {args.ref}'s; compare runs of one input mode")
-        jod = f"{m['jod'].mean():.2f}" if "jod" in m and np.isfinite(m["jod"]).all() else "n/a"
-        print(f"| {label} | {m['psnr'].mean():.2f} ± {m['psnr'].std():.2f} | {m['ssim'].mean():.3f} | {jod} | "
-              f"{paired(m['psnr'], ref['psnr'])} | {paired(100 * m['ssim'], 100 * ref['ssim'])} |")
+    scores = [s for s in SCORES if s[0] in ref and all(s[0] in m for m in tables)]
+    header = [f"{title} | Δ {title} (paired, n)" for _, title, _ in scores]
+    print("| model | " + " | ".join(header) + " |")
+    print("|---|" + "---|---|" * len(scores))
+    for label, m in zip(labels, tables):
+        cells = [f"{mean_cell(k * m[name])} | {paired(k * m[name], k * ref[name])}" for name, _, k in scores]
+        print(f"| {label} | " + " | ".join(cells) + " |")
 
 
 if __name__ == "__main__":

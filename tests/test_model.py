@@ -360,6 +360,9 @@ def test_position_prior_off_places_gaussians_on_pixel_rays():
 def test_gradient_reaches_every_parameter():
     for cfg in (tiny(use_features=True, feature_dim=8), tiny(use_position_prior=False)):
         model = make_model(cfg).train()
+        with torch.no_grad():  # zero-initialised cross-attention outputs open after the first step (tested above)
+            for blk in model.decoder.blocks:
+                blk.attn.proj.weight.normal_(0, 0.02)
         images, cams, pos, conf = sphere_scene(32)
         feats = torch.randn(1, 4, 8, 4, 4) if cfg.use_features else None
         g = model(images, cams, pos if cfg.use_position_prior else None, conf, torch.randn(1, 13), feats)

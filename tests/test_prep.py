@@ -21,7 +21,7 @@ runner = CliRunner()
 
 def prep_synth_cli(out: Path, *extra: str):
     return runner.invoke(app, ["prep", "synth", "--source", FAKE, "--persons", "3", "--frames", "2", "--cameras",
-                               "8", "--res", "32", "--seed", "5", "-o", str(out), *extra])
+                               "8", "--res", "32", "--seed", "5", "--rig", "shared", "-o", str(out), *extra])
 
 
 def test_prep_synth_is_byte_identical_for_equal_arguments(tmp_path):
@@ -36,7 +36,8 @@ def test_prep_synth_is_byte_identical_for_equal_arguments(tmp_path):
     r3 = prep_synth_cli(tmp_path / "a", "--shard-mb", "0.03")  # rerun into the same folder: same bytes
     assert r3.exit_code == 0 and tree_hash(tmp_path / "a") == a
     r4 = runner.invoke(app, ["prep", "synth", "--source", FAKE, "--persons", "3", "--frames", "2", "--cameras",
-                             "8", "--res", "32", "--seed", "6", "-o", str(tmp_path / "c"), "--shard-mb", "0.03"])
+                             "8", "--res", "32", "--seed", "6", "--rig", "shared", "-o", str(tmp_path / "c"),
+                             "--shard-mb", "0.03"])
     assert r4.exit_code == 0 and tree_hash(tmp_path / "c")["shard-000000.tar"] != a["shard-000000.tar"]
 
 

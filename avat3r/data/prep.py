@@ -7,6 +7,7 @@ frame → camera), so the bytes never depend on the number of workers or their t
 from __future__ import annotations
 
 import importlib
+import inspect
 import multiprocessing as mp
 import os
 from collections.abc import Callable, Sequence
@@ -103,6 +104,8 @@ def prep_synth(out: str | os.PathLike, persons: int, frames: int, cameras: int, 
         raise ValueError("need persons, frames, cameras ≥ 1 and res ≥ 8")
     src = load_source(source)
     segments = tuple(segments) if segments else tuple(src.SEGMENTS)
+    if person_rig and "person" not in inspect.signature(src.make_rig).parameters:
+        raise ValueError(f"the source {source} has no per-person rigs; use one rig for all (--rig shared)")
     known = tuple(getattr(src, "ALL_SEGMENTS", src.SEGMENTS))
     unknown = [s for s in segments if s not in known]
     if unknown:

@@ -10,8 +10,16 @@ from __future__ import annotations
 
 import numpy as np
 
-from .synth.expressions import (ALL_SEGMENTS, EXPRESSION_NAMES, EXPRESSION_SPACE, RANDOM_SEGMENT, SEGMENTS,
-                                neutral_code, random_code, segment_codes)
+from .synth.expressions import (
+    ALL_SEGMENTS,
+    EXPRESSION_NAMES,
+    EXPRESSION_SPACE,
+    RANDOM_SEGMENT,
+    SEGMENTS,
+    neutral_code,
+    random_code,
+    segment_codes,
+)
 from .synth.head import CAVITY_COLOR
 from .synth.identity import FACIAL_HAIR, HAIR_STYLES, Identity, make_identity, person_name
 from .synth.parts import PARTS, RIGID_PARTS

@@ -189,7 +189,7 @@ def build_metrics(lpips_net: str = "alex", lpips_weights: str | None = None, key
 # score is a finite float, or None where it is undefined (an empty region: the truth does not change).
 REGION_TAU = 0.05  # a colour change above 5 % of the range counts as moved: above 8-bit noise and resampling
 NEUTRAL_CHANGE = 0.05  # a code whose parameters all change by less than this is grouped as "neutral"
-MSE_FLOOR = 1e-10  # PSNR is capped at 100 dB, so a perfect prediction scores a finite number
+PSNR_MAX = 100.0  # dB: the PSNR of a perfect prediction, so that every score is a finite number
 
 
 def changing_region(target: torch.Tensor, target_ref: torch.Tensor, valid: torch.Tensor | None = None,
@@ -211,7 +211,7 @@ def weighted_psnr(pred: torch.Tensor, target: torch.Tensor, weight: torch.Tensor
     if total <= 0:
         return None
     mse = float((err * w).sum()) / total
-    return 10.0 * math.log10(1.0 / max(mse, MSE_FLOOR))
+    return min(PSNR_MAX, 10.0 * math.log10(1.0 / mse)) if mse > 0 else PSNR_MAX
 
 
 def pooled_psnr(pred: torch.Tensor, target: torch.Tensor) -> float:
