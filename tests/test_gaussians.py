@@ -8,7 +8,7 @@ import torch
 
 from avat3r.gaussians import SH_C0, Gaussians, PlyError, export_splats, read_ply, write_ply
 
-TESTDATA = Path(__file__).resolve().parents[2] / "shared" / "testdata"  # ../shared beside the checkout
+TESTDATA = Path(__file__).resolve().parent / "data"  # files written by other software (see its README)
 
 
 def random_gaussians(n=50, sh_degree=0, seed=0):

@@ -13,7 +13,7 @@ from avat3r.render.dense import rasterize_dense
 from avat3r.render.projection import project
 from avat3r.render.tiled import rasterize_tiled
 
-TESTDATA = Path(__file__).resolve().parents[2] / "shared" / "testdata"  # ../shared beside the checkout
+TESTDATA = Path(__file__).resolve().parent / "data"  # files written by other software (see its README)
 
 
 def random_scene(n, seed=0, dtype=torch.float64, spread=0.04, opacity=(0.2, 0.8)):
