@@ -10,7 +10,7 @@ from pathlib import Path
 
 import typer
 
-from .common import LazyBar, fail, info
+from .common import LazyBar, check_fps, fail, info
 
 HELP = """Drive an avatar with an expression sequence; writes a frame stream (tar) to stdout or a file.
 
@@ -97,6 +97,7 @@ def register(app: typer.Typer) -> None:
         from avat3r.pipeline import animate as run_animate
         from avat3r.pipeline import error_line, load_animatable, user_errors
 
+        check_fps(fps)
         if (sequence is not None) + (builtin is not None) + (video is not None) != 1:
             fail("give exactly one of: an expression sequence (expr.parquet), --builtin demo, --video driving.mp4")
         if (out is None or str(out) == "-") and sys.stdout.isatty():

@@ -14,6 +14,14 @@ def fail(message: str, code: int = 1) -> NoReturn:
     raise typer.Exit(code)
 
 
+def check_fps(fps: float | None) -> None:
+    """A frame rate must be a finite positive number (0, nan or inf would write a video nobody can play)."""
+    import math
+
+    if fps is not None and not (math.isfinite(fps) and fps > 0):
+        fail(f"--fps must be a positive number, got {fps:g}")
+
+
 def not_built(stage: str) -> NoReturn:
     typer.echo(f"avat3r {stage}: this stage is not built yet.", err=True)
     raise typer.Exit(2)

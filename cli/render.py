@@ -7,7 +7,7 @@ from pathlib import Path
 
 import typer
 
-from .common import LazyBar, fail, info
+from .common import LazyBar, check_fps, fail, info
 
 HELP = """Render a frame stream, an .avt or a .ply along a camera path to MP4, PNG frames or PLY files.
 
@@ -53,6 +53,7 @@ def register(app: typer.Typer) -> None:
         from avat3r.pipeline import error_line, open_render_source, parse_background, user_errors
         from avat3r.pipeline import render as run_render
 
+        check_fps(fps)
         if video is None and frames is None and ply is None:
             fail("nothing to write: pass --video out.mp4, --frames DIR and/or --ply DIR|file.ply")
         if (source is None or source == "-") and sys.stdin.isatty():

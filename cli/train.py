@@ -40,6 +40,8 @@ def register(app: typer.Typer) -> None:
         from avat3r.train.losses import LpipsWeightsMissing
         from avat3r.train.recipe import RecipeError, load_recipe
 
+        if max_steps is not None and max_steps < 1:
+            fail(f"--max-steps must be at least 1, got {max_steps}")
         try:
             parsed = load_recipe(recipe, overrides)
             run_dir = out if out is not None else Path("runs") / recipe.stem

@@ -1,16 +1,16 @@
 #!/usr/bin/env bash
-# The embedded demo (`just demo`): reconstruct a held-out SynthHeads person from 4 photos taken at different
-# expressions with the shipped model, animate it with the built-in sequence, and render an orbit video, a PLY
-# and a truth-vs-avatar contact sheet; then film another held-out person as a driving video and reenact it
+# The embedded demo (`just demo`): reconstruct a held-out SynthHeads person (its own camera rig, never trained
+# on) from 4 neutral photos with the shipped model, animate it with the built-in sequence, and render an orbit
+# video, a PLY and a truth-vs-avatar contact sheet (every expression comes from the code alone); then film another held-out person as a driving video and reenact it
 # with the avatar (expressions read off the video by the shipped regressor). Usage: recipes/demo.sh [OUT_DIR]
 # [CHECKPOINT]
 set -euo pipefail
 out=${1:-demo_out}
 ckpt=${2:-models/synthheads-tiny}
-person=${DEMO_PERSON:-219}   # the last persons of the shipped model's data are its held-out test split
+person=${DEMO_PERSON:-219}   # the shipped model trained on persons 0-119 of seed 0
 mkdir -p "$out"
 
-avat3r prep synth-photos --person "$person" --res 64 -o "$out/inputs"
+avat3r prep synth-photos --person "$person" --res 64 --neutral -o "$out/inputs"
 avat3r reconstruct "$out/inputs" --cams "$out/inputs/cams.json" --checkpoint "$ckpt" -o "$out/head.avt" \
     --self-contained
 avat3r animate "$out/head.avt" --builtin demo --quiet | \

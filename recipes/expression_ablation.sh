@@ -28,4 +28,6 @@ for run in full-s0 constant-s0 full-s1 constant-s1; do
     avat3r eval -c "$out/$run/checkpoints/step_$(printf %08d "$steps")" -m "$heldout" --inputs other \
         --input-segments neutral -o "$out/eval-$run" --quiet
 done
-python recipes/ablation_table.py "$out"/eval-full-s0 "$out"/eval-constant-s0 "$out"/eval-full-s1 "$out"/eval-constant-s1
+for seed in 0 1; do  # paired differences on the same examples, per training seed
+    python recipes/ablation_table.py --ref "$out/eval-full-s$seed" "$out/eval-full-s$seed" "$out/eval-constant-s$seed"
+done

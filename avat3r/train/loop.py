@@ -386,11 +386,13 @@ def train(recipe: Recipe, run_dir: str | Path, *, resume: bool = False, max_step
         scalars = {"loss": float(mean[0]), **{k: float(v) for k, v in zip(names, mean[1:])}}
         result.losses[step] = scalars["loss"]
         if step == 0:
-            # The untrained model reprojects its inputs (zero-initialised Δp, Δc heads): the reference to beat.
+            # The untrained model reprojects its inputs (zero-initialised Δp, Δc heads): the reference to beat
+            # (a fine-tuning run's step 0 is its initial checkpoint instead).
             result.baseline = {k: scalars[k] for k in ("loss", "l1", "dssim", "psnr") if k in scalars}
             if main:
                 write_json(run_dir / "baseline.json", {"step": 0, **result.baseline})
-                log("step-0 reprojection baseline: " + ", ".join(f"{k} {v:.4f}" for k, v in result.baseline.items()))
+                what = "initial checkpoint" if recipe.model.init else "reprojection baseline"
+                log(f"step-0 {what}: " + ", ".join(f"{k} {v:.4f}" for k, v in result.baseline.items()))
         done = step + 1
         steps_since += 1
         if main:
