@@ -221,9 +221,11 @@ def tiny_checkpoint(tmp_path_factory):
 
     torch.manual_seed(0)
     model = Avat3r(Avat3rConfig.preset("tiny"))
-    with torch.no_grad():  # the Δ heads start at zero; perturb them so expressions visibly move Gaussians
-        for p in model.decoder.heads.parameters():
+    with torch.no_grad():  # the Δ heads and cross-attention outputs start at zero; perturb them so
+        for p in model.decoder.heads.parameters():  # expressions visibly move Gaussians
             p.add_(0.02 * torch.randn_like(p))
+        for blk in model.decoder.blocks:
+            blk.attn.proj.weight.add_(0.02 * torch.randn_like(blk.attn.proj.weight))
     d = tmp_path_factory.mktemp("ckpt") / "tiny"
     neutral = [0.0] * E_SYNTH
     save_checkpoint(d, model, {"expression_space": "synthheads-v1",

@@ -75,7 +75,8 @@ def test_expression_space():
 
 
 def test_segments_are_smooth_and_fixed():
-    assert sh.SEGMENTS == ("neutral", "EXP_jaw003", "EXP_eye_wide", "EXP_tongue001", "EXP_smile")
+    assert sh.SEGMENTS == ("neutral", "EXP_jaw003", "EXP_eye_wide", "EXP_tongue001", "EXP_smile", "EXP_blink")
+    assert sh.ALL_SEGMENTS == sh.SEGMENTS + ("random",)
     assert not sh.segment_codes("neutral", 12).any()
     for seg in sh.SEGMENTS[1:]:
         c = sh.segment_codes(seg, 40)
@@ -88,6 +89,8 @@ def test_segments_are_smooth_and_fixed():
     assert float((jaw[1:] - jaw[:-1]).abs().max()) < 0.2
     peak = sh.segment_codes("EXP_jaw003", 1)[0]
     assert float(peak[sh.EXPRESSION_NAMES.index("jawOpen")]) == pytest.approx(1.0)
+    blink = sh.segment_codes("EXP_blink", 1)[0]
+    assert float(blink[sh.EXPRESSION_NAMES.index("eyeBlinkLeft")]) == pytest.approx(1.0) and float(blink.sum()) == 2
     with pytest.raises(ValueError, match="unknown SynthHeads segment"):
         sh.segment_codes("EXP_nope", 3)
 
