@@ -284,6 +284,12 @@ def k_farthest_viewpoints(cameras: Cameras, k: int = 4, n_candidates: int = 10,
 
 
 # -- cams.json -----------------------------------------------------------------------------------
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
 def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
     """Write via a temp file in the same folder and rename, so a crash never leaves a half-written file."""
     path = Path(path)
@@ -292,6 +298,7 @@ def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
     try:
         with os.fdopen(fd, "wb") as f:
             f.write(data)
+        os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes 0600; a published file gets the usual mode
         os.replace(tmp, path)
     except BaseException:
         if os.path.exists(tmp):

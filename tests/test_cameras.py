@@ -141,3 +141,20 @@ def test_resize_and_crop_keep_rays():
     _, d_full = rays(cams)
     _, d_crop = rays(crop)
     assert torch.allclose(d_crop[0], d_full[0, 5:21, 10:26], atol=1e-6)
+
+
+def test_atomic_writes_follow_the_umask(tmp_path):
+    import os
+
+    from avat3r.cameras import atomic_write_bytes
+
+    old = os.umask(0o022)
+    try:
+        atomic_write_bytes(tmp_path / "a.bin", b"x")
+        os.umask(0o077)
+        atomic_write_bytes(tmp_path / "b.bin", b"y")
+    finally:
+        os.umask(old)
+    assert (tmp_path / "a.bin").stat().st_mode & 0o777 == 0o644
+    assert (tmp_path / "b.bin").stat().st_mode & 0o777 == 0o600
+    assert (tmp_path / "a.bin").read_bytes() == b"x" and not list(tmp_path.glob(".*.tmp"))
