@@ -21,3 +21,26 @@ def test_bad_numbers_are_one_line_errors(args, message, tmp_path):
     assert result.exit_code == 1
     lines = [ln for ln in result.output.splitlines() if ln.strip()]
     assert len(lines) == 1 and lines[0].startswith("avat3r: error: ") and message in lines[0], result.output
+
+
+@pytest.mark.parametrize("argv, message, where", [
+    (["train"], "Missing option '--recipe'", "avat3r train --help"),
+    (["train", "--recipe", "r.toml", "--bogus"], "No such option: --bogus", "avat3r train --help"),
+    (["prep", "nope"], "No such command 'nope'", "avat3r prep --help"),
+])
+def test_usage_errors_are_one_line_from_the_console_script(argv, message, where, capsys):
+    from cli.main import main
+
+    with pytest.raises(SystemExit) as exit_info:
+        main(argv)
+    assert exit_info.value.code == 2
+    err = [ln for ln in capsys.readouterr().err.splitlines() if ln.strip()]
+    assert len(err) == 1 and err[0].startswith("avat3r: error: ") and message in err[0] and where in err[0], err
+
+
+def test_help_exits_zero(capsys):
+    from cli.main import main
+
+    with pytest.raises(SystemExit) as exit_info:
+        main(["train", "--help"])
+    assert exit_info.value.code == 0 and "--recipe" in capsys.readouterr().out
