@@ -137,6 +137,15 @@ def test_a_missing_lpips_weights_path_is_named(tmp_path):
     assert "lpips" not in metrics.functions and str(path) in metrics.unavailable["lpips"]
 
 
+def test_recorded_reasons_name_no_machine_paths(tmp_path, monkeypatch):
+    from avat3r.eval.runner import portable_text
+
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "th"))
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    text = f"not found at {tmp_path / 'th' / 'hub' / 'checkpoints' / 'a.pth'}; also {tmp_path / 'home' / 'w.pth'}"
+    assert portable_text(text) == "not found at $TORCH_HOME/hub/checkpoints/a.pth; also ~/w.pth"
+
+
 # -- the runner on a small manifest -------------------------------------------------------------------------
 @pytest.fixture(scope="module")
 def small_set(tmp_path_factory) -> Path:

@@ -51,6 +51,11 @@ class Stat:
     n: int
 
 
+def portable_text(text: str) -> str:
+    """Recorded reports are shared: name the torch hub and home folders, not this machine's paths."""
+    return text.replace(torch.hub.get_dir(), "$TORCH_HOME/hub").replace(str(Path.home()), "~")
+
+
 def summarize(values) -> Stat:
     """Stat of the finite values; None (no changing pixels, metric not available) is left out and counted
     out through ``n``."""
@@ -246,7 +251,7 @@ def evaluate(out_dir: str | Path, *, checkpoint: str | Path | None = None, manif
             if len(sheets) < sheet_examples:
                 sheets.append(comparison_rows(batch["inputs_rgb"][0], pred, batch["target_rgb"][0].float()))
 
-    report = EvalReport(rows, dict(metrics.unavailable), label, out_dir)
+    report = EvalReport(rows, {k: portable_text(v) for k, v in metrics.unavailable.items()}, label, out_dir)
     report.files = [write_parquet(report, out_dir / "metrics.parquet", meta, split, seed),
                     write_markdown(report, out_dir / "metrics.md", split, seed),
                     write_sheet(sheets, out_dir / "comparison.png")]
