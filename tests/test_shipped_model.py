@@ -16,6 +16,7 @@ from avat3r.model.checkpoint import load_checkpoint
 from avat3r.priors import compute_priors
 from avat3r.render import rasterize
 
+# AVAT3R_TEST_SHIPPED points these tests at another checkpoint (e.g. to check that an older model fails them)
 SHIPPED = Path(os.environ.get("AVAT3R_TEST_SHIPPED", Path(__file__).resolve().parents[1] / "models" / "synthheads-tiny"))
 HELD_OUT_PERSON = 215  # the shipped model trained on persons 0–119 of seed 0, each through its own rig
 

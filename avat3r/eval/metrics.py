@@ -17,8 +17,10 @@ from dataclasses import dataclass
 
 import torch
 
-from ..train import losses
+# the changing region and its threshold live with the training loss that weights it; eval re-exports them
+from ..train.losses import REGION_TAU as REGION_TAU
 from ..train.losses import LpipsWeightsMissing, build_lpips, lpips_distance, ssim
+from ..train.losses import changing_region as changing_region
 
 
 # -- paired-image metrics ----------------------------------------------------------------------------
@@ -186,19 +188,10 @@ def build_metrics(lpips_net: str = "alex", lpips_weights: str | None = None, key
 # code scores almost as well as one that follows it. These scores compare the avatar decoded with the target
 # code against the same avatar decoded with the reference code (the inputs' expression), inside the pixels the
 # expression change moves in the truth. Images are (V,H,W,3) in [0,1]: the target views of one example. Every
-# score is a finite float, or None where it is undefined (an empty region: the truth does not change).
-REGION_TAU = 0.05  # a colour change above 5 % of the range counts as moved: above 8-bit noise and resampling
+# score is a finite float, or None where it is undefined (an empty region: the truth does not change). The
+# changing region (avat3r.train.losses.changing_region, REGION_TAU) is the one the training loss weights.
 NEUTRAL_CHANGE = 0.05  # a code whose parameters all change by less than this is grouped as "neutral"
 PSNR_MAX = 100.0  # dB: the PSNR of a perfect prediction, so that every score is a finite number
-
-
-def changing_region(target: torch.Tensor, target_ref: torch.Tensor, valid: torch.Tensor | None = None,
-                    tau: float = REGION_TAU) -> torch.Tensor:
-    """The pixels where the truth moves with the expression: max over RGB |target − target_ref| > ``tau``,
-    dilated by one pixel (3×3 max-pool), only in views whose reference image exists (``valid`` (V,) bool).
-    Defined from the truth alone, so it works for any data source. → (V,H,W) float 0/1. (The training loss
-    weights the same region: one definition for both.)"""
-    return losses.changing_region(target, target_ref, valid, tau=tau)
 
 
 def weighted_psnr(pred: torch.Tensor, target: torch.Tensor, weight: torch.Tensor | None = None) -> float | None:

@@ -44,11 +44,16 @@ def l1_loss(pred: torch.Tensor, target: torch.Tensor, weight: torch.Tensor | Non
     return (err * w).sum() / w.sum().clamp_min(1e-12)
 
 
+# a colour change above 5 % of the range counts as moved: above 8-bit noise and resampling
+REGION_TAU = 0.05
+
+
 def changing_region(target: torch.Tensor, reference: torch.Tensor, valid: torch.Tensor | None = None,
-                    tau: float = 0.05) -> torch.Tensor:
+                    tau: float = REGION_TAU) -> torch.Tensor:
     """Pixels the expression change moves, from the truth alone: max over RGB |target − reference| > ``tau``,
     dilated by one pixel (3×3), in views whose reference exists (``valid`` (…,) bool). (…,H,W,3) → (…,H,W)
-    float 0/1."""
+    float 0/1. The training loss weights this region and `avat3r eval` scores it: one definition for both, and
+    it needs no part masks, so it works for any data source."""
     moved = ((target.float() - reference.float()).abs().amax(dim=-1) > tau).float()
     lead = moved.shape[:-2]
     flat = moved.reshape(-1, 1, *moved.shape[-2:])
