@@ -201,13 +201,13 @@ class ExampleSampler:
             "target_timestep": "/".join(map(str, plan.target_timestep)),
         }
         if self.reference_views:
-            out.update(self._reference(plan, tgs, (h, w)))
+            out.update(self._reference(plan, (h, w)))
         if all("feat" in s for s in ins):
             out["inputs_feat"] = torch.from_numpy(np.stack([s["feat"] for s in ins]).astype(np.float32))
         return out
 
 
-    def _reference(self, plan: ExamplePlan, targets: list[dict], hw: tuple[int, int]) -> dict:
+    def _reference(self, plan: ExamplePlan, hw: tuple[int, int]) -> dict:
         """The reference timestep (input 0's): its code and every target camera's image there (zeros and
         ``target_ref_valid`` False where that camera has no sample at it)."""
         m = self.manifest
