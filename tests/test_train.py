@@ -14,7 +14,7 @@ from avat3r.cameras import Cameras, intrinsics_from_fov, look_at, unproject
 from avat3r.gaussians import Gaussians
 from avat3r.render import rasterize
 from avat3r.train import checkpointing
-from avat3r.train.loop import DataInfo, example_index, train
+from avat3r.train.loop import DataInfo, example_index, learning_rate, train
 from avat3r.train.losses import (
     LossWeights,
     LpipsWeightsMissing,
@@ -224,6 +224,24 @@ def test_recipe_rejects_unknown_keys_with_one_line(tmp_path):
     p.write_text("")
     with pytest.raises(RecipeError, match="unknown key optim.nope"):
         load_recipe(p, ["optim.nope=1"])
+
+
+def test_learning_rate_schedules():
+    r = load_recipe(REPO / "recipes" / "synthheads-tiny.toml",
+                    ["optim.lr=1e-3", "optim.warmup_steps=10", "optim.max_steps=110"])
+    assert [learning_rate(r.optim, s) for s in (0, 4, 9, 10, 500)] == pytest.approx([1e-4, 5e-4, 1e-3, 1e-3, 1e-3])
+    r = load_recipe(REPO / "recipes" / "synthheads-tiny.toml", ["optim.lr=1e-3", "optim.warmup_steps=10",
+                    "optim.max_steps=110", "optim.schedule=\"cosine\"", "optim.min_lr=1e-5"])
+    # cos(π t) from the end of warm-up to max_steps: halfway is the mean of lr and min_lr; it then stays at min_lr
+    assert learning_rate(r.optim, 10) == pytest.approx(1e-3)
+    assert learning_rate(r.optim, 60) == pytest.approx((1e-3 + 1e-5) / 2)
+    assert learning_rate(r.optim, 35) == pytest.approx(1e-5 + (1e-3 - 1e-5) * (1 + 2 ** -0.5) / 2)
+    assert learning_rate(r.optim, 110) == learning_rate(r.optim, 10_000) == pytest.approx(1e-5)
+    lrs = [learning_rate(r.optim, s) for s in range(10, 111)]
+    assert all(a >= b for a, b in zip(lrs, lrs[1:]))
+    for bad in (["optim.schedule=\"step\""], ["optim.min_lr=1.0"], ["optim.lr=nan"]):
+        with pytest.raises(RecipeError, match="optim"):
+            load_recipe(REPO / "recipes" / "synthheads-tiny.toml", bad)
 
 
 def test_recipe_overrides_and_shipped_recipes():

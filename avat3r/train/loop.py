@@ -12,6 +12,7 @@ the checkpoint, a resumed run continues exactly the example stream and the loss 
 
 from __future__ import annotations
 
+import math
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -33,7 +34,7 @@ from .checkpointing import (
     write_json,
 )
 from .losses import LossWeights, LpipsWeightsMissing, PhotometricLoss, changing_region
-from .recipe import Recipe
+from .recipe import OptimSection, Recipe
 
 TRAIN_STATE = "train_state"
 
@@ -255,9 +256,17 @@ def _make_optimizer(recipe: Recipe, model: torch.nn.Module) -> torch.optim.Optim
     return cls(params, lr=recipe.optim.lr, betas=tuple(recipe.optim.betas), weight_decay=recipe.optim.weight_decay)
 
 
-def _warmup(recipe: Recipe) -> Callable[[int], float]:
-    n = recipe.optim.warmup_steps
-    return lambda step: min(1.0, (step + 1) / n) if n > 0 else 1.0
+def learning_rate(optim: OptimSection, step: int) -> float:
+    """The learning rate of update ``step`` (0-based): a linear warm-up over ``warmup_steps``, then constant or a
+    cosine decay that reaches ``min_lr`` at ``max_steps``. The recipe's ``max_steps`` is the horizon, so legs
+    stopped early with ``--max-steps`` and resumed follow the same curve."""
+    if step < optim.warmup_steps:
+        return optim.lr * (step + 1) / optim.warmup_steps
+    if optim.schedule == "constant":
+        return optim.lr
+    span = max(1, optim.max_steps - optim.warmup_steps)
+    t = min(1.0, (step - optim.warmup_steps) / span)
+    return optim.min_lr + 0.5 * (optim.lr - optim.min_lr) * (1.0 + math.cos(math.pi * t))
 
 
 def train(recipe: Recipe, run_dir: str | Path, *, resume: bool = False, max_steps: int | None = None,
@@ -300,7 +309,6 @@ def train(recipe: Recipe, run_dir: str | Path, *, resume: bool = False, max_step
     optimizer = _make_optimizer(recipe, model)
     # The learning rate is a pure function of the step (set before each update), so it needs no scheduler
     # state in checkpoints (Accelerate would also step a prepared scheduler once per process).
-    warmup = _warmup(recipe)
     model, optimizer = accelerator.prepare(model, optimizer)
 
     start = 0
@@ -372,7 +380,7 @@ def train(recipe: Recipe, run_dir: str | Path, *, resume: bool = False, max_step
         if not torch.isfinite(loss):
             raise TrainError(f"the loss became {loss.item()} at step {step}; lower optim.lr or check the data")
         accelerator.backward(loss)
-        lr = recipe.optim.lr * warmup(step)
+        lr = learning_rate(recipe.optim, step)
         for group in optimizer.param_groups:
             group["lr"] = lr
         grad_norm = (accelerator.clip_grad_norm_(model.parameters(), recipe.optim.grad_clip)

@@ -57,7 +57,9 @@ class OptimSection:
     lr: float = 1e-4
     betas: tuple = (0.9, 0.999)
     weight_decay: float = 0.0
-    warmup_steps: int = 0  # linear warm-up, then constant (the paper names no schedule)
+    warmup_steps: int = 0  # linear warm-up, then the schedule (the paper names none)
+    schedule: str = "constant"  # after warm-up: "constant", or "cosine" decay to min_lr at max_steps
+    min_lr: float = 0.0  # the cosine schedule's final learning rate
     batch_size: int = 1  # examples per process and step (paper: 1 per GPU on 8 GPUs)
     max_steps: int = 1000
     grad_clip: float = 1.0  # global gradient-norm clip; 0 disables
@@ -114,8 +116,10 @@ class Recipe:
         problems = []
         if self.optim.optimizer not in ("adam", "adamw"):
             problems.append(f"optim.optimizer must be 'adam' or 'adamw', not {self.optim.optimizer!r}")
-        if self.optim.lr <= 0:
-            problems.append("optim.lr must be positive")
+        if not self.optim.lr > 0 or not 0 <= self.optim.min_lr <= self.optim.lr:
+            problems.append("optim.lr must be positive and optim.min_lr between 0 and optim.lr")
+        if self.optim.schedule not in ("constant", "cosine"):
+            problems.append(f"optim.schedule must be 'constant' or 'cosine', not {self.optim.schedule!r}")
         if self.optim.batch_size < 1 or self.optim.max_steps < 1:
             problems.append("optim.batch_size and optim.max_steps must be ≥ 1")
         if len(self.optim.betas) != 2:
