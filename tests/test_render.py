@@ -11,6 +11,7 @@ from avat3r.gaussians import Gaussians, read_ply
 from avat3r.render import RenderError, rasterize
 from avat3r.render.dense import rasterize_dense
 from avat3r.render.projection import project
+from avat3r.render.sh import sh_basis, sh_to_rgb
 from avat3r.render.tiled import rasterize_tiled
 
 TESTDATA = Path(__file__).resolve().parent / "data"  # files written by other software (see its README)
@@ -188,6 +189,27 @@ def test_sh_degree3_file_renders_view_dependent():
 
 
 # -- gsplat --------------------------------------------------------------------------------------
+def test_sh_basis_is_orthonormal_on_the_sphere():
+    # ∫ Y_i Y_j dΩ = δ_ij: quadrature over a Fibonacci sphere of 20,000 near-uniform points
+    n = 20_000
+    k = torch.arange(n, dtype=torch.float64) + 0.5
+    z = 1 - 2 * k / n
+    phi = math.pi * (1 + 5 ** 0.5) * k
+    r = (1 - z * z).sqrt()
+    dirs = torch.stack([r * phi.cos(), r * phi.sin(), z], -1) * 3.0  # any length: the basis normalises
+    Y = sh_basis(3, dirs)
+    gram = Y.T @ Y * (4 * math.pi / n)
+    assert torch.allclose(gram, torch.eye(16, dtype=torch.float64), atol=2e-3)
+
+
+def test_sh_matches_gsplat_reference():
+    ref = pytest.importorskip("gsplat.cuda._torch_impl")._spherical_harmonics
+    gen = torch.Generator().manual_seed(0)
+    dirs, coeffs = torch.randn(4, 9, 3, generator=gen), torch.randn(4, 9, 16, 3, generator=gen)
+    for degree in range(4):
+        assert torch.allclose(sh_to_rgb(degree, dirs, coeffs), ref(degree, dirs, coeffs), atol=1e-5)
+
+
 def test_gsplat_backend_needs_cuda():
     g = Gaussians(*random_scene(5, 0, torch.float32))
     cams = Cameras(*two_cameras(8, 8, torch.float32), 8, 8)

@@ -18,13 +18,12 @@ def _colors(g: Gaussians, cameras: Cameras) -> torch.Tensor:
     """(C, N, 3) colours; view-dependent when the Gaussians carry higher SH bands (gsplat semantics)."""
     if g.sh_rest is None:
         return g.colors[None].expand(len(cameras), -1, -1)
-    from gsplat.cuda._torch_impl import _spherical_harmonics
-
     from ..gaussians import SH_C0
+    from .sh import sh_to_rgb
 
     coeffs = torch.cat([((g.colors - 0.5) / SH_C0)[:, None, :], g.sh_rest], dim=1)  # (N, K, 3)
     dirs = g.means[None] - cameras.centers[:, None, :]
-    rgb = _spherical_harmonics(g.sh_degree, dirs, coeffs[None].expand(len(cameras), -1, -1, -1))
+    rgb = sh_to_rgb(g.sh_degree, dirs, coeffs[None].expand(len(cameras), -1, -1, -1))
     return torch.clamp_min(rgb + 0.5, 0.0)
 
 
