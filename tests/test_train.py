@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import sys
 from pathlib import Path
 
 import pytest
@@ -226,6 +227,24 @@ def test_recipe_rejects_unknown_keys_with_one_line(tmp_path):
         load_recipe(p, ["optim.nope=1"])
 
 
+def test_scalar_log_without_tensorboard_and_after_a_resume(tmp_path, monkeypatch):
+    from avat3r.train.scalar_log import ScalarLog
+
+    monkeypatch.setitem(sys.modules, "torch.utils.tensorboard", None)  # as if tensorboard were not installed
+    log = ScalarLog(tmp_path / "logs", start=0)
+    assert log.tensorboard is None
+    for step in (10, 20, 30):
+        log.log(step, {"train/loss": step / 100})
+    log.close()
+    with (tmp_path / "logs/scalars.jsonl").open("a") as f:
+        f.write('{"step": 40, "train/lo')  # cut short by a kill
+    log = ScalarLog(tmp_path / "logs", start=20)  # resumed from the step-20 checkpoint
+    log.log(30, {"train/loss": 0.5})
+    log.close()
+    rows = [json.loads(line) for line in (tmp_path / "logs/scalars.jsonl").read_text().splitlines()]
+    assert rows == [{"step": 10, "train/loss": 0.1}, {"step": 20, "train/loss": 0.2}, {"step": 30, "train/loss": 0.5}]
+
+
 def test_learning_rate_schedules():
     r = load_recipe(REPO / "recipes" / "synthheads-tiny.toml",
                     ["optim.lr=1e-3", "optim.warmup_steps=10", "optim.max_steps=110"])
@@ -294,6 +313,12 @@ def test_resume_reproduces_the_uninterrupted_loss_curve(tmp_path):
         assert first.losses[s] == pytest.approx(full.losses[s], rel=1e-6, abs=1e-7)
     for s in range(3, 6):
         assert second.losses[s] == pytest.approx(full.losses[s], rel=1e-5, abs=1e-6)
+    # the resumed run's scalar log holds one curve: the same logged steps as the uninterrupted run's
+    curves = [[json.loads(line) for line in (tmp_path / d / "logs/scalars.jsonl").read_text().splitlines()]
+              for d in ("full", "split")]
+    assert [r["step"] for r in curves[0]] == [r["step"] for r in curves[1]] and len(curves[0]) >= 2
+    for x, y in zip(*curves):
+        assert x["train/loss"] == pytest.approx(y["train/loss"], rel=1e-5)
     a = load_file(str(tmp_path / "full/checkpoints/step_00000006/model.safetensors"))
     b = load_file(str(tmp_path / "split/checkpoints/step_00000006/model.safetensors"))
     for k in a:

@@ -35,6 +35,7 @@ from .checkpointing import (
 )
 from .losses import LossWeights, LpipsWeightsMissing, PhotometricLoss, changing_region
 from .recipe import OptimSection, Recipe
+from .scalar_log import ScalarLog
 
 TRAIN_STATE = "train_state"
 
@@ -333,11 +334,9 @@ def train(recipe: Recipe, run_dir: str | Path, *, resume: bool = False, max_step
 
     writer = None
     if main:
-        from torch.utils.tensorboard import SummaryWriter
-
         run_dir.mkdir(parents=True, exist_ok=True)
         write_json(run_dir / "recipe.json", recipe.to_dict())
-        writer = SummaryWriter(str(run_dir / "logs"), purge_step=start)
+        writer = ScalarLog(run_dir / "logs", start)
 
     loader = torch.utils.data.DataLoader(
         StepBatches(source, start, stop, rank, world, recipe.optim.batch_size), batch_size=None, shuffle=False,
@@ -406,12 +405,10 @@ def train(recipe: Recipe, run_dir: str | Path, *, resume: bool = False, max_step
         if main:
             if done % recipe.run.log_every == 0 or step == start:
                 now = time.perf_counter()
-                for k, v in scalars.items():
-                    writer.add_scalar(f"train/{k}", v, done)
-                writer.add_scalar("train/lr", lr, done)
+                logged = {**scalars, "lr": lr, "steps_per_s": steps_since / max(now - t_last, 1e-9)}
                 if grad_norm is not None:
-                    writer.add_scalar("train/grad_norm", float(grad_norm), done)
-                writer.add_scalar("train/steps_per_s", steps_since / max(now - t_last, 1e-9), done)
+                    logged["grad_norm"] = float(grad_norm)
+                writer.log(done, {f"train/{k}": v for k, v in logged.items()})
                 t_last, steps_since = now, 0
             if done % recipe.run.preview_every == 0 or done == stop:
                 write_preview(run_dir / "previews" / f"step_{done:08d}.png", batch, pred)
