@@ -30,7 +30,7 @@ from .expressions import ExpressionSequence
 REGRESSOR_FORMAT = "avat3r-expression-regressor"
 REGRESSOR_VERSION = 1
 ENV_REGRESSOR = "AVAT3R_EXPRESSION_REGRESSOR"
-DEFAULT_REGRESSOR = Path("models/synthheads-expr")  # in the working directory, else in the avat3r checkout
+DEFAULT_REGRESSOR = Path("models/synthheads-expr")  # in the working directory, else a shipped model (avat3r.shipped)
 
 
 class DrivingError(ValueError):
@@ -155,8 +155,9 @@ def extractor_names() -> tuple[str, ...]:
 
 
 def _default_regressor() -> Path:
-    checkout = Path(__file__).resolve().parents[1] / DEFAULT_REGRESSOR  # an editable install's source tree
-    return DEFAULT_REGRESSOR if DEFAULT_REGRESSOR.exists() or not checkout.exists() else checkout
+    from .shipped import shipped_model
+
+    return DEFAULT_REGRESSOR if DEFAULT_REGRESSOR.exists() else shipped_model(DEFAULT_REGRESSOR.name) or DEFAULT_REGRESSOR
 
 
 def _regressor_factory(weights: str | os.PathLike | None = None, device="cpu") -> RegressorExtractor:

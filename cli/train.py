@@ -13,7 +13,7 @@ HELP = """Train the Avat3r network from a recipe (recipes/*.toml).
 One process by default (CPU, or one GPU with bf16 autocast). For several GPUs or CPU processes launch the
 same command through Accelerate, e.g.
 
-  accelerate launch --multi_gpu --num_processes 8 -m cli.main train --recipe recipes/paper.toml -o runs/paper
+  accelerate launch --multi_gpu --num_processes 8 -m avat3r.cli.main train --recipe recipes/paper.toml -o runs/paper
 
 Writes RUN_DIR/checkpoints/step_XXXXXXXX/ (model.safetensors, config.json, train_state/), TensorBoard logs in
 RUN_DIR/logs and PNG previews (inputs | prediction | ground truth) in RUN_DIR/previews.

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 from typer.testing import CliRunner
 
-from cli.main import app
+from avat3r.cli.main import app
 
 runner = CliRunner()
 
@@ -29,7 +29,7 @@ def test_bad_numbers_are_one_line_errors(args, message, tmp_path):
     (["prep", "nope"], "No such command 'nope'", "avat3r prep --help"),
 ])
 def test_usage_errors_are_one_line_from_the_console_script(argv, message, where, capsys):
-    from cli.main import main
+    from avat3r.cli.main import main
 
     with pytest.raises(SystemExit) as exit_info:
         main(argv)
@@ -39,7 +39,7 @@ def test_usage_errors_are_one_line_from_the_console_script(argv, message, where,
 
 
 def test_help_exits_zero(capsys):
-    from cli.main import main
+    from avat3r.cli.main import main
 
     with pytest.raises(SystemExit) as exit_info:
         main(["train", "--help"])

@@ -164,7 +164,7 @@ def test_runner_rejects_mismatched_expression_space_and_bad_arguments(tmp_path):
 
 def test_eval_input_modes_override_the_training_recipe():
     # a checkpoint trained without random timesteps is still measured on the mixed-input examples by default
-    from cli.eval import _input_mode, _sampler_options
+    from avat3r.cli.eval import _input_mode, _sampler_options
 
     assert _input_mode(None) == "mixed"
     assert _input_mode("other") == "other" and _input_mode(None, other=True) == "other"  # the older flag

@@ -254,7 +254,7 @@ def test_a_code_ignoring_model_scores_zero_through_the_runner(small_set, tmp_pat
 def _cli(args: list[str]):
     from typer.testing import CliRunner
 
-    from cli.main import app
+    from avat3r.cli.main import app
 
     return CliRunner().invoke(app, ["eval", *args])
 

@@ -24,7 +24,7 @@ from avat3r.pipeline import CameraPath, render_image
 from avat3r.render import rasterize
 from avat3r.stream import FrameStreamWriter, read_frame_stream
 from avat3r.video import count_frames, read_png, read_video_frames, video_info, write_png
-from cli.main import app
+from avat3r.cli.main import app
 
 torch.set_num_threads(2)
 E_SYNTH = 13  # synthheads-v1 code size (the tiny preset's expression_dim)
@@ -57,7 +57,7 @@ def run_cli(args: list[str], input: bytes | None = None):
 
 
 def cli_argv() -> list[str]:
-    return [sys.executable, "-m", "cli.main"]
+    return [sys.executable, "-m", "avat3r.cli.main"]
 
 
 def write_stream(path: Path, frames: list[Gaussians], cams: Cameras | None, fps: float = 10.0) -> None:

@@ -111,7 +111,7 @@ def test_dust3r_backend_without_package_gives_one_line(monkeypatch, tmp_path):
 def test_dust3r_cli_error_is_one_line(tmp_path):
     from typer.testing import CliRunner
 
-    from cli.main import app
+    from avat3r.cli.main import app
 
     env = {k: v for k, v in os.environ.items() if not k.startswith("AVAT3R_DUST3R")}
     res = CliRunner().invoke(app, ["prior", str(tmp_path), "-o", str(tmp_path / "o"), "--position", "dust3r"], env=env)

@@ -47,8 +47,11 @@ def latest_checkpoint(run_dir: str | os.PathLike) -> Path | None:
 
 
 def resolve_checkpoint(path: str | os.PathLike) -> Path:
-    """A checkpoint folder itself, or a run directory (→ its latest complete checkpoint)."""
-    path = Path(path)
+    """A checkpoint folder itself, a run directory (→ its latest complete checkpoint), or the name of a shipped
+    model (``synthheads-tiny``; avat3r.shipped says where those are found)."""
+    from ..shipped import resolve_model_path
+
+    path = resolve_model_path(path)
     if (path / "model.safetensors").is_file() and (path / "config.json").is_file():
         return path
     latest = latest_checkpoint(path)
