@@ -14,7 +14,6 @@ from avat3r.avatar import AvatarError, load_avatar, save_avatar
 from avat3r.cameras import Cameras, intrinsics_from_fov, look_at
 from avat3r.model import Avat3r, Avat3rConfig
 
-torch.set_num_threads(2)
 CFG = Avat3rConfig.preset("tiny", input_res=32)
 META = {"expression_space": "synthheads-v1", "expression_names": [f"e{i}" for i in range(13)],
         "neutral": [0.0] * 13, "checkpoint_sha256": "ab" * 32, "position_prior": "geometric",

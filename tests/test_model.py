@@ -15,7 +15,6 @@ from avat3r.model import Avat3r, Avat3rConfig, ConfigError, ModelInputError
 from avat3r.model.checkpoint import CheckpointError, load_checkpoint, save_checkpoint, weights_sha256
 from avat3r.render import rasterize
 
-torch.set_num_threads(2)
 SPHERE_RADIUS = 0.12
 
 

@@ -26,7 +26,6 @@ from avat3r.stream import FrameStreamWriter, read_frame_stream
 from avat3r.video import count_frames, read_png, read_video_frames, video_info, write_png
 from avat3r.cli.main import app
 
-torch.set_num_threads(2)
 E_SYNTH = 13  # synthheads-v1 code size (the tiny preset's expression_dim)
 
 
