@@ -13,7 +13,8 @@ HELP = """Reconstruct an animatable avatar (.avt) from a folder of posed photos 
 The photos are cropped/resized to the checkpoint's input resolution, the position (and feature) priors the
 checkpoint was trained with are computed, and the identity is encoded once; animate then only decodes.
 
-  avat3r reconstruct imgs/ --cams imgs/cams.json -o head.avt --checkpoint runs/tiny
+  avat3r reconstruct imgs/ --cams imgs/cams.json -o head.avt                       # the shipped model
+  avat3r reconstruct imgs/ --cams imgs/cams.json -o head.avt --checkpoint runs/tiny # your own
 """
 
 
@@ -23,8 +24,8 @@ def register(app: typer.Typer) -> None:
         images: Path = typer.Argument(..., help="Folder with the input photos (black background, or pass --masks)."),
         cams: Path = typer.Option(..., "--cams", help="cams.json describing the photos (DESIGN §2)."),
         out: Path = typer.Option(..., "--out", "-o", help="Avatar file to write (.avt)."),
-        checkpoint: Path = typer.Option(..., "--checkpoint", "-c", help="Checkpoint folder, or a training run "
-                                        "directory (its latest checkpoint)."),
+        checkpoint: Path = typer.Option("synthheads-tiny", "--checkpoint", "-c", help="Checkpoint folder, a "
+                                        "training run directory (its latest checkpoint) or a shipped model's name."),
         masks: Path | None = typer.Option(None, "--masks", help="Folder of foreground masks named like the photos."),
         self_contained: bool = typer.Option(False, "--self-contained", help="Also store the decoder weights, so "
                                             "the avatar animates without the checkpoint."),
@@ -35,8 +36,7 @@ def register(app: typer.Typer) -> None:
 
         if out.suffix.lower() != ".avt":
             fail(f"{out}: the avatar file name must end in .avt")
-        info(f"reconstructing {images} with {checkpoint} …")
-        try:
+        try:  # no progress line first: a refused input is then exactly one error line
             meta = run_reconstruct(images, cams, checkpoint, out, masks_dir=masks, device=device,
                                    self_contained=self_contained, on_warning=lambda w: info(f"warning: {w}"))
         except user_errors() as e:
