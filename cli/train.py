@@ -34,10 +34,10 @@ def register(app: typer.Typer) -> None:
     ) -> None:
         from avat3r.model.checkpoint import CheckpointError as ModelCheckpointError
         from avat3r.model.config import ConfigError
+        from avat3r.photometric import LpipsWeightsMissing
         from avat3r.train.checkpointing import CheckpointError
         from avat3r.train.loop import TrainError
         from avat3r.train.loop import train as run_training
-        from avat3r.train.losses import LpipsWeightsMissing
         from avat3r.train.recipe import RecipeError, load_recipe
 
         if max_steps is not None and max_steps < 1:

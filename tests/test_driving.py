@@ -114,9 +114,9 @@ def test_synth_video_regressor_chunk_is_deterministic():
 def test_prep_synth_video_films_the_sequence_and_keeps_its_codes(tmp_path):
     from typer.testing import CliRunner
 
+    from avat3r.cli.main import app
     from avat3r.expressions import builtin_sequence, read_sequence
     from avat3r.video import count_frames, video_info
-    from avat3r.cli.main import app
 
     out = tmp_path / "drive.mp4"
     res = CliRunner().invoke(app, ["prep", "synth-video", "--person", "3", "--frames", "3", "--fps", "5", "--res",

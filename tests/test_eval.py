@@ -10,9 +10,10 @@ import pytest
 import torch
 from test_train import FakeExamples, FakeModel
 
+from avat3r.data.examples import collate_examples
 from avat3r.eval import metrics as M
 from avat3r.eval.runner import EvalError, evaluate
-from avat3r.train.loop import collate_examples, predict, render_targets
+from avat3r.forward import predict, render_targets
 
 
 def _ssim_direct(a: np.ndarray, b: np.ndarray) -> float:

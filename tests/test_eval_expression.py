@@ -12,6 +12,7 @@ from test_data import FAKE
 from test_train import FakeModel
 
 from avat3r.cameras import Cameras, intrinsics_from_fov, look_at
+from avat3r.data.examples import collate_examples
 from avat3r.eval import metrics as M
 from avat3r.eval.runner import (
     EVAL_SAMPLER_OPTIONS,
@@ -21,7 +22,7 @@ from avat3r.eval.runner import (
     evaluate,
     nearest_view,
 )
-from avat3r.train.loop import collate_examples, predict, render_targets
+from avat3r.forward import predict, render_targets
 
 
 def _pair(views: int = 2, size: int = 8) -> tuple[torch.Tensor, torch.Tensor]:

@@ -33,7 +33,6 @@ def test_shipped_models_are_found_by_name_from_any_directory(tmp_path, monkeypat
 
 
 def test_the_cli_is_avat3r_cli():
-    from avat3r.cli.main import app
 
     out = subprocess.run([sys.executable, "-m", "avat3r.cli.main", "--help"], capture_output=True, text=True,
                          cwd="/", check=True).stdout

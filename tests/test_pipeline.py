@@ -18,13 +18,13 @@ import torch
 from typer.testing import CliRunner
 
 from avat3r.cameras import Cameras, intrinsics_from_fov, look_at, write_cams_json
+from avat3r.cli.main import app
 from avat3r.expressions import ExpressionSequence, read_sequence, write_sequence
 from avat3r.gaussians import Gaussians, read_ply, write_ply
 from avat3r.pipeline import CameraPath, render_image
 from avat3r.render import rasterize
 from avat3r.stream import FrameStreamWriter, read_frame_stream
 from avat3r.video import count_frames, read_png, read_video_frames, video_info, write_png
-from avat3r.cli.main import app
 
 E_SYNTH = 13  # synthheads-v1 code size (the tiny preset's expression_dim)
 

@@ -13,19 +13,11 @@ from safetensors.torch import load_file, save_file
 
 from avat3r.cameras import Cameras, intrinsics_from_fov, look_at, unproject
 from avat3r.gaussians import Gaussians
+from avat3r.photometric import LpipsWeightsMissing, build_lpips, gaussian_window, ssim_map
 from avat3r.render import rasterize
 from avat3r.train import checkpointing
 from avat3r.train.loop import DataInfo, example_index, learning_rate, train
-from avat3r.train.losses import (
-    LossWeights,
-    LpipsWeightsMissing,
-    PhotometricLoss,
-    build_lpips,
-    dssim_loss,
-    gaussian_window,
-    l1_loss,
-    ssim_map,
-)
+from avat3r.train.losses import LossWeights, PhotometricLoss, dssim_loss, l1_loss
 from avat3r.train.recipe import RecipeError, load_recipe, recipe_from_dict
 
 REPO = Path(__file__).resolve().parents[1]
@@ -149,7 +141,8 @@ def test_l1_and_dssim_values():
 
 
 def test_pixel_weighted_losses_and_the_changing_region():
-    from avat3r.train.losses import changing_region, dssim_loss, l1_loss
+    from avat3r.photometric import changing_region
+    from avat3r.train.losses import dssim_loss, l1_loss
 
     g = torch.Generator().manual_seed(0)
     pred, target = torch.rand(2, 16, 16, 3, generator=g), torch.rand(2, 16, 16, 3, generator=g)

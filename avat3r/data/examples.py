@@ -287,12 +287,15 @@ class ExampleDataset(torch.utils.data.IterableDataset):
 
 
 def collate_examples(batch: Sequence[dict]) -> dict:
-    """Stack tensors along a new batch axis; Cameras stay per example (a list), as do strings and ints."""
+    """Stack tensors (and numpy arrays) along a new batch axis; Cameras stay per example (a list), as do
+    strings and ints."""
     out = {}
     for key in batch[0]:
         values = [b[key] for b in batch]
         if isinstance(values[0], torch.Tensor):
             out[key] = torch.stack(values)
+        elif isinstance(values[0], np.ndarray):
+            out[key] = torch.stack([torch.from_numpy(v) for v in values])
         else:
             out[key] = list(values)
     return out

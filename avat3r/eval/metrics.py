@@ -17,23 +17,17 @@ from dataclasses import dataclass
 
 import torch
 
-# the changing region and its threshold live with the training loss that weights it; eval re-exports them
-from ..train.losses import REGION_TAU as REGION_TAU
-from ..train.losses import LpipsWeightsMissing, build_lpips, lpips_distance, ssim
-from ..train.losses import changing_region as changing_region
+# one definition of each image comparison for training and evaluation; eval re-exports them
+from ..photometric import REGION_TAU as REGION_TAU
+from ..photometric import LpipsWeightsMissing, build_lpips, lpips_distance, ssim
+from ..photometric import changing_region as changing_region
+from ..photometric import psnr as psnr
 
 
 # -- paired-image metrics ----------------------------------------------------------------------------
 def _f(x: torch.Tensor) -> torch.Tensor:
     """float32, or float64 when given float64 (reference computations)."""
     return x if x.dtype == torch.float64 else x.float()
-
-
-def psnr(pred: torch.Tensor, target: torch.Tensor, per_image: bool = False, max_value: float = 1.0):
-    """10·log10(max² / MSE) of (…,H,W,3) images; ``per_image`` over the flattened leading axes."""
-    diff = (_f(pred) - _f(target)) ** 2
-    mse = diff.reshape(-1, *diff.shape[-3:]).mean(dim=(1, 2, 3)) if per_image else diff.mean()
-    return 10.0 * torch.log10(max_value ** 2 / mse.clamp_min(1e-20))
 
 
 def ssim_metric(pred: torch.Tensor, target: torch.Tensor, per_image: bool = False) -> torch.Tensor:
@@ -189,7 +183,7 @@ def build_metrics(lpips_net: str = "alex", lpips_weights: str | None = None, key
 # code against the same avatar decoded with the reference code (the inputs' expression), inside the pixels the
 # expression change moves in the truth. Images are (V,H,W,3) in [0,1]: the target views of one example. Every
 # score is a finite float, or None where it is undefined (an empty region: the truth does not change). The
-# changing region (avat3r.train.losses.changing_region, REGION_TAU) is the one the training loss weights.
+# changing region (avat3r.photometric.changing_region, REGION_TAU) is the one the training loss weights.
 NEUTRAL_CHANGE = 0.05  # a code whose parameters all change by less than this is grouped as "neutral"
 PSNR_MAX = 100.0  # dB: the PSNR of a perfect prediction, so that every score is a finite number
 

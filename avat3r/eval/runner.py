@@ -21,10 +21,11 @@ from pathlib import Path
 import torch
 
 from ..cameras import Cameras, atomic_write_bytes
+from ..data.examples import collate_examples
+from ..forward import predict, render_targets, to_device
+from ..sheet import comparison_rows, write_png
 from ..train.checkpointing import TRAIN_JSON, resolve_checkpoint
-from ..train.loop import collate_examples, predict, render_targets, to_device
 from .metrics import METRICS, REGION_TAU, MetricSet, build_metrics, example_scores, expression_group
-from .sheet import comparison_rows, write_png
 
 BASELINES = ("reprojection", "nearest-view")
 # every evaluation scores novel views only and needs the reference images for the expression metrics

@@ -17,13 +17,14 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Protocol
 
 import numpy as np
 import torch
 
-from ..cameras import Cameras
-from ..render import rasterize
+from ..data.examples import collate_examples
+from ..forward import predict, render_targets, to_device
+from ..photometric import LpipsWeightsMissing, changing_region, psnr
 from .checkpointing import (
     TRAIN_JSON,
     latest_checkpoint,
@@ -33,7 +34,7 @@ from .checkpointing import (
     write_checkpoint,
     write_json,
 )
-from .losses import LossWeights, LpipsWeightsMissing, PhotometricLoss, changing_region
+from .losses import LossWeights, PhotometricLoss
 from .recipe import OptimSection, Recipe
 from .scalar_log import ScalarLog
 
@@ -78,20 +79,6 @@ def example_index(step: int, rank: int, world: int, batch: int, j: int) -> int:
     return (step * world + rank) * batch + j
 
 
-def collate_examples(examples: list[dict]) -> dict:
-    """Stack tensors along a new batch axis; keep Cameras and strings per example (lists)."""
-    out: dict[str, Any] = {}
-    for key in examples[0]:
-        values = [ex[key] for ex in examples]
-        if isinstance(values[0], torch.Tensor):
-            out[key] = torch.stack(values)
-        elif isinstance(values[0], np.ndarray):
-            out[key] = torch.stack([torch.from_numpy(v) for v in values])
-        else:
-            out[key] = values
-    return out
-
-
 class StepBatches(torch.utils.data.Dataset):
     """Item k = this process's batch for step ``start + k``; map-style, so DataLoader workers prefetch it."""
 
@@ -108,42 +95,7 @@ class StepBatches(torch.utils.data.Dataset):
                                  for j in range(self.batch)])
 
 
-def to_device(batch: dict, device: torch.device) -> dict:
-    out = {}
-    for key, value in batch.items():
-        if isinstance(value, torch.Tensor):
-            out[key] = value.to(device)
-        elif isinstance(value, list) and value and isinstance(value[0], Cameras):
-            out[key] = [c.to(device) for c in value]
-        else:
-            out[key] = value
-    return out
-
-
 # -- one step ------------------------------------------------------------------------------------------
-def predict(model: torch.nn.Module, batch: dict) -> Any:
-    """The model's Gaussians (B, N, …) for a collated batch."""
-    images = batch["inputs_rgb"].float()
-    cameras = Cameras.cat(batch["inputs_cameras"])  # B·V cameras, b-major (the model's convention)
-    feats = batch.get("inputs_feat")
-    return model(images, cameras, batch["inputs_pos"].float(), batch["inputs_conf"].float(), batch["expr"].float(),
-                 feats=None if feats is None else feats.float())
-
-
-def render_targets(gaussians, target_cameras: list[Cameras], backend: str = "auto") -> torch.Tensor:
-    """Render example b's Gaussians into its target cameras on black, in float32: (B, T, H, W, 3)."""
-    device_type = gaussians.means.device.type
-    with torch.autocast(device_type=device_type, enabled=False):
-        images = [rasterize(gaussians[b].to(dtype=torch.float32), cams, background=None, backend=backend)[0]
-                  for b, cams in enumerate(target_cameras)]
-    return torch.stack(images)
-
-
-def psnr_of(pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-    mse = ((pred.detach().float() - target.float()) ** 2).mean()
-    return -10.0 * torch.log10(mse.clamp_min(1e-12))
-
-
 def expression_pixel_weight(batch: dict, weight: float) -> torch.Tensor | None:
     """1 + ``weight`` on the pixels the expression change moves (None when unweighted)."""
     if weight <= 0:
@@ -387,7 +339,7 @@ def train(recipe: Recipe, run_dir: str | Path, *, resume: bool = False, max_step
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
 
-        parts["psnr"] = psnr_of(pred, target)
+        parts["psnr"] = psnr(pred.detach(), target)
         names = sorted(parts)
         mean = accelerator.reduce(torch.stack([loss.detach(), *[parts[k] for k in names]]).float(), "mean")
         scalars = {"loss": float(mean[0]), **{k: float(v) for k, v in zip(names, mean[1:])}}
@@ -432,7 +384,7 @@ def train(recipe: Recipe, run_dir: str | Path, *, resume: bool = False, max_step
 
 def write_preview(path: Path, batch: dict, pred: torch.Tensor) -> None:
     """inputs | prediction | ground truth of the batch's first example, as one PNG."""
-    from ..eval.sheet import comparison_rows, write_png
+    from ..sheet import comparison_rows, write_png
 
     write_png(path, comparison_rows(batch["inputs_rgb"][0], pred[0].detach(), batch["target_rgb"][0]))
 

@@ -8,7 +8,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from ..cameras import atomic_write_bytes
+from .cameras import atomic_write_bytes
 
 GAP = 2  # black pixels between tiles
 
