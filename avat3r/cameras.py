@@ -27,6 +27,11 @@ import torch
 
 CAMS_JSON_VERSION = 1
 BACK_ONLY_DEGREES = 110.0  # a camera further than this from +z (the face direction) sees only the back
+# Sanity ranges of Cameras.validate(): far beyond any real camera, so a value outside is a unit or typing
+# error that would otherwise give a blank or garbled result
+MAX_IMAGE_SIDE = 16384  # pixels
+FOCAL_RANGE = (1e-3, 1e3)  # focal length in image sides (the longer one): ≈ 180° … 0.06° field of view
+PRINCIPAL_POINT_RANGE = 1e3  # image sides the principal point may lie outside the image (crops move it)
 
 
 class CameraError(ValueError):
@@ -117,18 +122,37 @@ class Cameras:
         return Cameras(K, self.w2c.clone(), width, height)
 
     def validate(self, names: Sequence[str] | None = None) -> None:
-        """Raise CameraError naming the first bad camera (non-finite, improper rotation, focal ≤ 0, size ≤ 0)."""
+        """Raise CameraError naming the first bad camera. Sanity ranges (module constants): image sides are
+        1..MAX_IMAGE_SIDE pixels; K is a pinhole [[fx, 0, cx], [0, fy, cy], [0, 0, 1]] whose focal lengths lie
+        within FOCAL_RANGE times the image's longer side and whose principal point lies within
+        PRINCIPAL_POINT_RANGE image sides of the image; w2c is a proper rigid transform."""
         for i in range(len(self)):
             name = names[i] if names is not None else f"#{i}"
             K, w2c = self.K[i].double(), self.w2c[i].double()
+            w, h = int(self.width[i]), int(self.height[i])
             if not (torch.isfinite(K).all() and torch.isfinite(w2c).all()):
                 raise CameraError(f"camera {name}: K or w2c has non-finite values")
-            if K[0, 0] <= 0 or K[1, 1] <= 0:
-                raise CameraError(f"camera {name}: focal lengths must be positive, got fx={float(K[0, 0]):g}, "
-                                  f"fy={float(K[1, 1]):g}")
-            if int(self.width[i]) <= 0 or int(self.height[i]) <= 0:
-                raise CameraError(f"camera {name}: image size must be positive, got "
-                                  f"{int(self.width[i])}x{int(self.height[i])}")
+            if not (0 < w <= MAX_IMAGE_SIDE and 0 < h <= MAX_IMAGE_SIDE):
+                raise CameraError(f"camera {name}: image size must be positive, at most {MAX_IMAGE_SIDE} "
+                                  f"pixels a side, got {w}x{h}")
+            if (K[2] - torch.tensor([0, 0, 1.0], dtype=K.dtype)).abs().max() > 1e-6:
+                raise CameraError(f"camera {name}: the last row of K must be [0, 0, 1], got "
+                                  f"{[round(float(x), 6) for x in K[2]]}")
+            # rays and projections use fx, fy, cx, cy only: a skewed K would silently be taken for another camera
+            skew, lower = float(K[0, 1]), float(K[1, 0])
+            if abs(skew) > 1e-6 * abs(float(K[0, 0])) or abs(lower) > 1e-6 * abs(float(K[1, 1])):
+                raise CameraError(f"camera {name}: K has skew (K[0][1]={skew:g}, K[1][0]={lower:g}); only "
+                                  "pinhole intrinsics without skew are supported")
+            side = max(w, h)
+            lo, hi = FOCAL_RANGE[0] * side, FOCAL_RANGE[1] * side
+            if not (lo <= K[0, 0] <= hi and lo <= K[1, 1] <= hi):
+                raise CameraError(f"camera {name}: focal lengths must lie between {lo:g} and {hi:g} pixels "
+                                  f"({FOCAL_RANGE[0]:g}-{FOCAL_RANGE[1]:g} times the image side), got "
+                                  f"fx={float(K[0, 0]):g}, fy={float(K[1, 1]):g}")
+            reach = PRINCIPAL_POINT_RANGE * side
+            if not (-reach <= K[0, 2] <= w + reach and -reach <= K[1, 2] <= h + reach):
+                raise CameraError(f"camera {name}: principal point ({float(K[0, 2]):g}, {float(K[1, 2]):g}) lies "
+                                  f"more than {PRINCIPAL_POINT_RANGE:g} image sides outside the {w}x{h} image")
             R = w2c[:3, :3]
             ortho = (R @ R.T - torch.eye(3, dtype=R.dtype)).abs().max()
             if ortho > 1e-4 or torch.linalg.det(R) < 0:
@@ -314,6 +338,16 @@ def cameras_to_json(cameras: Cameras, images: Sequence[str]) -> dict:
          "width": int(cameras.width[i]), "height": int(cameras.height[i])} for i in range(len(cameras))]}
 
 
+def image_side(value, field: str) -> int:
+    """A width or height read from JSON: a whole number of pixels (``64.0`` is 64; ``64.9``, ``"64"`` and
+    ``true`` are refused rather than truncated or coerced), 1..MAX_IMAGE_SIDE."""
+    ok = isinstance(value, int) or (isinstance(value, float) and value.is_integer())
+    if isinstance(value, bool) or not ok or not 0 < value <= MAX_IMAGE_SIDE:
+        raise CameraError(f"image size: {field} must be a whole number of pixels between 1 and "
+                          f"{MAX_IMAGE_SIDE}, got {value!r}")
+    return int(value)
+
+
 def cameras_from_json(doc: dict, source: str = "cams.json") -> tuple[list[str], Cameras]:
     if not isinstance(doc, dict) or doc.get("version") != CAMS_JSON_VERSION:
         raise CameraError(f"{source}: expected a cams.json object with \"version\": {CAMS_JSON_VERSION}")
@@ -326,14 +360,21 @@ def cameras_from_json(doc: dict, source: str = "cams.json") -> tuple[list[str], 
         try:
             K = torch.tensor(e["K"], dtype=torch.float64)
             w2c = torch.tensor(e["w2c"], dtype=torch.float64)
-            w, h = int(e["width"]), int(e["height"])
+            w, h = e["width"], e["height"]
         except (KeyError, TypeError, ValueError) as err:
             raise CameraError(f"{source}: camera {name}: missing or malformed field ({err})") from None
+        try:
+            w, h = image_side(w, "width"), image_side(h, "height")
+        except CameraError as err:
+            raise CameraError(f"{source}: camera {name}: {err}") from None
         if K.shape != (3, 3) or w2c.shape != (4, 4):
             raise CameraError(f"{source}: camera {name}: K must be 3×3 and w2c 4×4")
         names.append(str(name)); Ks.append(K); w2cs.append(w2c); ws.append(w); hs.append(h)
     cams = Cameras(torch.stack(Ks), torch.stack(w2cs), torch.tensor(ws), torch.tensor(hs))
-    cams.validate(names)
+    try:
+        cams.validate(names)
+    except CameraError as err:
+        raise CameraError(f"{source}: {err}") from None
     return names, Cameras(cams.K.float(), cams.w2c.float(), cams.width, cams.height)
 
 
@@ -344,7 +385,7 @@ def write_cams_json(path: str | os.PathLike, cameras: Cameras, images: Sequence[
 def read_cams_json(path: str | os.PathLike) -> tuple[list[str], Cameras]:
     """Read and validate a cams.json; returns (image names, Cameras) in file order (float32)."""
     try:
-        doc = json.loads(Path(path).read_text())
-    except (OSError, json.JSONDecodeError) as err:
+        doc = json.loads(Path(path).read_bytes().decode("utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
         raise CameraError(f"{path}: cannot read cams.json ({err})") from None
     return cameras_from_json(doc, str(path))
