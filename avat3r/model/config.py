@@ -9,11 +9,20 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+import math
 from dataclasses import dataclass, fields
 
 
 class ConfigError(ValueError):
     """An Avat3r configuration is inconsistent or unknown."""
+
+
+# sizes that must be > 0 and counts that may be 0 (a block-free ablation); checked by Avat3rConfig
+_POSITIVE = ("dim", "heads", "mlp_ratio", "input_res", "patch", "expression_dim", "expression_hidden",
+             "expression_tokens", "upsampler_window", "upsampler_head_dim", "upsampler_min_width",
+             "position_scale")
+_NON_NEGATIVE = ("self_layers", "cross_layers", "feature_dim", "upsample_steps", "upsampler_layers")
+MAX_INPUT_RES = 4096  # pixels a side; beyond any GPU's memory for V·R² Gaussians
 
 
 @dataclass(frozen=True)
@@ -58,6 +67,31 @@ class Avat3rConfig:
     color_eps: float = 1e-4  # RGB clamp before the logit of Eq. 12 (black background → logit finite)
 
     def __post_init__(self):
+        # types and signs first, so a bad value is named here and not met as a traceback deep in torch
+        for f in fields(self):
+            v, default = getattr(self, f.name), f.default
+            if isinstance(default, bool):
+                ok = isinstance(v, bool)
+            elif isinstance(default, int):
+                ok = isinstance(v, int) and not isinstance(v, bool)
+            elif isinstance(default, float):
+                ok = isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
+            else:
+                ok = isinstance(v, type(default))
+            if not ok:
+                raise ConfigError(f"model config field {f.name!r} must be a finite {type(default).__name__}, "
+                                  f"got {v!r}")
+        for name in _POSITIVE:
+            if not getattr(self, name) > 0:
+                raise ConfigError(f"model config field {name!r} must be positive, got {getattr(self, name)!r}")
+        for name in _NON_NEGATIVE:
+            if getattr(self, name) < 0:
+                raise ConfigError(f"model config field {name!r} must be ≥ 0, got {getattr(self, name)!r}")
+        if self.input_res > MAX_INPUT_RES:
+            raise ConfigError(f"model config field 'input_res' must be at most {MAX_INPUT_RES}, got "
+                              f"{self.input_res}")
+        if not 0.0 < self.color_eps < 0.5 or not self.scale_log_min < self.scale_log_max:
+            raise ConfigError("model config needs 0 < color_eps < 0.5 and scale_log_min < scale_log_max")
         if self.input_res % self.patch:
             raise ConfigError(f"input_res {self.input_res} must be a multiple of patch {self.patch}")
         if self.patch % (2 ** self.upsample_steps):
@@ -72,6 +106,17 @@ class Avat3rConfig:
             raise ConfigError(f"expression_conditioning must be 'code' or 'constant', got {self.expression_conditioning!r}")
         if not 0.0 <= self.confidence_threshold < 1.0:
             raise ConfigError(f"confidence_threshold must lie in [0, 1), got {self.confidence_threshold}")
+        # the upsampler's attention (checked here: it would only fail at the first decode)
+        side = self.grid
+        for width in self.upsampler_widths():
+            side *= 2
+            heads = max(width // self.upsampler_head_dim, 1)
+            if width % heads:
+                raise ConfigError(f"upsampler width {width} is not divisible into {heads} heads of "
+                                  f"upsampler_head_dim {self.upsampler_head_dim}")
+            if (side * side) % min(self.upsampler_window, side * side):
+                raise ConfigError(f"upsampler_window {self.upsampler_window} must divide the {side * side} "
+                                  f"tokens per view after an upsampler step (or exceed them)")
 
     # -- derived sizes ---------------------------------------------------------------------------
     @property
@@ -115,6 +160,9 @@ class Avat3rConfig:
     def preset(name: str, **overrides) -> Avat3rConfig:
         if name not in PRESETS:
             raise ConfigError(f"unknown model preset {name!r}; choose one of {', '.join(PRESETS)}")
+        unknown = sorted(set(overrides) - {f.name for f in fields(Avat3rConfig)})
+        if unknown:
+            raise ConfigError(f"model config has unknown fields: {', '.join(unknown)}")
         return dataclasses.replace(PRESETS[name], **overrides)
 
     def replace(self, **overrides) -> Avat3rConfig:
