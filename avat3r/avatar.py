@@ -26,6 +26,7 @@ from safetensors.torch import load as load_safetensors_bytes
 from safetensors.torch import save as save_safetensors_bytes
 
 from .cameras import CameraError, Cameras, atomic_write_bytes, cameras_from_json, cameras_to_json
+from .expressions import ExpressionError, check_codes
 from .fileio import check_format
 from .model.checkpoint import CheckpointError, load_weights
 from .model.config import Avat3rConfig, ConfigError
@@ -123,6 +124,12 @@ def _check_state(state: IdentityState, config: Avat3rConfig, n_views: int, sourc
                               f"needs {shape}")
         if name != "valid" and t.dtype != torch.float32:
             raise AvatarError(f"{source}: state tensor {name} must be float32, got {t.dtype}")
+        # a NaN or inf would decode to NaN Gaussians, which render as nothing: a blank head, not an error
+        if name != "valid" and not bool(torch.isfinite(t).all()):
+            raise AvatarError(f"{source}: state tensor {name} has non-finite values (NaN or inf)")
+    if not bool(state.valid.any()):
+        raise AvatarError(f"{source}: the identity state has no valid Gaussians (every pixel's confidence is "
+                          "at or below the threshold); reconstruct it again")
     if (state.R, state.G) != (R, config.gaussian_res) or tuple(state.size) != (R, R):
         raise AvatarError(f"{source}: state resolution R={state.R}, G={state.G}, size={state.size} does not "
                           f"match the model config ({R})")
@@ -163,9 +170,12 @@ def load_avatar(path: str | os.PathLike, device: str | torch.device = "cpu") -> 
         raise AvatarError(f"{path}: meta.json lacks {', '.join(missing)}")
     try:
         config = Avat3rConfig.from_dict(meta["config"])
-        _, cams = cameras_from_json(meta["cameras"], f"{path}:meta.json")
-    except (ConfigError, CameraError, TypeError) as err:
-        raise AvatarError(f"{path}: {err}") from None
+    except (ConfigError, TypeError) as err:
+        raise AvatarError(f"{path}: meta.json: {err}") from None
+    try:
+        _, cams = cameras_from_json(meta["cameras"], f"{path}: meta.json")
+    except CameraError as err:  # names the file already
+        raise AvatarError(str(err)) from None
     try:
         state = IdentityState.from_tensors(load_safetensors_bytes(data[STATE]))
     except ModelInputError as err:
@@ -173,9 +183,16 @@ def load_avatar(path: str | os.PathLike, device: str | torch.device = "cpu") -> 
     except (SafetensorError, ValueError, TypeError) as err:
         raise AvatarError(f"{path}: state.safetensors is unreadable ({err})") from None
     _check_state(state, config, len(cams), str(path))
-    if len(meta["neutral"]) != config.expression_dim:
-        raise AvatarError(f"{path}: neutral code has {len(meta['neutral'])} entries, the model takes "
+    neutral = meta["neutral"]
+    if not isinstance(neutral, list) or not all(isinstance(x, (int, float)) for x in neutral):
+        raise AvatarError(f"{path}: meta.json: neutral must be a list of numbers")
+    if len(neutral) != config.expression_dim:
+        raise AvatarError(f"{path}: neutral code has {len(neutral)} entries, the model takes "
                           f"{config.expression_dim}")
+    try:
+        check_codes(torch.tensor([neutral], dtype=torch.float64))
+    except ExpressionError as err:
+        raise AvatarError(f"{path}: meta.json: neutral code: {err}") from None
     model = None
     if DECODER in data:
         model = Avat3r(config, with_encoder=False)

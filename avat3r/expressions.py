@@ -23,6 +23,9 @@ from .cameras import atomic_write_bytes
 
 SEQUENCE_FORMAT_VERSION = "1"
 DEFAULT_FPS = 25.0
+# Codes of every space we know are O(1): blendshape weights in [0, 1], latents near the unit ball. A code
+# beyond this is a unit or file error; fed to the network it only overflows (1e30 gives an all-NaN frame).
+MAX_ABS_CODE = 100.0
 
 
 class ExpressionError(ValueError):
@@ -101,8 +104,7 @@ class ExpressionSequence:
         if self.codes.ndim != 2 or self.codes.shape[0] == 0 or self.codes.shape[1] == 0:
             raise ExpressionError(f"an expression sequence needs codes shaped (T, E) with T, E > 0, "
                                   f"got {tuple(self.codes.shape)}")
-        if not bool(torch.isfinite(self.codes).all()):
-            raise ExpressionError("expression codes contain non-finite values")
+        check_codes(self.codes)
         self.fps = float(self.fps)
         if not (math.isfinite(self.fps) and self.fps > 0):
             raise ExpressionError(f"fps must be a positive number, got {self.fps}")
@@ -115,6 +117,21 @@ class ExpressionSequence:
     @property
     def dim(self) -> int:
         return self.codes.shape[1]
+
+
+def check_codes(codes: torch.Tensor, where: str = "") -> None:
+    """Refuse non-finite codes and codes beyond ±MAX_ABS_CODE; the message names the first bad frame."""
+    prefix = f"{where}: " if where else ""
+    finite = torch.isfinite(codes)
+    if not bool(finite.all()):
+        frame = int((~finite).reshape(codes.shape[0], -1).any(-1).nonzero()[0])
+        raise ExpressionError(f"{prefix}expression codes contain non-finite values (first at frame {frame})")
+    flat = codes.reshape(codes.shape[0], -1)
+    big = flat.abs() > MAX_ABS_CODE
+    if bool(big.any()):
+        frame, dim = (int(i) for i in big.nonzero()[0])
+        raise ExpressionError(f"{prefix}expression code of frame {frame} has {float(flat[frame, dim]):g} in "
+                              f"dimension {dim}; codes must lie within ±{MAX_ABS_CODE:g}")
 
 
 def check_space(seq: ExpressionSequence, expected_space: str, expected_dim: int | None = None) -> None:
@@ -191,7 +208,10 @@ def read_sequence(path: str | os.PathLike) -> ExpressionSequence:
     order = np.argsort(frames, kind="stable")
     if not np.array_equal(frames[order], np.arange(len(frames))):
         raise ExpressionError(f"{path}: column 'frame' must number the frames 0..{len(frames) - 1} once each")
-    return ExpressionSequence(torch.from_numpy(codes[order].copy()), fps, meta[b"expression_space"].decode())
+    try:
+        return ExpressionSequence(torch.from_numpy(codes[order].copy()), fps, meta[b"expression_space"].decode())
+    except ExpressionError as err:
+        raise ExpressionError(f"{path}: {err}") from None
 
 
 # -- built-in sequences --------------------------------------------------------------------------

@@ -24,6 +24,12 @@ REQUIRED_PLY_PROPERTIES = ("x", "y", "z", "f_dc_0", "f_dc_1", "f_dc_2", "opacity
                            "scale_0", "scale_1", "scale_2", "rot_0", "rot_1", "rot_2", "rot_3")
 
 
+FIELDS = ("means", "quats", "scales", "opacities", "colors", "sh_rest")  # the numeric fields, in file order
+# what each field is called in an INRIA PLY (for error messages that name the properties a user can look at)
+PLY_NAMES = {"means": "position (x, y, z)", "quats": "rotation (rot_*)", "scales": "scale (scale_*)",
+             "opacities": "opacity", "colors": "colour (f_dc_*)", "sh_rest": "SH bands (f_rest_*)"}
+
+
 class PlyError(ValueError):
     """A PLY file is not a readable 3D Gaussian Splatting file."""
 
@@ -112,6 +118,14 @@ class Gaussians:
         return Gaussians(cat("means", -2), cat("quats", -2), cat("scales", -2), cat("opacities", -1),
                          cat("colors", -2), sh, valid)
 
+    def nonfinite_field(self) -> str | None:
+        """The first field holding NaN or ±inf, or None when every value is finite."""
+        for name in FIELDS:
+            t = getattr(self, name)
+            if t is not None and t.is_floating_point() and not bool(torch.isfinite(t).all()):
+                return name
+        return None
+
     def normalized(self) -> Gaussians:
         return replace(self, quats=torch.nn.functional.normalize(self.quats, dim=-1))
 
@@ -185,13 +199,22 @@ def read_ply(path: str | os.PathLike) -> Gaussians:
     sh_rest = None
     if k_rest:
         sh_rest = torch.from_numpy(col(rest_names).reshape(n, 3, k_rest).transpose(0, 2, 1).copy())
+    if n == 0:  # an empty scene renders as background only: almost surely a failed export
+        raise PlyError(f"{path}: holds no Gaussians (0 vertices)")
+    quats = torch.from_numpy(col(["rot_0", "rot_1", "rot_2", "rot_3"]))
+    zero = quats.norm(dim=-1) == 0  # normalising a zero quaternion gives no rotation at all, not an error
+    if bool(zero.any()):
+        raise PlyError(f"{path}: {int(zero.sum())} Gaussian(s) have a zero rotation quaternion (rot_* all 0)")
     g = Gaussians.from_raw(torch.from_numpy(col(["x", "y", "z"])), torch.from_numpy(col(["scale_0", "scale_1", "scale_2"])),
                            torch.from_numpy(col(["opacity"])[:, 0]),
-                           torch.from_numpy(col(["f_dc_0", "f_dc_1", "f_dc_2"]))[:, None, :],
-                           torch.from_numpy(col(["rot_0", "rot_1", "rot_2", "rot_3"])), sh_rest)
-    bad = ~(torch.isfinite(g.means).all(-1) & torch.isfinite(g.scales).all(-1) & torch.isfinite(g.quats).all(-1))
-    if bool(bad.any()):
-        raise PlyError(f"{path}: {int(bad.sum())} Gaussians have non-finite position, scale or rotation")
+                           torch.from_numpy(col(["f_dc_0", "f_dc_1", "f_dc_2"]))[:, None, :], quats, sh_rest)
+    # every activated value must be finite (exp() of a large log scale overflows to inf, NaNs pass through)
+    bad = g.nonfinite_field()
+    if bad is not None:
+        t = getattr(g, bad)
+        count = int((~torch.isfinite(t)).reshape(n, -1).any(-1).sum())
+        raise PlyError(f"{path}: {count} Gaussian(s) have a non-finite {PLY_NAMES[bad]} (NaN, inf, or a log "
+                       "scale too large)")
     return g
 
 

@@ -26,6 +26,7 @@ Progress = Callable[[int], None] | None
 CAMERA_PATHS = ("frontal", "orbit", "inputs")
 DEFAULT_FOV_DEGREES = 18.0  # a 0.32 m field at 1 m: the whole head with hair, like the input crops
 DEFAULT_STATIC_FRAMES = 60  # orbit/frontal length for a static .ply / neutral avatar
+PAPER_INPUT_VIEWS = 4  # the paper's model reconstructs from 4 posed views (§4.1)
 
 
 class PipelineError(ValueError):
@@ -74,6 +75,24 @@ def _checkpoint_space(ck_meta: dict, dim: int, checkpoint) -> tuple[str, list[st
     return space, [str(n) for n in names], [float(x) for x in neutral]
 
 
+def _check_view_count(cams_json, ck_meta: dict, checkpoint) -> None:
+    """Refuse photo counts the model was not trained on. The network would run on any count (every view's
+    tokens join one attention sequence and the views share one positional embedding), but it learned to
+    fuse exactly data.n_inputs views (the paper's model: 4); with fewer or more, cross-view matching sees
+    token sets it never saw and the avatar degrades without any sign. Older checkpoints that do not record
+    the count were all trained on PAPER_INPUT_VIEWS."""
+    data = ck_meta.get("data")
+    want = data.get("n_inputs") if isinstance(data, dict) else None
+    if not isinstance(want, int) or want < 1:
+        want = PAPER_INPUT_VIEWS
+    names, _ = read_cams_json(cams_json)
+    if len(names) != want:
+        hint = (f"pick {want} that see the head from different sides" if len(names) > want else
+                f"add photos from other sides, or make {want} views from one photo with `avat3r lift`")
+        raise PipelineError(f"{cams_json} lists {len(names)} photo(s), but checkpoint {checkpoint} takes exactly "
+                            f"{want} views (the number it was trained on); {hint}")
+
+
 def reconstruct(image_dir: str | os.PathLike, cams_json: str | os.PathLike, checkpoint: str | os.PathLike,
                 output: str | os.PathLike, masks_dir: str | os.PathLike | None = None, device: str = "cpu",
                 self_contained: bool = False, on_warning: Callable[[str], None] | None = None) -> dict:
@@ -91,6 +110,7 @@ def reconstruct(image_dir: str | os.PathLike, cams_json: str | os.PathLike, chec
     features = (ck_meta.get("feature_prior") or "none") if cfg.use_features else "none"
     if cfg.use_features and features == "none":
         raise PipelineError(f"checkpoint {checkpoint}: the model uses image features but names no feature prior")
+    _check_view_count(cams_json, ck_meta, checkpoint)
     rgb, masks, cameras, names = load_user_images(image_dir, cams_json, cfg.input_res, masks=masks_dir,
                                                   on_warning=on_warning)
     rgb, masks = torch.as_tensor(rgb, dtype=torch.float32), torch.as_tensor(masks, dtype=torch.float32)
@@ -120,6 +140,7 @@ class LoadedAvatar:
     state: object  # IdentityState (batch of 1)
     meta: dict
     model: object  # Avat3r
+    source: str = "avatar"  # the .avt it came from, for error messages
 
     @property
     def expression_space(self) -> str:
@@ -151,19 +172,30 @@ def load_animatable(avatar_path: str | os.PathLike, checkpoint: str | os.PathLik
     if model is None:
         raise PipelineError(f"{avatar_path} carries no decoder weights; pass --checkpoint (the checkpoint it was "
                             "reconstructed with) or reconstruct it with --self-contained")
-    return LoadedAvatar(avatar.state.to(dev), dict(avatar.meta), model.to(dev).eval())
+    return LoadedAvatar(avatar.state.to(dev), dict(avatar.meta), model.to(dev).eval(), str(avatar_path))
 
 
 def decode_frames(avatar: LoadedAvatar, codes: torch.Tensor, batch: int = 8) -> Iterator[Gaussians]:
     """Decode ``codes`` (T,E) in batches of ``batch`` frames; yields each frame's valid Gaussians (CPU)."""
+    from .expressions import ExpressionError, check_codes
+
     if batch < 1:
         raise PipelineError(f"--batch must be at least 1, got {batch}")
+    try:
+        check_codes(codes)
+    except ExpressionError as err:
+        raise PipelineError(f"{avatar.source}: {err}") from None
     dev = avatar.state.tokens.device
     for start in range(0, codes.shape[0], batch):
         with torch.inference_mode():
             g = avatar.model.decode(avatar.state, codes[start:start + batch].to(dev))
         for f in range(g.means.shape[0]):
-            yield g[f].compact().to("cpu")
+            frame = g[f].compact().to("cpu")
+            bad = frame.nonfinite_field()
+            if bad is not None:  # NaN Gaussians render as nothing: a black frame instead of an error
+                raise PipelineError(f"{avatar.source}: decoded frame {start + f} has non-finite Gaussians.{bad} "
+                                    "(the decoder weights or the identity state are broken)")
+            yield frame
 
 
 def animate(avatar: LoadedAvatar, seq: ExpressionSequence, out: IO[bytes], batch: int = 8,

@@ -28,7 +28,7 @@ from safetensors import SafetensorError
 from safetensors.torch import load as st_load
 from safetensors.torch import save as st_save
 
-from .cameras import Cameras
+from .cameras import Cameras, image_side
 from .gaussians import Gaussians
 
 STREAM_VERSION = 1
@@ -48,13 +48,16 @@ def cameras_to_meta(cameras: Cameras) -> list[dict]:
 
 
 def cameras_from_meta(entries: list[dict]) -> Cameras:
+    """The input cameras a frame's meta carries, checked like a cams.json's."""
     try:
-        return Cameras(torch.tensor([e["K"] for e in entries], dtype=torch.float32),
+        cams = Cameras(torch.tensor([e["K"] for e in entries], dtype=torch.float32),
                        torch.tensor([e["w2c"] for e in entries], dtype=torch.float32),
-                       torch.tensor([int(e["width"]) for e in entries]),
-                       torch.tensor([int(e["height"]) for e in entries]))
-    except (KeyError, TypeError, ValueError) as err:
+                       torch.tensor([image_side(e["width"], "width") for e in entries]),
+                       torch.tensor([image_side(e["height"], "height") for e in entries]))
+        cams.validate([f"#{i}" for i in range(len(cams))])
+    except (KeyError, TypeError, ValueError) as err:  # CameraError is a ValueError
         raise StreamError(f"frame stream: malformed input_cameras ({err})") from None
+    return cams
 
 
 def frame_cameras(meta: dict) -> Cameras | None:
@@ -64,11 +67,14 @@ def frame_cameras(meta: dict) -> Cameras | None:
 
 
 # -- writing -------------------------------------------------------------------------------------
-def gaussians_bytes(g: Gaussians) -> bytes:
+def gaussians_bytes(g: Gaussians, where: str = "frame stream") -> bytes:
     """safetensors bytes of the valid Gaussians of an unbatched set (float32, contiguous, on CPU)."""
     if g.means.ndim != 2:
-        raise StreamError("a stream frame holds one unbatched set of Gaussians")
+        raise StreamError(f"{where}: a stream frame holds one unbatched set of Gaussians")
     g = g.compact().detach().to("cpu", torch.float32)
+    bad = g.nonfinite_field()
+    if bad is not None:  # a renderer would draw NaNs as nothing: a black video instead of an error
+        raise StreamError(f"{where}: Gaussians.{bad} has non-finite values (NaN or inf)")
     tensors = {name: getattr(g, name).contiguous() for name in _FIELDS}
     if g.sh_rest is not None:
         tensors["sh_rest"] = g.sh_rest.contiguous()
@@ -83,10 +89,27 @@ def gaussians_from_bytes(data: bytes, where: str = "frame stream") -> Gaussians:
     missing = [f for f in _FIELDS if f not in t]
     if missing:
         raise StreamError(f"{where}: gaussians.safetensors lacks {', '.join(missing)}")
+    unexpected = sorted(set(t) - set(_FIELDS) - {"sh_rest"})
+    if unexpected:
+        raise StreamError(f"{where}: gaussians.safetensors has an unexpected tensor {unexpected[0]!r}")
+    for name, v in t.items():
+        if v.dtype != torch.float32:
+            raise StreamError(f"{where}: Gaussians.{name} must be float32, got {v.dtype}")
+    if t["means"].ndim != 2 or t["means"].shape[1] != 3:
+        raise StreamError(f"{where}: Gaussians.means has shape {tuple(t['means'].shape)}, expected (N, 3)")
     try:
-        return Gaussians(*(t[f] for f in _FIELDS), sh_rest=t.get("sh_rest"))
+        g = Gaussians(*(t[f] for f in _FIELDS), sh_rest=t.get("sh_rest"))
     except ValueError as err:
         raise StreamError(f"{where}: {err}") from None
+    bad = g.nonfinite_field()
+    if bad is not None:
+        raise StreamError(f"{where}: Gaussians.{bad} has non-finite values (NaN or inf)")
+    # activated values (DESIGN §2): a negative scale or an opacity outside [0, 1] is not a Gaussian
+    if bool((g.scales < 0).any()):
+        raise StreamError(f"{where}: Gaussians.scales has negative values")
+    if bool(((g.opacities < 0) | (g.opacities > 1)).any()):
+        raise StreamError(f"{where}: Gaussians.opacities has values outside [0, 1]")
+    return g
 
 
 def _tar_member(name: str, data: bytes) -> bytes:
@@ -129,7 +152,8 @@ class FrameStreamWriter:
                 "input_cameras": self._cameras}
         if expr is not None:
             meta["expr"] = [float(x) for x in torch.as_tensor(expr).reshape(-1).tolist()]
-        payload = (_tar_member(f"{key}.{GAUSSIANS_MEMBER}", gaussians_bytes(gaussians))
+        data = gaussians_bytes(gaussians, f"frame stream, frame {key}")
+        payload = (_tar_member(f"{key}.{GAUSSIANS_MEMBER}", data)
                    + _tar_member(f"{key}.{META_MEMBER}", json.dumps(meta).encode()))
         self.fileobj.write(payload)
         self.fileobj.flush()  # the reader may be waiting for this very frame

@@ -156,4 +156,10 @@ def load_weights(model: torch.nn.Module, tensors: dict[str, torch.Tensor], sourc
         if tuple(tensors[k].shape) != tuple(v.shape):
             raise CheckpointError(f"{source}: tensor {k} has shape {tuple(tensors[k].shape)}, the config "
                                   f"needs {tuple(v.shape)}")
+    # a NaN or inf weight makes every output NaN (a blank avatar, not an error); the sha256 only proves the
+    # file is the one that was saved, not that training had not diverged when it was
+    for k in expected:
+        t = tensors[k]
+        if t.is_floating_point() and not bool(torch.isfinite(t).all()):
+            raise CheckpointError(f"{source}: tensor {k} has non-finite values (NaN or inf)")
     model.load_state_dict(tensors, strict=prefix_only is None)
