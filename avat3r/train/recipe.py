@@ -16,11 +16,14 @@ TOML is taken as a string).
 from __future__ import annotations
 
 import copy
+import math
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
 import tomllib
+
+MAX_VIEWS = 64  # input or target views per example: the paper uses 4 and 8; more only exhausts memory
 
 
 class RecipeError(ValueError):
@@ -114,6 +117,15 @@ class Recipe:
 
     def validate(self) -> Recipe:
         problems = []
+        nonfinite = [f"{name}.{f.name}" for name in SECTIONS for f in fields(SECTIONS[name])
+                     if isinstance(v := getattr(getattr(self, name), f.name), float) and not math.isfinite(v)]
+        if nonfinite:  # nan compares false with every bound below, so it would pass them all
+            problems.append(f"{', '.join(nonfinite)} must be finite")
+        if not 1 <= self.data.n_inputs <= MAX_VIEWS or not 1 <= self.data.n_targets <= MAX_VIEWS:
+            problems.append(f"data.n_inputs and data.n_targets must lie between 1 and {MAX_VIEWS}, got "
+                            f"{self.data.n_inputs} and {self.data.n_targets}")
+        if self.data.num_workers < 0:
+            problems.append("data.num_workers must be ≥ 0")
         if self.optim.optimizer not in ("adam", "adamw"):
             problems.append(f"optim.optimizer must be 'adam' or 'adamw', not {self.optim.optimizer!r}")
         if not self.optim.lr > 0 or not 0 <= self.optim.min_lr <= self.optim.lr:
@@ -122,8 +134,9 @@ class Recipe:
             problems.append(f"optim.schedule must be 'constant' or 'cosine', not {self.optim.schedule!r}")
         if self.optim.batch_size < 1 or self.optim.max_steps < 1:
             problems.append("optim.batch_size and optim.max_steps must be ≥ 1")
-        if len(self.optim.betas) != 2:
-            problems.append("optim.betas must have two values")
+        betas = self.optim.betas
+        if len(betas) != 2 or not all(isinstance(b, (int, float)) and 0 <= b < 1 for b in betas):
+            problems.append("optim.betas must be two values in [0, 1)")
         if min(self.loss.l1, self.loss.ssim, self.loss.lpips, self.loss.expression_weight) < 0:
             problems.append("loss weights must be ≥ 0")
         if self.loss.expression_weight > 0 and not self.data.options.get("reference_views", False):
@@ -134,9 +147,26 @@ class Recipe:
             problems.append(f"run.mixed_precision must be auto, no or bf16, not {self.run.mixed_precision!r}")
         if min(self.run.checkpoint_every, self.run.preview_every, self.run.log_every) < 1:
             problems.append("run.checkpoint_every, run.preview_every and run.log_every must be ≥ 1")
+        if not problems:
+            problems += self._model_config_problems()
         if problems:
             raise RecipeError(f"{self.source}: " + "; ".join(problems))
         return self
+
+    def _model_config_problems(self) -> list[str]:
+        """Build the model config the run would (the expression size comes from the data later; the preset's
+        stands in), so a bad model.overrides fails here rather than after the data has loaded."""
+        from ..model.config import Avat3rConfig, ConfigError
+
+        overrides = dict(self.model.overrides)
+        overrides.setdefault("use_features", self.data.feature_prior != "none")
+        if not overrides["use_features"]:
+            overrides.setdefault("feature_dim", 0)
+        try:
+            Avat3rConfig.preset(self.model.preset, **overrides)
+        except (ConfigError, TypeError) as err:
+            return [f"model: {err}"]
+        return []
 
 
 def _section(name: str, cls, values: dict, source: str):
