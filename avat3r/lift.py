@@ -15,7 +15,8 @@ background. Backends are found, in this order:
        [project.entry-points."avat3r.lifters"]
        mygan = "mypackage.lifting:make_lifter"
 
-3. a module path given directly as the backend name: ``--backend mypackage.lifting:make_lifter``.
+3. a module path given directly as the backend name: ``--backend mypackage.lifting:make_lifter`` (a Python
+   function of that package; standard-library modules are refused, so ``os:system`` never runs).
 
 In each case the object named is a *factory*: called with no arguments, it returns the lifter (so weights are
 loaded only when the backend is used).
@@ -23,7 +24,9 @@ loaded only when the backend is used).
 
 from __future__ import annotations
 
+import inspect
 import os
+import sys
 from collections.abc import Callable
 from importlib import import_module
 from importlib.metadata import entry_points
@@ -83,17 +86,38 @@ def get_lifter(name: str | None = None) -> Lifter:
         except Exception as err:  # a broken third-party package can fail in any way on import
             raise LiftError(f"lifting backend {name!r} failed to load ({type(err).__name__}: {err})") from None
     elif ":" in name:
-        module, _, attr = name.partition(":")
-        try:
-            factory = getattr(import_module(module), attr)
-        except (ImportError, AttributeError) as err:
-            raise LiftError(f"cannot import lifting backend {name!r} ({err})") from None
+        factory = _module_factory(name)
     else:
         raise LiftError(_no_backend_message(name))
-    lifter = factory()
+    try:
+        lifter = factory()
+    except Exception as err:  # third-party code can fail in any way
+        raise LiftError(f"lifting backend {name!r}: its factory failed ({type(err).__name__}: {err})") from None
     if not callable(lifter):
         raise LiftError(f"lifting backend {name!r}: its factory returned {type(lifter).__name__}, not a callable")
     return lifter
+
+
+def _module_factory(name: str) -> Callable[[], Lifter]:
+    """The factory named by ``package.module:function``. Only a plain Python function defined in a module
+    outside the standard library is accepted: the name comes from the command line and is called at once,
+    so ``os:system`` or ``shutil:rmtree`` must be refused, not run."""
+    module, _, attr = name.partition(":")
+    if not module or not attr.isidentifier():
+        raise LiftError(f"lifting backend {name!r}: expected package.module:factory")
+    if module.split(".")[0] in sys.stdlib_module_names:
+        raise LiftError(f"lifting backend {name!r}: {module} is a standard-library module, not a lifting "
+                        "backend")
+    try:
+        factory = getattr(import_module(module), attr)
+    except (ImportError, AttributeError) as err:
+        raise LiftError(f"cannot import lifting backend {name!r} ({err})") from None
+    except Exception as err:  # importing third-party code can fail in any way
+        raise LiftError(f"lifting backend {name!r} failed to load ({type(err).__name__}: {err})") from None
+    package = module.split(".")[0]
+    if not inspect.isfunction(factory) or str(factory.__module__).split(".")[0] != package:
+        raise LiftError(f"lifting backend {name!r}: {attr} is not a factory function defined in {package}")
+    return factory
 
 
 def check_lifted(views: torch.Tensor, cameras: Cameras, name: str = "backend") -> None:
