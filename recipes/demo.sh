@@ -16,13 +16,13 @@ avat3r reconstruct "$out/inputs" --cams "$out/inputs/cams.json" --checkpoint "$c
 avat3r animate "$out/head.avt" --builtin demo --quiet | \
     avat3r render --path orbit --size 256 --video "$out/orbit.mp4" --quiet
 avat3r render "$out/head.avt" --expr neutral --ply "$out/head.ply" --quiet
-python -m avat3r.demo sheet "$out/head.avt" --photos "$out/inputs" -o "$out/sheet.png"
+python "$(dirname "$0")/demo.py" sheet "$out/head.avt" --photos "$out/inputs" -o "$out/sheet.png"
 
 driver=${DEMO_DRIVER:-212}   # another held-out person
 avat3r prep synth-video --person "$driver" --frames 60 --fps 12.5 -o "$out/driving.mp4" --quiet
 avat3r animate "$out/head.avt" --video "$out/driving.mp4" --quiet | \
     avat3r render --path frontal --size 256 --video "$out/driven.mp4" --quiet
-python -m avat3r.demo reenact "$out/head.avt" --video "$out/driving.mp4" --photos "$out/inputs" \
+python "$(dirname "$0")/demo.py" reenact "$out/head.avt" --video "$out/driving.mp4" --photos "$out/inputs" \
     -o "$out/reenact.mp4"
 echo "demo: wrote $out/orbit.mp4, $out/head.ply, $out/sheet.png, $out/driven.mp4 and $out/reenact.mp4" \
      "(driving video | truth | avatar; inputs in $out/inputs)" >&2

@@ -17,25 +17,90 @@ import json
 import os
 import sys
 import time
+from collections.abc import Callable
 from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 from tqdm import tqdm
 
 from avat3r.cameras import atomic_write_bytes
-from avat3r.data.synth.expressions import EXPRESSION_NAMES, EXPRESSION_SPACE
+from avat3r.data.synth.expressions import EXPRESSION_NAMES, EXPRESSION_SPACE, SEGMENTS, segment_codes
+from avat3r.data.synth.identity import make_identity
+from avat3r.data.synth.render import head_gaussians, render_views, single_thread
 from avat3r.driving import (
     DRIVING_RES,
+    ExpressionRegressor,
     RegressorConfig,
     RegressorExtractor,
-    fit_regressor,
-    render_training_chunk,
+    driving_cameras,
+    prepare_frames,
     save_regressor,
 )
 
 CHUNK = 25  # codes per worker task
+
+
+# -- training data: SynthHeads renders of random expressions ----------------------------------------
+def random_codes(rng: np.random.Generator, n: int) -> np.ndarray:
+    """Sparse random synthheads-v1 codes: each parameter is active with probability ½ at a uniform level,
+    and a third of the codes are frames of the recorded segments (the combinations faces really make)."""
+    e = len(EXPRESSION_NAMES)
+    codes = np.where(rng.random((n, e)) < 0.5, rng.random((n, e)), 0.0)
+    for i in np.flatnonzero(rng.random(n) < 1 / 3):
+        seg = SEGMENTS[int(rng.integers(len(SEGMENTS)))]
+        codes[i] = segment_codes(seg, 40)[int(rng.integers(40))].numpy()
+    return codes.astype(np.float32)
+
+
+def render_training_chunk(seed: int, persons: list[int], n_codes: int, views_per_code: int, res: int,
+                          chunk_seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """``n_codes`` random (person, code) pairs, each seen by ``views_per_code`` jittered cameras:
+    images (N, res, res, 3) uint8 and their codes (N, E) float32. A pure function of its arguments."""
+    rng = np.random.default_rng([int(seed), int(chunk_seed), 0xE4])
+    codes = random_codes(rng, n_codes)
+    images, targets = [], []
+    for code in codes:
+        person = persons[int(rng.integers(len(persons)))]
+        g = head_gaussians(make_identity(seed, person), torch.from_numpy(code))
+        with single_thread():
+            rgb, _, _ = render_views(g, driving_cameras(rng, views_per_code, res))
+        images.append(np.round(rgb.clamp(0, 1).numpy() * 255).astype(np.uint8))
+        targets.append(np.repeat(code[None], views_per_code, 0))
+    return np.concatenate(images), np.concatenate(targets)
+
+
+def fit_regressor(images: np.ndarray, codes: np.ndarray, config: RegressorConfig, steps: int = 3000,
+                  batch: int = 64, lr: float = 1e-3, seed: int = 0,
+                  progress: Callable[[int, float], None] | None = None) -> ExpressionRegressor:
+    """Fit an ``ExpressionRegressor`` to (images uint8 (N,H,W,3), codes (N,E)) with MSE and AdamW under a
+    one-cycle schedule; random shifts of up to 1/16 of the frame make it tolerate framing. Not L1: most
+    parameters are 0 in most frames, so L1's optimum at the start is the median 0, where the sigmoid
+    saturates and the network stays stuck predicting it."""
+    torch.manual_seed(seed)
+    model = ExpressionRegressor(config)
+    x_all = prepare_frames(images, config.input_size)
+    y_all = torch.as_tensor(codes, dtype=torch.float32)
+    opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=1e-4)
+    sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=lr, total_steps=steps, pct_start=0.05)
+    g = torch.Generator().manual_seed(seed)
+    shift = max(1, config.input_size // 16)
+    model.train()
+    for step in range(steps):
+        idx = torch.randint(len(x_all), (batch,), generator=g)
+        dx, dy = (int(v) for v in torch.randint(-shift, shift + 1, (2,), generator=g))
+        x = torch.roll(x_all[idx], shifts=(dy, dx), dims=(2, 3))
+        loss = F.mse_loss(model(x), y_all[idx])
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        sched.step()
+        if progress is not None:
+            progress(step, loss.item())
+    return model.eval()
+
 
 
 def _render(seed, persons, n_codes, views, res, first_chunk, workers, desc):

@@ -5,8 +5,8 @@ three-quarter and a side view of the rig. And a cross-reenactment video: a drivi
 SynthHeads person | the avatar's person making the driving video's true expressions (ground truth) | the avatar
 driven by the expressions read off the video. Usage (what ``just demo`` runs)::
 
-    python -m avat3r.demo sheet head.avt --photos inputs/ -o sheet.png
-    python -m avat3r.demo reenact head.avt --video driving.mp4 --photos inputs/ -o reenact.mp4
+    python recipes/demo.py sheet head.avt --photos inputs/ -o sheet.png
+    python recipes/demo.py reenact head.avt --video driving.mp4 --photos inputs/ -o reenact.mp4
 """
 
 from __future__ import annotations
@@ -19,10 +19,10 @@ import numpy as np
 import torch
 import typer
 
-from .cameras import view_angle_degrees
-from .data import synthheads as S
-from .pipeline import load_animatable, render_image
-from .video import to_uint8
+from avat3r.cameras import view_angle_degrees
+from avat3r.data import synthheads as S
+from avat3r.pipeline import load_animatable, render_image
+from avat3r.video import to_uint8
 
 SHEET_EXPRESSIONS = {
     "neutral": {},
@@ -81,9 +81,9 @@ def reenactment_frames(avatar_path: str | Path, video: str | Path, photos_dir: s
     mostly its blur).
     The expressions come from the shipped regressor (what ``animate --video`` uses); the ground truth renders
     the avatar's SynthHeads person (``photos_dir``/truth.json) at the video's true codes (``.expr.parquet``)."""
-    from .driving import build_extractor, driving_cameras, extract_sequence
-    from .expressions import read_sequence
-    from .video import read_video_frames
+    from avat3r.driving import build_extractor, driving_cameras, extract_sequence
+    from avat3r.expressions import read_sequence
+    from avat3r.video import read_video_frames
 
     truth = json.loads((Path(photos_dir) / "truth.json").read_text())
     identity = S.make_identity(int(truth["seed"]), int(truth["person"]))
@@ -110,7 +110,7 @@ app = typer.Typer(add_completion=False, help="Demo helpers.")
 def sheet(avatar: Path, photos: Path = typer.Option(..., "--photos"), out: Path = typer.Option(..., "-o"),
           size: int = typer.Option(128, "--size")) -> None:
     """Write the truth-vs-avatar contact sheet PNG."""
-    from .cameras import atomic_write_bytes
+    from avat3r.cameras import atomic_write_bytes
 
     img = avatar_sheet(avatar, photos, size)
     ok, png = cv2.imencode(".png", cv2.cvtColor(img, cv2.COLOR_RGB2BGR))
@@ -122,7 +122,7 @@ def reenact(avatar: Path, video: Path = typer.Option(..., "--video"), photos: Pa
             out: Path = typer.Option(..., "-o"), size: int = typer.Option(128, "--size"),
             extractor_weights: Path | None = typer.Option(None, "--extractor-weights")) -> None:
     """Write the cross-reenactment MP4 (driving video | truth | avatar)."""
-    from .video import VideoWriter, video_info
+    from avat3r.video import VideoWriter, video_info
 
     with VideoWriter(out, fps=float(video_info(video)["fps"])) as writer:
         for frame in reenactment_frames(avatar, video, photos, size, extractor_weights):
