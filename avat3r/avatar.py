@@ -26,6 +26,7 @@ from safetensors.torch import load as load_safetensors_bytes
 from safetensors.torch import save as save_safetensors_bytes
 
 from .cameras import CameraError, Cameras, atomic_write_bytes, cameras_from_json, cameras_to_json
+from .errors import Avat3rError
 from .expressions import ExpressionError, check_codes
 from .fileio import check_format
 from .model.checkpoint import CheckpointError, load_weights
@@ -40,7 +41,7 @@ REQUIRED_META = ("expression_space", "expression_names", "neutral")
 _ZIP_TIME = (1980, 1, 1, 0, 0, 0)  # fixed: the same avatar gives the same bytes
 
 
-class AvatarError(ValueError):
+class AvatarError(Avat3rError, ValueError):
     """A .avt file cannot be written or is not a valid avatar."""
 
 

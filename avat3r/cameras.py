@@ -25,6 +25,8 @@ from pathlib import Path
 
 import torch
 
+from .errors import Avat3rError
+
 CAMS_JSON_VERSION = 1
 BACK_ONLY_DEGREES = 110.0  # a camera further than this from +z (the face direction) sees only the back
 # Sanity ranges of Cameras.validate(): far beyond any real camera, so a value outside is a unit or typing
@@ -34,7 +36,7 @@ FOCAL_RANGE = (1e-3, 1e3)  # focal length in image sides (the longer one): ≈ 1
 PRINCIPAL_POINT_RANGE = 1e3  # image sides the principal point may lie outside the image (crops move it)
 
 
-class CameraError(ValueError):
+class CameraError(Avat3rError, ValueError):
     """A camera is malformed; the message names it."""
 
 

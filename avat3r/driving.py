@@ -25,6 +25,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from .cameras import Cameras, atomic_write_bytes, intrinsics, look_at
+from .errors import Avat3rError
 from .expressions import ExpressionSequence
 
 REGRESSOR_FORMAT = "avat3r-expression-regressor"
@@ -33,7 +34,7 @@ ENV_REGRESSOR = "AVAT3R_EXPRESSION_REGRESSOR"
 DEFAULT_REGRESSOR = Path("models/synthheads-expr")  # in the working directory, else a shipped model (avat3r.shipped)
 
 
-class DrivingError(ValueError):
+class DrivingError(Avat3rError, ValueError):
     """A driving video or extractor cannot be used; the message says why and what to do."""
 
 

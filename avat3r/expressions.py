@@ -20,6 +20,7 @@ import numpy as np
 import torch
 
 from .cameras import atomic_write_bytes
+from .errors import Avat3rError
 
 SEQUENCE_FORMAT_VERSION = "1"
 DEFAULT_FPS = 25.0
@@ -28,7 +29,7 @@ DEFAULT_FPS = 25.0
 MAX_ABS_CODE = 100.0
 
 
-class ExpressionError(ValueError):
+class ExpressionError(Avat3rError, ValueError):
     """An expression sequence or space is malformed or does not fit; the message says why."""
 
 

@@ -17,6 +17,7 @@ import numpy as np
 import torch
 
 from .cameras import atomic_write_bytes
+from .errors import Avat3rError
 
 SH_C0 = 0.28209479177387814
 OPACITY_EPS = 1e-7
@@ -30,7 +31,7 @@ PLY_NAMES = {"means": "position (x, y, z)", "quats": "rotation (rot_*)", "scales
              "opacities": "opacity", "colors": "colour (f_dc_*)", "sh_rest": "SH bands (f_rest_*)"}
 
 
-class PlyError(ValueError):
+class PlyError(Avat3rError, ValueError):
     """A PLY file is not a readable 3D Gaussian Splatting file."""
 
 

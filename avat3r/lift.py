@@ -35,6 +35,7 @@ from pathlib import Path
 import torch
 
 from .cameras import Cameras, write_cams_json
+from .errors import Avat3rError
 
 ENTRY_POINT_GROUP = "avat3r.lifters"
 N_VIEWS = 4
@@ -43,7 +44,7 @@ Lifter = Callable[[torch.Tensor], tuple[torch.Tensor, Cameras]]
 _REGISTRY: dict[str, Callable[[], Lifter]] = {}
 
 
-class LiftError(RuntimeError):
+class LiftError(Avat3rError, RuntimeError):
     """No usable lifting backend, or a backend returned something malformed; one-line message."""
 
 

@@ -15,6 +15,8 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
+from .errors import Avat3rError
+
 SSIM_WINDOW = 11
 SSIM_SIGMA = 1.5
 SSIM_C1 = 0.01 ** 2
@@ -24,7 +26,7 @@ SSIM_C2 = 0.03 ** 2
 LPIPS_BACKBONE_FILES = {"alex": "alexnet-owt-7be5be79.pth", "vgg": "vgg16-397923af.pth"}
 
 
-class LpipsWeightsMissing(FileNotFoundError):
+class LpipsWeightsMissing(Avat3rError, FileNotFoundError):
     """The LPIPS backbone checkpoint is not on disk (we never download at run time)."""
 
 

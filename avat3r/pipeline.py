@@ -9,16 +9,18 @@ from __future__ import annotations
 
 import math
 import os
+import re
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
-from importlib import import_module
 from pathlib import Path
 from typing import IO
 
 import torch
 
 from .cameras import Cameras, frontal_path, intrinsics_from_fov, look_at, read_cams_json
+from .errors import Avat3rError, error_line, user_errors  # noqa: F401  (the CLI's names)
 from .expressions import ExpressionSequence, check_space
+from .fileio import StagedFolder
 from .gaussians import Gaussians
 from .stream import FrameStreamWriter, frame_cameras, read_frame_stream
 
@@ -29,7 +31,7 @@ DEFAULT_STATIC_FRAMES = 60  # orbit/frontal length for a static .ply / neutral a
 PAPER_INPUT_VIEWS = 4  # the paper's model reconstructs from 4 posed views (§4.1)
 
 
-class PipelineError(ValueError):
+class PipelineError(Avat3rError, ValueError):
     """A stage cannot run on these inputs; the message is one line that says why."""
 
 
@@ -332,8 +334,16 @@ def avatar_source(avatar: LoadedAvatar, seq: ExpressionSequence | None, batch: i
 
 
 # -- render: sinks -------------------------------------------------------------------------------
+def _frame_files(ext: str) -> Callable[[str], bool]:
+    """The files a frame folder of ``ext`` files holds (000000.png, …, and temp files of its writes)."""
+    return lambda name: bool(re.fullmatch(rf"\d{{6}}\{ext}|\..*\.tmp", name))
+
+
 class RenderOutputs:
-    """Fan each rendered frame out to an MP4, a PNG folder and/or PLY files."""
+    """Fan each rendered frame out to an MP4, a PNG folder and/or PLY files.
+
+    Folders are built aside and swapped in by ``close()`` (see StagedFolder): an older render's frames never
+    stay beside the new ones, and a killed render leaves only a ``.NAME.partial`` folder."""
 
     def __init__(self, video: str | os.PathLike | None = None, frames_dir: str | os.PathLike | None = None,
                  ply: str | os.PathLike | None = None, fps: float = 25.0):
@@ -341,10 +351,24 @@ class RenderOutputs:
 
         if video is None and frames_dir is None and ply is None:
             raise PipelineError("nothing to write: pass --video, --frames and/or --ply")
-        self.video = VideoWriter(video, fps) if video is not None else None
-        self.frames = FrameDirWriter(frames_dir) if frames_dir is not None else None
         self.ply_file = Path(ply) if ply is not None and str(ply).endswith(".ply") else None
-        self.ply_dir = Path(ply) if ply is not None and self.ply_file is None else None
+        ply_dir = Path(ply) if ply is not None and self.ply_file is None else None
+        if frames_dir is not None and ply_dir is not None and \
+                os.path.realpath(frames_dir) == os.path.realpath(ply_dir):
+            raise PipelineError("--frames and --ply name the same folder; give each its own")
+        self._stages: list[StagedFolder] = []
+        try:
+            if frames_dir is not None:
+                self._stages.append(StagedFolder(frames_dir, _frame_files(".png"), "rendered frames"))
+            if ply_dir is not None:
+                self._stages.append(StagedFolder(ply_dir, _frame_files(".ply"), "PLY frames"))
+        except BaseException:
+            for stage in self._stages:
+                stage.abort()
+            raise
+        self.frames = FrameDirWriter(self._stages[0].path) if frames_dir is not None else None
+        self.ply_dir = self._stages[-1].path if ply_dir is not None else None
+        self.video = VideoWriter(video, fps) if video is not None else None
         self.count = 0
 
     @property
@@ -365,8 +389,16 @@ class RenderOutputs:
         self.count += 1
 
     def close(self, ok: bool = True) -> None:
-        if self.video is not None:
-            self.video.close() if ok else self.video.abort()
+        """Publish every output, or on failure drop them all (no folder is swapped in beside a failed video)."""
+        try:
+            if self.video is not None:
+                self.video.close() if ok else self.video.abort()
+        except BaseException:
+            ok = False
+            raise
+        finally:
+            for stage in self._stages:
+                stage.close() if ok else stage.abort()
 
 
 def render_image(g: Gaussians, camera: Cameras, background, backend: str = "auto",
@@ -394,13 +426,13 @@ def render(source: Source, path: str, outputs_kw: dict, size: int = 512, backgro
     dev = resolve_device(device)
     cams = CameraPath(path, size, radius, source.input_cameras)
     outputs = RenderOutputs(fps=fps or source.fps or 25.0, **outputs_kw)
-    n_static = n_frames if n_frames is not None else cams.static_frames
-    if source.static is not None and not outputs.needs_images:
-        n_static = 1  # PLY export only: one file, no camera path to follow
-    if n_static < 1:
-        raise PipelineError(f"--n-frames must be at least 1, got {n_static}")
     ok = False
     try:
+        n_static = n_frames if n_frames is not None else cams.static_frames
+        if source.static is not None and not outputs.needs_images:
+            n_static = 1  # PLY export only: one file, no camera path to follow
+        if n_static < 1:
+            raise PipelineError(f"--n-frames must be at least 1, got {n_static}")
         for frame in source.frame_iter(n_static):
             cam = cams.camera(frame.index, frame.n_frames or source.n_frames)
             rgb = render_image(frame.gaussians, cam, background, backend, dev) if outputs.needs_images else None
@@ -440,35 +472,3 @@ def open_render_source(src: str | None, expr: str = "neutral", checkpoint=None, 
     except BaseException:
         f.close()
         raise
-
-
-def user_errors() -> tuple[type[BaseException], ...]:
-    """Exception types that mean "bad input" (shown as one line by the CLI), as opposed to bugs."""
-    from .avatar import AvatarError
-    from .cameras import CameraError
-    from .expressions import ExpressionError
-    from .gaussians import PlyError
-    from .lift import LiftError
-    from .model.checkpoint import CheckpointError
-    from .model.config import ConfigError
-    from .model.network import ModelInputError
-    from .render import RenderError
-    from .stream import StreamError
-    from .train.checkpointing import CheckpointError as RunCheckpointError
-    from .video import VideoError
-
-    errors = [PipelineError, AvatarError, CameraError, ExpressionError, PlyError, LiftError, CheckpointError,
-              ConfigError, ModelInputError, RenderError, StreamError, RunCheckpointError, VideoError,
-              FileNotFoundError, IsADirectoryError, PermissionError]
-    for module, name in (("avat3r.priors.base", "PriorError"), ("avat3r.data.images", "ImagePrepError"),
-                         ("avat3r.driving", "DrivingError")):
-        try:
-            errors.append(getattr(import_module(module), name))
-        except (ImportError, AttributeError):
-            pass
-    return tuple(errors)
-
-
-def error_line(err: BaseException) -> str:
-    text = str(err).strip()
-    return text.splitlines()[0] if text else type(err).__name__

@@ -29,6 +29,7 @@ from safetensors.torch import load as st_load
 from safetensors.torch import save as st_save
 
 from .cameras import Cameras, image_side
+from .errors import Avat3rError
 from .gaussians import Gaussians
 
 STREAM_VERSION = 1
@@ -37,7 +38,7 @@ META_MEMBER = "meta.json"
 _FIELDS = ("means", "quats", "scales", "opacities", "colors")
 
 
-class StreamError(ValueError):
+class StreamError(Avat3rError, ValueError):
     """The frame stream is malformed or truncated; the message says where."""
 
 

@@ -93,9 +93,10 @@ def register(app: typer.Typer) -> None:
         device: str = typer.Option("auto", "--device", help="cpu, cuda, cuda:N or auto."),
         quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar."),
     ) -> None:
+        from avat3r.errors import error_line, user_errors
         from avat3r.expressions import builtin_sequence, read_sequence, write_sequence
         from avat3r.pipeline import animate as run_animate
-        from avat3r.pipeline import error_line, load_animatable, user_errors
+        from avat3r.pipeline import load_animatable
 
         check_fps(fps)
         if (sequence is not None) + (builtin is not None) + (video is not None) != 1:

@@ -88,17 +88,16 @@ def register(app: typer.Typer) -> None:
         device: str = typer.Option("auto", "--device", help="cpu, cuda, cuda:N or auto (CUDA when available)."),
         quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar."),
     ) -> None:
-        from avat3r.eval.runner import LABELS, EvalError, evaluate, format_stat
-        from avat3r.model.checkpoint import CheckpointError as ModelCheckpointError
-        from avat3r.train.checkpointing import CheckpointError
+        from avat3r.errors import error_line, user_errors
+        from avat3r.eval.runner import LABELS, evaluate, format_stat
 
         options = _sampler_options(_input_mode(inputs, consistent, other), _segments(input_segments))
         try:
             report = evaluate(out, checkpoint=checkpoint, manifest=manifest, split=split, n_examples=examples,
                               seed=seed, baseline=baseline, device=device, progress=not quiet, log=info,
                               sampler_options=options, lpips_weights=lpips_weights)
-        except (EvalError, CheckpointError, ModelCheckpointError, FileNotFoundError, ValueError) as e:
-            fail(str(e).splitlines()[0] if str(e) else type(e).__name__)
+        except user_errors() as e:
+            fail(error_line(e))
         info(f"{report.label}: " + ", ".join(f"{LABELS[k]} {format_stat(k, s)}" for k, s in report.overall().items()))
         for path in report.files:
             info(f"wrote {path}")

@@ -28,8 +28,8 @@ def register(app: typer.Typer) -> None:
                                               "package.module:factory (default: the only installed one)."),
         list_backends: bool = typer.Option(False, "--list", help="List installed backends and exit."),
     ) -> None:
+        from avat3r.errors import error_line, user_errors
         from avat3r.lift import available_lifters, lift_image
-        from avat3r.pipeline import error_line, user_errors
 
         if list_backends:
             names = available_lifters()

@@ -31,7 +31,7 @@ def register(app: typer.Typer) -> None:
                                             "the avatar animates without the checkpoint."),
         device: str = typer.Option("auto", "--device", help="cpu, cuda, cuda:N or auto."),
     ) -> None:
-        from avat3r.pipeline import error_line, user_errors
+        from avat3r.errors import error_line, user_errors
         from avat3r.pipeline import reconstruct as run_reconstruct
 
         if out.suffix.lower() != ".avt":

@@ -50,7 +50,8 @@ def register(app: typer.Typer) -> None:
         device: str = typer.Option("auto", "--device", help="cpu, cuda, cuda:N or auto."),
         quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar."),
     ) -> None:
-        from avat3r.pipeline import error_line, open_render_source, parse_background, user_errors
+        from avat3r.errors import error_line, user_errors
+        from avat3r.pipeline import open_render_source, parse_background
         from avat3r.pipeline import render as run_render
 
         check_fps(fps)

@@ -32,13 +32,9 @@ def register(app: typer.Typer) -> None:
                                             "(TOML value), e.g. --set optim.lr=3e-4. Repeatable."),
         quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar."),
     ) -> None:
-        from avat3r.model.checkpoint import CheckpointError as ModelCheckpointError
-        from avat3r.model.config import ConfigError
-        from avat3r.photometric import LpipsWeightsMissing
-        from avat3r.train.checkpointing import CheckpointError
-        from avat3r.train.loop import TrainError
+        from avat3r.errors import error_line, user_errors
         from avat3r.train.loop import train as run_training
-        from avat3r.train.recipe import RecipeError, load_recipe
+        from avat3r.train.recipe import load_recipe
 
         if max_steps is not None and max_steps < 1:
             fail(f"--max-steps must be at least 1, got {max_steps}")
@@ -46,8 +42,7 @@ def register(app: typer.Typer) -> None:
             parsed = load_recipe(recipe, overrides)
             run_dir = out if out is not None else Path("runs") / recipe.stem
             result = run_training(parsed, run_dir, resume=resume, max_steps=max_steps, progress=not quiet, log=info)
-        except (RecipeError, TrainError, LpipsWeightsMissing, CheckpointError, ModelCheckpointError,
-                ConfigError, FileNotFoundError, ValueError) as e:
-            fail(str(e).splitlines()[0] if str(e) else type(e).__name__)
+        except user_errors() as e:
+            fail(error_line(e))
         if result.main and result.checkpoint is not None:
             info(f"step {result.step}: checkpoint {result.checkpoint}")

@@ -30,7 +30,13 @@ import numpy as np
 import torch
 
 from ..cameras import Cameras, k_farthest_viewpoints
+from ..errors import Avat3rError
 from .manifest import Manifest, read_manifest
+
+
+class ExampleError(Avat3rError, ValueError):
+    """A manifest cannot give the examples asked for (too few cameras, a missing prior, mixed image sizes)."""
+
 
 N_INPUTS = 4
 N_TARGETS = 8
@@ -92,7 +98,7 @@ class ExampleSampler:
         self.persons = sorted(p for p in self._by_time if len(self._inputs_by_cam.get(p, {})) >= n_inputs)
         if not self.persons:
             what = "with a prior (run `avat3r prior` first)" if require_prior else ""
-            raise ValueError(f"no person of split {split!r} in {m.root} has {n_inputs} cameras {what}".strip())
+            raise ExampleError(f"no person of split {split!r} in {m.root} has {n_inputs} cameras {what}".strip())
         self._timesteps = {p: sorted(self._by_time[p]) for p in self.persons}
         self._timestep_of_row = {r: (m["segment"][r], int(m["frame"][r])) for p in self.persons
                                  for rs in self._by_time[p].values() for r in rs}
@@ -136,7 +142,7 @@ class ExampleSampler:
             row_of_cam = {m["camera"][r]: r for r in self._by_time[person][t_input] if r in eligible}
             cams = sorted(row_of_cam)
             if len(cams) < self.n_inputs:
-                raise ValueError(f"{person} has only {len(cams)} input cameras at {t_input[0]}/{t_input[1]}")
+                raise ExampleError(f"{person} has only {len(cams)} input cameras at {t_input[0]}/{t_input[1]}")
         cameras = Cameras.cat([self._reference_camera(person, c) for c in cams])
         gen = torch.Generator().manual_seed(int(rng.integers(2**62)))
         picked = k_farthest_viewpoints(cameras, k=self.n_inputs, n_candidates=self.n_candidates, generator=gen,
@@ -154,7 +160,7 @@ class ExampleSampler:
             input_cams = {m["camera"][r] for r in inputs}
             at_target = [r for r in at_target if m["camera"][r] not in input_cams]
             if not at_target:
-                raise ValueError(f"{person} has no camera at {t_target[0]}/{t_target[1]} besides the input cameras")
+                raise ExampleError(f"{person} has no camera at {t_target[0]}/{t_target[1]} besides the input cameras")
         replace = len(at_target) < self.n_targets  # small rigs repeat views rather than fail
         targets = rng.choice(np.asarray(at_target), size=self.n_targets, replace=replace)
         return ExamplePlan(person, t_target, tuple(inputs), tuple(int(t) for t in targets))
@@ -168,7 +174,7 @@ class ExampleSampler:
         h, w = ins[0]["rgb"].shape[:2]
         for s in ins + tgs:
             if s["rgb"].shape[:2] != (h, w):
-                raise ValueError(f"{s['__key__']}: image size {s['rgb'].shape[1]}x{s['rgb'].shape[0]} differs from "
+                raise ExampleError(f"{s['__key__']}: image size {s['rgb'].shape[1]}x{s['rgb'].shape[0]} differs from "
                                  f"{w}x{h} of {ins[0]['__key__']}; prep all views at one resolution")
 
         # stack in numpy and convert once: cheaper than many small torch ops on a busy CPU
@@ -176,7 +182,7 @@ class ExampleSampler:
             if name in s:
                 return np.asarray(s[name], dtype=np.float32)
             if self.require_prior:
-                raise ValueError(f"{s['__key__']}: the manifest says it has a prior but {name}.npy is missing")
+                raise ExampleError(f"{s['__key__']}: the manifest says it has a prior but {name}.npy is missing")
             return np.zeros(shape, np.float32)
 
         def mask(s):

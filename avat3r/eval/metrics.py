@@ -17,6 +17,8 @@ from dataclasses import dataclass
 
 import torch
 
+from ..errors import Avat3rError
+
 # one definition of each image comparison for training and evaluation; eval re-exports them
 from ..photometric import REGION_TAU as REGION_TAU
 from ..photometric import LpipsWeightsMissing, build_lpips, lpips_distance, ssim
@@ -34,7 +36,7 @@ def ssim_metric(pred: torch.Tensor, target: torch.Tensor, per_image: bool = Fals
     return ssim(_f(pred).clamp(0, 1), _f(target), per_image=per_image)
 
 
-class Unavailable(RuntimeError):
+class Unavailable(Avat3rError, RuntimeError):
     """A metric cannot be computed here; the message says why (one line)."""
 
 

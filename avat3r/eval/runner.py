@@ -22,6 +22,7 @@ import torch
 
 from ..cameras import Cameras, atomic_write_bytes
 from ..data.examples import collate_examples
+from ..errors import Avat3rError
 from ..forward import predict, render_targets, to_device
 from ..sheet import comparison_rows, write_png
 from ..train.checkpointing import TRAIN_JSON, resolve_checkpoint
@@ -39,7 +40,7 @@ LABELS = {"psnr": "PSNR", "psnr_fg": "PSNR fg", "psnr_region": "PSNR region",
           "csim": "CSIM"}
 
 
-class EvalError(RuntimeError):
+class EvalError(Avat3rError, RuntimeError):
     """An evaluation cannot run; one-line message."""
 
 

@@ -26,6 +26,7 @@ from safetensors.torch import load as load_safetensors_bytes
 from safetensors.torch import save as save_safetensors_bytes
 
 from ..cameras import atomic_write_bytes
+from ..errors import Avat3rError
 from ..fileio import check_format
 from .config import Avat3rConfig, ConfigError
 from .network import Avat3r
@@ -36,7 +37,7 @@ WEIGHTS_FILE = "model.safetensors"
 CONFIG_FILE = "config.json"
 
 
-class CheckpointError(ValueError):
+class CheckpointError(Avat3rError, ValueError):
     """A checkpoint folder is missing, incomplete or inconsistent."""
 
 

@@ -12,8 +12,10 @@ import json
 import math
 from dataclasses import dataclass, fields
 
+from ..errors import Avat3rError
 
-class ConfigError(ValueError):
+
+class ConfigError(Avat3rError, ValueError):
     """An Avat3r configuration is inconsistent or unknown."""
 
 

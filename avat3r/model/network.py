@@ -9,6 +9,7 @@ import torch
 from torch import nn
 
 from ..cameras import Cameras, plucker
+from ..errors import Avat3rError
 from ..gaussians import Gaussians
 from .config import Avat3rConfig
 from .embed import FeatureFusion, InputEmbedding
@@ -17,7 +18,7 @@ from .transformer import CrossAttentionBlock, ExpressionTokens, SelfAttentionBlo
 from .upsampler import TransformerUpsampler
 
 
-class ModelInputError(ValueError):
+class ModelInputError(Avat3rError, ValueError):
     """Inputs to the network have the wrong shape or do not match the model."""
 
 

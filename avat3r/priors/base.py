@@ -9,6 +9,7 @@ from __future__ import annotations
 import torch
 
 from ..cameras import Cameras, rays
+from ..errors import Avat3rError
 
 # A head-sized ellipsoid around the head-centric origin (metres; x = ear to ear, y = chin to crown, z = depth).
 HEAD_RADII = (0.09, 0.12, 0.11)
@@ -16,7 +17,7 @@ HEAD_RADII = (0.09, 0.12, 0.11)
 DEFAULT_MASK_THRESHOLD = 0.02
 
 
-class PriorError(ValueError):
+class PriorError(Avat3rError, ValueError):
     """Bad input to a prior, or a prior whose package/weights are missing; the message is one line."""
 
 

@@ -5,12 +5,13 @@ from __future__ import annotations
 import torch
 
 from ..cameras import Cameras
+from ..errors import Avat3rError
 from ..gaussians import Gaussians
 
 BACKENDS = ("auto", "torch", "gsplat", "dense")
 
 
-class RenderError(RuntimeError):
+class RenderError(Avat3rError, RuntimeError):
     pass
 
 

@@ -18,14 +18,11 @@ from collections.abc import Callable
 from pathlib import Path
 
 from ..cameras import atomic_write_bytes
+from ..model.checkpoint import CheckpointError  # one error for every unusable checkpoint
 
 CHECKPOINTS = "checkpoints"
 TRAIN_JSON = "train.json"
 _STEP_DIR = re.compile(r"^step_(\d{8})$")
-
-
-class CheckpointError(FileNotFoundError):
-    """No usable checkpoint where one was expected."""
 
 
 def step_dir_name(step: int) -> str:

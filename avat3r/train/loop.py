@@ -23,6 +23,7 @@ import numpy as np
 import torch
 
 from ..data.examples import collate_examples
+from ..errors import Avat3rError
 from ..forward import predict, render_targets, to_device
 from ..photometric import LpipsWeightsMissing, changing_region, psnr
 from .checkpointing import (
@@ -41,7 +42,7 @@ from .scalar_log import ScalarLog
 TRAIN_STATE = "train_state"
 
 
-class TrainError(RuntimeError):
+class TrainError(Avat3rError, RuntimeError):
     """A run cannot start or continue; the message is one line."""
 
 

@@ -23,10 +23,12 @@ from typing import Any
 
 import tomllib
 
+from ..errors import Avat3rError
+
 MAX_VIEWS = 64  # input or target views per example: the paper uses 4 and 8; more only exhausts memory
 
 
-class RecipeError(ValueError):
+class RecipeError(Avat3rError, ValueError):
     """A recipe is malformed; the message is one line naming the offending key."""
 
 
