@@ -13,6 +13,14 @@ HELP = ("Prepare data as WebDataset shards + manifest.parquet: `synth` (procedur
         "input photos for `reconstruct` / a driving video for `animate --video`.")
 
 
+def _check_res(res: int) -> None:
+    """A sane image size: a typo such as --res 100000 would otherwise try to allocate tens of GB."""
+    from avat3r.data.prep import MAX_RES
+
+    if res > MAX_RES:
+        fail(f"--res must be at most {MAX_RES}, got {res:,}")
+
+
 def register(app: typer.Typer) -> None:
     prep_app = typer.Typer(help=HELP, no_args_is_help=True, add_completion=False)
     app.add_typer(prep_app, name="prep")
@@ -46,7 +54,7 @@ def register(app: typer.Typer) -> None:
         Persons are split by id: the last --test-persons are `test`, the --val-persons before them `val`
         (--test-persons equal to --persons writes an evaluation-only set). Segment `random` gives every
         person and frame its own expression code."""
-        from avat3r.data.prep import load_source, prep_synth
+        from avat3r.data.prep import check_size, load_source, prep_synth
         from avat3r.data.shards import encode_png
 
         if rig not in ("person", "shared"):
@@ -56,6 +64,10 @@ def register(app: typer.Typer) -> None:
         except (ImportError, AttributeError) as err:
             fail(f"the SynthHeads generator is not available ({err})")
         n_seg = len(segments) if segments else len(src.SEGMENTS)
+        try:
+            check_size(persons, frames, cameras, res, n_seg)
+        except ValueError as err:
+            fail(str(err))
         total = persons * n_seg * frames * cameras
         info(f"avat3r prep synth: {persons} persons × {n_seg} segments × {frames} frames × {cameras} cameras "
              f"at {res}² = {total} samples → {out}")
@@ -98,6 +110,7 @@ def register(app: typer.Typer) -> None:
 
         if rig not in ("person", "shared"):
             fail(f"--rig must be 'person' or 'shared', got {rig!r}")
+        _check_res(res)
         try:
             names = write_synth_photos(out, person, seed, res, cameras, views, frames, mixed, view_seed,
                                        person_rig=rig == "person")
@@ -125,6 +138,7 @@ def register(app: typer.Typer) -> None:
         from avat3r.expressions import ExpressionError, check_space, load_sequence, resample_codes
         from avat3r.video import VideoError
 
+        _check_res(res)
         try:
             seq = load_sequence(sequence, EXPRESSION_SPACE, fps)
             check_space(seq, EXPRESSION_SPACE)
@@ -151,10 +165,12 @@ def register(app: typer.Typer) -> None:
         """Crop your photos to the head, resize, black out the background, and write shards + manifest."""
         from avat3r.cameras import CameraError
         from avat3r.data.images import ImagePrepError, prep_images
+        from avat3r.fileio import OutputError
 
+        _check_res(res)
         try:
             prepared = prep_images(image_dir, cams, out, res=res, masks=masks)
-        except (ImagePrepError, CameraError) as err:
+        except (ImagePrepError, CameraError, OutputError) as err:
             fail(str(err))
         for warning in prepared.warnings:
             info(f"avat3r: warning: {warning}")

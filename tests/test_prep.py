@@ -50,6 +50,63 @@ def test_prep_synth_bytes_do_not_depend_on_the_worker_count(tmp_path):
     assert len(a) > 3 and tree_hash(tmp_path / "b") == a
 
 
+def test_prep_synth_rerun_keeps_the_old_set_until_the_new_one_is_complete(tmp_path):
+    from avat3r.data.prep import prep_synth
+    from avat3r.fileio import OutputLock
+
+    out = tmp_path / "set"
+    assert prep_synth_cli(out, "--shard-mb", "0.03").exit_code == 0
+    (out / "notes.txt").write_text("mine")  # not part of the dataset: survives reruns
+    old = tree_hash(out)
+
+    def interrupt_after_two_frames(n, seen=[]):
+        seen.append(n)
+        if len(seen) == 2:
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):  # a rerun with other arguments, stopped half-way
+        prep_synth(out, 3, 2, 8, 32, seed=6, source=FAKE, maxsize=30_000, progress=interrupt_after_two_frames)
+    assert tree_hash(out) == old and sorted(p.name for p in tmp_path.iterdir()) == ["set"]
+
+    # a killed run's debris (its build folder, its lock file) is no obstacle: the next run clears it
+    (tmp_path / ".set.partial").mkdir()
+    (tmp_path / ".set.partial" / "shard-000009.tar").write_bytes(b"half")
+    (tmp_path / ".set.lock").touch()
+    r = prep_synth_cli(out, "--seed", "6")  # fewer, larger shards than before
+    assert r.exit_code == 0, r.output
+    new = tree_hash(out)
+    assert sorted(new) == ["manifest.parquet", "notes.txt", "shard-000000.tar"] and new != old
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["set"]
+
+    # a second run into a folder that one is writing is refused with one line, the folder untouched
+    with OutputLock(out):
+        r = prep_synth_cli(out)
+    assert r.exit_code != 0 and tree_hash(out) == new
+    assert r.output.strip().splitlines()[-1].startswith("avat3r: error: ")
+    assert "is being written by another run" in r.output
+
+    # a folder of other things is not replaced
+    other = tmp_path / "other"
+    other.mkdir()
+    (other / "thesis.tex").write_text("x")
+    r = prep_synth_cli(other)
+    assert r.exit_code != 0 and "is not empty and holds no dataset" in r.output
+    assert sorted(p.name for p in other.iterdir()) == ["thesis.tex"]
+
+
+def test_prep_synth_sizes_are_bounded(tmp_path):
+    for args, pattern in ((["--res", "100000"], "res must be between 8 and 4,096, got 100,000"),
+                          (["--cameras", "5000"], "cameras must be between 1 and 1,024"),
+                          (["--persons", "9000", "--frames", "9000"], "more than one set may hold")):
+        r = prep_synth_cli(tmp_path / "x", *args)
+        lines = r.output.strip().splitlines()
+        assert r.exit_code != 0 and len(lines) == 1 and lines[0].startswith("avat3r: error: ")
+        assert pattern in r.output, r.output
+    assert not (tmp_path / "x").exists()
+    r = runner.invoke(app, ["prep", "synth-photos", "--person", "0", "--res", "100000", "-o", str(tmp_path / "p")])
+    assert r.exit_code != 0 and r.output.strip() == "avat3r: error: --res must be at most 4096, got 100,000"
+
+
 def test_prep_synth_segments_splits_preview_and_errors(tmp_path):
     from avat3r.data.manifest import read_manifest
 

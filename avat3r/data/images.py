@@ -15,13 +15,15 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import cv2
 import numpy as np
 import torch
 
 from ..cameras import Cameras, project, read_cams_json
-from .manifest import MANIFEST_NAME, build_manifest, write_manifest
+from ..fileio import StagedFolder, opencv
+from .manifest import MANIFEST_NAME, build_manifest, is_dataset_file, write_manifest
 from .shards import ShardWriter, encode_sample, make_key
+
+cv2 = opencv()
 
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".webp", ".bmp")
 HEAD_FRAME_RADIUS = 0.16  # metres of world half-extent the square crop spans at the head centre's depth
@@ -207,11 +209,10 @@ def write_user_images(prepared: PreparedImages, out: str | os.PathLike, expressi
     if len(set(keys)) != len(keys):
         raise ImagePrepError("two image names map to the same sample key; rename them to differ before the "
                              "extension")
-    for stale in out.glob("shard-*.tar") if out.is_dir() else []:
-        stale.unlink()
     records, rows = [], []
     res = prepared.rgb.shape[1]
-    with ShardWriter(out) as writer:
+    # built aside and swapped in whole (see prep_synth): no older shard survives beside the new ones
+    with StagedFolder(out, is_dataset_file, "dataset") as stage, ShardWriter(stage.path) as writer:
         for i, key in enumerate(keys):
             cam = prepared.cameras[i]
             sample = {"rgb": (prepared.rgb[i] * 255 + 0.5).astype(np.uint8),
@@ -221,9 +222,10 @@ def write_user_images(prepared: PreparedImages, out: str | os.PathLike, expressi
             records.append(writer.write(key, encode_sample(sample)))
             rows.append({"person": "user", "segment": "input", "frame": 0, "camera": key.rsplit("/", 1)[1],
                          "width": res, "height": res, "split": "test", "has_prior": False})
-    codes = np.zeros((len(rows), 1), np.float32) if code is None else np.tile(code, (len(rows), 1))
-    manifest = build_manifest(records, rows, codes, expression_space, "images", out)
-    write_manifest(out / MANIFEST_NAME, manifest)
+        writer.close()
+        codes = np.zeros((len(rows), 1), np.float32) if code is None else np.tile(code, (len(rows), 1))
+        manifest = build_manifest(records, rows, codes, expression_space, "images", stage.path)
+        write_manifest(stage.path / MANIFEST_NAME, manifest)
     return keys
 
 

@@ -28,6 +28,13 @@ COLUMNS = ("key", "shard", "offset", "size", "person", "segment", "frame", "came
            "has_prior", "expr")
 
 
+def is_dataset_file(name: str) -> bool:
+    """Whether a dataset folder's file is one the data stages write (shards, the manifest, the prior stage's
+    options record, temp files): a rerun replaces these and keeps anything else."""
+    return (name in (MANIFEST_NAME, "prior.json") or name.endswith(".tar")
+            or (name.startswith(".") and name.endswith(".tmp")))
+
+
 class ManifestError(ValueError):
     """A manifest is missing, malformed or inconsistent; the message names the file."""
 

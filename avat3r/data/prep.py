@@ -16,10 +16,22 @@ from pathlib import Path
 
 import numpy as np
 
-from .manifest import MANIFEST_NAME, assign_splits, build_manifest, default_holdout, write_manifest
+from ..fileio import StagedFolder
+from .manifest import (
+    MANIFEST_NAME,
+    assign_splits,
+    build_manifest,
+    default_holdout,
+    is_dataset_file,
+    write_manifest,
+)
 from .shards import DEFAULT_MAXCOUNT, DEFAULT_MAXSIZE, ShardWriter, encode_sample, make_key
 
 DEFAULT_SOURCE = "avat3r.data.synthheads"
+# sane ranges: a typo such as --res 100000 fails with one line instead of allocating tens of GB
+MAX_RES = 4096
+LIMITS = {"persons": (1, 10_000), "frames": (1, 100_000), "cameras": (1, 1024), "res": (8, MAX_RES)}
+MAX_SAMPLES = 10_000_000
 
 
 def load_source(spec: str):
@@ -84,6 +96,18 @@ def _init_worker(threads: int) -> None:
     torch.set_num_threads(threads)
 
 
+def check_size(persons: int, frames: int, cameras: int, res: int, n_segments: int) -> None:
+    """Raise ValueError (one line) unless each count lies in LIMITS and the set holds at most MAX_SAMPLES."""
+    for name, value in (("persons", persons), ("frames", frames), ("cameras", cameras), ("res", res)):
+        lo, hi = LIMITS[name]
+        if not lo <= value <= hi:
+            raise ValueError(f"{name} must be between {lo} and {hi:,}, got {value:,}")
+    n_samples = persons * n_segments * frames * cameras
+    if n_samples > MAX_SAMPLES:
+        raise ValueError(f"{n_samples:,} samples are more than one set may hold ({MAX_SAMPLES:,}); "
+                         "split it into several sets")
+
+
 @dataclass
 class PrepSummary:
     out: Path
@@ -100,10 +124,9 @@ def prep_synth(out: str | os.PathLike, persons: int, frames: int, cameras: int, 
                progress: Callable[[int], None] | None = None) -> PrepSummary:
     """Render ``persons`` identities × ``segments`` × ``frames`` × ``cameras`` into ``out`` (shards +
     manifest.parquet), each person through its own rig when ``person_rig``. ``progress(n)`` is called with the number of samples each finished frame added."""
-    if persons < 1 or frames < 1 or cameras < 1 or res < 8:
-        raise ValueError("need persons, frames, cameras ≥ 1 and res ≥ 8")
     src = load_source(source)
     segments = tuple(segments) if segments else tuple(src.SEGMENTS)
+    check_size(persons, frames, cameras, res, len(segments))
     if person_rig and "person" not in inspect.signature(src.make_rig).parameters:
         raise ValueError(f"the source {source} has no per-person rigs; use one rig for all (--rig shared)")
     known = tuple(getattr(src, "ALL_SEGMENTS", src.SEGMENTS))
@@ -118,16 +141,15 @@ def prep_synth(out: str | os.PathLike, persons: int, frames: int, cameras: int, 
     names = [src.person_name(p) for p in range(persons)]
     splits = assign_splits(names, n_val, n_test)
 
-    out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
-    for stale in out.glob("shard-*.tar"):  # a previous run's extra shards would break "same args, same bytes"
-        stale.unlink()
     # key order: person → segment → frame → camera (the rig's order)
     jobs = [SynthJob(source, seed, p, seg, f, frames, cameras, res, depth, person_rig)
             for p in range(persons) for seg in segments for f in range(frames)]
     records, rows, exprs = [], [], []
     workers = max(1, min(workers, len(jobs)))
-    with ShardWriter(out, maxcount=maxcount, maxsize=maxsize) as writer:
+    # built aside and swapped in whole: an older set stays intact until this one is complete, none of its shards
+    # is left beside the new ones, and a second run into the same folder is refused
+    with StagedFolder(out, is_dataset_file, "dataset") as stage, \
+            ShardWriter(stage.path, maxcount=maxcount, maxsize=maxsize) as writer:
         def consume(samples):
             for key, entries, row, expr in samples:
                 records.append(writer.write(key, entries))
@@ -144,7 +166,8 @@ def prep_synth(out: str | os.PathLike, persons: int, frames: int, cameras: int, 
             with mp.get_context("spawn").Pool(workers, initializer=_init_worker, initargs=(threads,)) as pool:
                 for samples in pool.imap(render_job, jobs, chunksize=1):  # imap keeps the jobs' order
                     consume(samples)
-    manifest = build_manifest(records, rows, np.stack(exprs), src.EXPRESSION_SPACE, "synth", out)
-    write_manifest(out / MANIFEST_NAME, manifest)
-    total = sum((out / s).stat().st_size for s in writer.shards)
-    return PrepSummary(out, len(records), list(writer.shards), splits, total)
+        writer.close()
+        manifest = build_manifest(records, rows, np.stack(exprs), src.EXPRESSION_SPACE, "synth", stage.path)
+        write_manifest(stage.path / MANIFEST_NAME, manifest)
+        total = sum((stage.path / s).stat().st_size for s in writer.shards)
+    return PrepSummary(Path(out), len(records), list(writer.shards), splits, total)

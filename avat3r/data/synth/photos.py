@@ -4,18 +4,26 @@ from __future__ import annotations
 
 import json
 import os
+import re
 from pathlib import Path
 
-import cv2
 import torch
 
 from ...cameras import atomic_write_bytes, k_farthest_viewpoints, write_cams_json
+from ...fileio import StagedFolder, opencv
 from .expressions import SEGMENTS
 from .render import render_frame_samples
 from .rig import make_rig
 
 # expressive segments to draw input timesteps from (paper App. C draws inputs from these three)
 INPUT_SEGMENTS = ("EXP_jaw003", "EXP_eye_wide", "EXP_tongue001")
+
+cv2 = opencv()
+
+
+def _is_photo_file(name: str) -> bool:
+    """Files ``write_synth_photos`` writes: a rerun replaces these (no view of an older run is left over)."""
+    return bool(re.fullmatch(r"view_\d+\.png|cams\.json|truth\.json|\..*\.tmp", name))
 
 
 def write_synth_photos(out_dir: str | os.PathLike, person: int, seed: int = 0, res: int = 64, n_cameras: int = 12,
@@ -24,8 +32,13 @@ def write_synth_photos(out_dir: str | os.PathLike, person: int, seed: int = 0, r
     """Render ``n_views`` k-farthest rig views of ``person`` (each at a random frame of an expressive segment
     when ``mixed_expressions``, else all neutral) to ``out_dir``/view_i.png + cams.json; returns the names.
     ``truth.json`` records the segment/frame of each view and whether the person's own rig filmed them."""
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
+    with StagedFolder(out_dir, _is_photo_file, "synth photos") as stage:
+        return _write_photos(stage.path, person, seed, res, n_cameras, n_views, n_frames, mixed_expressions,
+                             view_seed, person_rig)
+
+
+def _write_photos(out: Path, person, seed, res, n_cameras, n_views, n_frames, mixed_expressions, view_seed,
+                  person_rig) -> list[str]:
     _, cams = make_rig(seed, n_cameras, res, person if person_rig else None)
     g = torch.Generator().manual_seed(view_seed * 1_000_003 + person)
     views = k_farthest_viewpoints(cams, n_views, generator=g)
