@@ -192,7 +192,7 @@ def _tree_bytes(folder):
 
 def test_prior_stage_adds_entries_and_resumes_bit_exactly(tmp_path):
     from avat3r.data.manifest import read_manifest
-    from avat3r.priors.stage import PriorStageConfig, _process_shard, run_prior_stage
+    from avat3r.priors.stage import PriorStageConfig, run_prior_stage
 
     src = tmp_path / "src"
     src.mkdir()
@@ -210,11 +210,59 @@ def test_prior_stage_adds_entries_and_resumes_bit_exactly(tmp_path):
     assert len(partners) == 3 and "cam05" not in partners and "cam00" not in partners
     assert "pos" not in m.read(5)  # the back-only camera is never an input
 
-    # a run killed after its first shard, then restarted, ends with the same bytes
+    # a run killed after its first shard (its work waits in .resumed.partial), then restarted, ends with the
+    # same bytes
     resumed = tmp_path / "resumed"
-    resumed.mkdir()
-    _process_shard(str(src / "manifest.parquet"), "shard-000000.tar", str(resumed), cfg)
-    (resumed / ".shard-000001.tar.tmp").write_bytes(b"half-written")  # debris of the kill
+    with pytest.raises(KeyboardInterrupt):
+        run_prior_stage(src, resumed, cfg, progress=_interrupt_at(7))
+    partial = tmp_path / ".resumed.partial"
+    assert not resumed.exists() and sorted(p.name for p in partial.iterdir()) == ["prior.json", "shard-000000.tar"]
+    (partial / ".shard-000001.tar.tmp").write_bytes(b"half-written")  # debris of the kill
+    done = (partial / "shard-000000.tar").stat().st_mtime_ns
     run_prior_stage(src, resumed, cfg)
-    assert _tree_bytes(resumed) == _tree_bytes(full)
+    assert _tree_bytes(resumed) == _tree_bytes(full) and not partial.exists()
+    assert (resumed / "shard-000000.tar").stat().st_mtime_ns == done  # resumed, not redone
     assert len(read_manifest(resumed)) == 12
+
+
+def _interrupt_at(n_samples):
+    seen = []
+
+    def progress(n):
+        seen.append(n)
+        if sum(seen) >= n_samples:
+            raise KeyboardInterrupt
+    return progress
+
+
+def test_prior_rerun_with_other_options_never_keeps_stale_results(tmp_path):
+    from avat3r.priors.stage import PriorStageConfig, run_prior_stage
+
+    src = tmp_path / "src"
+    src.mkdir()
+    _tiny_dataset(src)
+    out = tmp_path / "out"
+    none = run_prior_stage(src, out, PriorStageConfig(position="none"))
+    gt_cfg = PriorStageConfig(position="ground-truth")
+    gt = run_prior_stage(src, tmp_path / "gt", gt_cfg)
+    pos = {name: m.read(0)["pos"] for name, m in (("none", none), ("gt", gt))}
+    assert not np.array_equal(pos["none"], pos["gt"])
+
+    # into the finished folder with another position prior: redone, not reported over the old shards
+    again = run_prior_stage(src, out, gt_cfg)
+    assert np.array_equal(again.read(0)["pos"], pos["gt"]) and _tree_bytes(out) == _tree_bytes(tmp_path / "gt")
+
+    # a killed run's work is continued only with the same options
+    with pytest.raises(KeyboardInterrupt):
+        run_prior_stage(src, tmp_path / "k", PriorStageConfig(position="none"), progress=_interrupt_at(7))
+    run_prior_stage(src, tmp_path / "k", gt_cfg)
+    assert _tree_bytes(tmp_path / "k") == _tree_bytes(tmp_path / "gt")
+
+    # the same options again: nothing to redo; another source manifest: redone
+    stamp = (out / "shard-000000.tar").stat().st_mtime_ns
+    run_prior_stage(src, out, gt_cfg)
+    assert (out / "shard-000000.tar").stat().st_mtime_ns == stamp
+    src2 = tmp_path / "src2"
+    src2.mkdir()
+    _tiny_dataset(src2, res=16)
+    assert run_prior_stage(src2, out, gt_cfg).read(0)["pos"].shape == (16, 16, 3)

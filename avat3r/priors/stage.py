@@ -7,15 +7,19 @@ other non-back cameras picked by farthest-point sampling of viewing directions s
 sample as ``partners.json``. One run gives maps for all its views, so partner views that are inputs
 too reuse them (with the run's other views as their partners) instead of running again.
 
-Work goes shard by shard: each output shard is written under a temp name and renamed when complete, and
-shards already present in the output folder are skipped, so a killed run restarts where it stopped and ends
-with the same bytes as an uninterrupted one. The manifest is written last, from the output shards' headers.
+Work goes shard by shard into the hidden sibling ``.OUT.partial`` of the output folder, which is swapped in
+whole when complete: each shard is written under a temp name and renamed when complete, and a rerun with the
+same options skips the shards already there, so a killed run restarts where it stopped and ends with the same
+bytes as an uninterrupted one. The options (and the source manifest's digest) are recorded as ``prior.json``;
+work made with other options is never reused. The manifest is written last, from the output shards' headers.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
+import shutil
 from collections import defaultdict
 from collections.abc import Callable
 from concurrent.futures import ProcessPoolExecutor
@@ -25,14 +29,16 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from ..cameras import Cameras, farthest_point_sampling, is_back_only
-from ..data.manifest import MANIFEST_NAME, Manifest, read_manifest, write_manifest
+from ..cameras import Cameras, atomic_write_bytes, farthest_point_sampling, is_back_only
+from ..data.manifest import MANIFEST_NAME, Manifest, is_dataset_file, read_manifest, write_manifest
 from ..data.shards import ShardWriter, decode_entry, encode_npy, index_shard, read_members
+from ..fileio import StagedFolder
 from . import get_feature_prior, get_position_prior
 from .base import PriorError
 
 PARTNERS_ENTRY = "partners.json"
 PRIOR_ENTRIES = ("pos.npy", "conf.npy", "feat.npy", PARTNERS_ENTRY)
+OPTIONS_NAME = "prior.json"  # what the output was made from; see is_dataset_file
 
 
 @dataclass
@@ -171,22 +177,54 @@ def run_prior_stage(source: str | os.PathLike, out_dir: str | os.PathLike, cfg: 
     out = Path(out_dir)
     if out.resolve() == manifest.root.resolve():
         raise PriorError("the output folder must differ from the input folder (shards are rewritten)")
-    out.mkdir(parents=True, exist_ok=True)
-    shards = list(dict.fromkeys(str(s) for s in manifest["shard"]))
-    todo = [s for s in shards if not (out / s).exists()]
-    if progress is not None:
-        progress(int(sum(int((manifest["shard"] == s).sum()) for s in shards if s not in todo)))
-    if workers <= 1 or len(todo) <= 1:
-        for s in todo:
-            _process_shard(manifest_path, s, str(out), cfg, progress)
-    else:
-        with ProcessPoolExecutor(max_workers=workers, initializer=torch.set_num_threads, initargs=(1,)) as pool:
-            futures = [pool.submit(_process_shard, manifest_path, s, str(out), cfg) for s in todo]
-            for s, f in zip(todo, futures):
-                f.result()
-                if progress is not None:
-                    progress(int((manifest["shard"] == s).sum()))
-    return _write_output_manifest(manifest, out, shards)
+    options = prior_options(manifest_path, cfg)
+    if _recorded_options(out) == options and (out / MANIFEST_NAME).is_file():
+        if progress is not None:  # done before with these very options
+            progress(len(manifest))
+        return read_manifest(out)
+    # the old output stays whole until the new one is complete; a killed run's work with the same options is
+    # continued, never work made with other options
+    with StagedFolder(out, is_dataset_file, "dataset", resume=True) as stage:
+        work = stage.path
+        if _recorded_options(work) != options:
+            for entry in work.iterdir():
+                shutil.rmtree(entry) if entry.is_dir() else entry.unlink()
+            atomic_write_bytes(work / OPTIONS_NAME, (json.dumps(options, indent=1) + "\n").encode())
+        shards = list(dict.fromkeys(str(s) for s in manifest["shard"]))
+        todo = [s for s in shards if not (work / s).exists()]
+        if progress is not None:
+            progress(int(sum(int((manifest["shard"] == s).sum()) for s in shards if s not in todo)))
+        if workers <= 1 or len(todo) <= 1:
+            for s in todo:
+                _process_shard(manifest_path, s, str(work), cfg, progress)
+        else:
+            with ProcessPoolExecutor(max_workers=workers, initializer=torch.set_num_threads,
+                                     initargs=(1,)) as pool:
+                futures = [pool.submit(_process_shard, manifest_path, s, str(work), cfg) for s in todo]
+                for s, f in zip(todo, futures):
+                    f.result()
+                    if progress is not None:
+                        progress(int((manifest["shard"] == s).sum()))
+        result = _write_output_manifest(manifest, work, shards)
+    result.root = out
+    return result
+
+
+def prior_options(manifest_path: str | os.PathLike, cfg: PriorStageConfig) -> dict:
+    """Everything the output's bytes depend on, as recorded in ``prior.json``: the source manifest's digest and
+    the stage's options (JSON-normalised, so a record read back compares equal)."""
+    doc = {"source_manifest_sha256": hashlib.sha256(Path(manifest_path).read_bytes()).hexdigest(),
+           "position": cfg.position, "features": cfg.features, "partners": cfg.partners,
+           "segments": cfg.segments, "frames": cfg.frames,
+           "position_options": cfg.position_options, "feature_options": cfg.feature_options}
+    return json.loads(json.dumps(doc, sort_keys=True))
+
+
+def _recorded_options(folder: Path) -> dict | None:
+    try:
+        return json.loads((folder / OPTIONS_NAME).read_text())
+    except (OSError, ValueError):
+        return None
 
 
 def _write_output_manifest(manifest: Manifest, out: Path, shards: list[str]) -> Manifest:
