@@ -19,7 +19,7 @@ import numpy as np
 import torch
 
 from .cameras import atomic_write_bytes
-from .fileio import AbortOnError
+from .fileio import AbortOnError, opencv, partial_file
 
 
 class VideoError(RuntimeError):
@@ -77,14 +77,16 @@ class VideoWriter(AbortOnError):
         self.frames = 0
         self._proc: subprocess.Popen | None = None
         self._tmp: str | None = None
+        self._fd: int | None = None  # holds the lock on _tmp
         self._log = None
 
     def _start(self, width: int, height: int) -> None:
         import ffmpeg
 
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        fd, self._tmp = tempfile.mkstemp(dir=self.path.parent, prefix=f".{self.path.name}.", suffix=".mp4")
-        os.close(fd)
+        # .NAME.<random>.partial.mp4, locked while we live: the next writer of this video removes it if we are
+        # killed (a temp name ffmpeg opens itself cannot be one the system deletes for us)
+        self._fd, self._tmp = partial_file(self.path, ".mp4")
         stream = (ffmpeg.input("pipe:", format="rawvideo", pix_fmt="rgb24", s=f"{width}x{height}",
                                framerate=self.fps)
                   .output(self._tmp, vcodec="libx264", pix_fmt="yuv420p", crf=self.crf, preset=self.preset,
@@ -142,6 +144,9 @@ class VideoWriter(AbortOnError):
         if self._tmp and os.path.exists(self._tmp):
             os.unlink(self._tmp)
         self._tmp = None
+        if self._fd is not None:
+            os.close(self._fd)
+            self._fd = None
         if self._log is not None:
             self._log.close()
             self._log = None
@@ -195,8 +200,7 @@ def read_video_frames(path: str | os.PathLike) -> Iterator[np.ndarray]:
 
 # -- PNG frames ----------------------------------------------------------------------------------
 def png_bytes(frame: torch.Tensor | np.ndarray) -> bytes:
-    import cv2
-
+    cv2 = opencv()
     ok, buf = cv2.imencode(".png", to_uint8(frame)[..., ::-1])  # OpenCV wants BGR
     if not ok:
         raise VideoError("PNG encoding failed")
@@ -209,8 +213,7 @@ def write_png(path: str | os.PathLike, frame: torch.Tensor | np.ndarray) -> None
 
 def read_png(path: str | os.PathLike) -> np.ndarray:
     """(H, W, 3) uint8 RGB."""
-    import cv2
-
+    cv2 = opencv()
     img = cv2.imread(str(path), cv2.IMREAD_COLOR)
     if img is None:
         raise VideoError(f"{path}: not a readable image")

@@ -112,7 +112,7 @@ def test_render_writes_each_frame_as_it_arrives(tmp_path):
     from avat3r.pipeline import render, stream_source
 
     read_fd, write_fd = os.pipe()
-    png0 = tmp_path / "f" / "000000.png"
+    png0 = tmp_path / ".f.partial" / "000000.png"  # the folder is built aside and swapped in at the end
     seen = []
 
     def writer():
@@ -131,6 +131,75 @@ def test_render_writes_each_frame_as_it_arrives(tmp_path):
         n = render(stream_source(f), "frontal", {"frames_dir": tmp_path / "f"}, size=16, device="cpu")
     t.join()
     assert seen == [True] and n == 3
+    assert sorted(p.name for p in (tmp_path / "f").iterdir()) == ["000000.png", "000001.png", "000002.png"]
+
+
+def test_render_folders_replace_an_older_render_whole(tmp_path):
+    from avat3r.fileio import OutputLock
+    from avat3r.pipeline import render, stream_source
+
+    stream = tmp_path / "s.tar"
+    write_stream(stream, [ellipsoid_scene(100, seed=i) for i in range(4)], None)
+
+    def run(*extra):
+        return run_cli(["render", str(stream), "--size", "16", "--frames", str(tmp_path / "f"), "--ply",
+                        str(tmp_path / "p"), "-q", *extra])
+
+    assert run("--n-frames", "4")[0] == 0
+    (tmp_path / "f" / "notes.txt").write_text("mine")  # not a frame: kept
+    write_stream(stream, [ellipsoid_scene(100, seed=i) for i in range(2)], None)
+    code, _, err = run()
+    assert code == 0, err
+    assert sorted(p.name for p in (tmp_path / "f").iterdir()) == ["000000.png", "000001.png", "notes.txt"]
+    assert sorted(p.name for p in (tmp_path / "p").iterdir()) == ["000000.ply", "000001.ply"]
+    before = {p.name: p.read_bytes() for p in (tmp_path / "f").iterdir()}
+
+    def interrupt(n):
+        raise KeyboardInterrupt
+
+    write_stream(stream, [ellipsoid_scene(100, seed=9)] * 3, None)
+    with open(stream, "rb") as f, pytest.raises(KeyboardInterrupt):  # a render stopped after its first frame
+        render(stream_source(f), "frontal", {"frames_dir": tmp_path / "f"}, size=16, device="cpu",
+               progress=interrupt)
+    assert {p.name: p.read_bytes() for p in (tmp_path / "f").iterdir()} == before
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["f", "p", "s.tar"]
+
+    # a killed render's folder is marked as such (.f.partial) and cleared by the next render
+    (tmp_path / ".f.partial").mkdir()
+    (tmp_path / ".f.partial" / "000005.png").write_bytes(b"half")
+    assert run()[0] == 0
+    assert sorted(p.name for p in (tmp_path / "f").iterdir()) == [f"{i:06d}.png" for i in range(3)] + ["notes.txt"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["f", "p", "s.tar"]
+
+    for args, pattern in ((["--frames", str(tmp_path / "same"), "--ply", str(tmp_path / "same")], "same folder"),
+                          (["--frames", str(tmp_path)], "holds no rendered frames")):
+        code, _, err = run_cli(["render", str(stream), "--size", "16", "-q", *args])
+        assert code != 0 and pattern in err and err.count("\n") == 1 and err.startswith("avat3r: error:"), err
+    with OutputLock(tmp_path / "f"):
+        code, _, err = run()
+    assert code != 0 and "is being written by another run" in err and err.count("\n") == 1
+    assert not (tmp_path / "same").exists()
+
+
+def test_killed_video_writers_leave_no_temp_files_for_long(tmp_path):
+    from avat3r.video import VideoWriter
+
+    out = tmp_path / "out.mp4"
+    kill = ("import os, signal, sys, numpy as np; from avat3r.video import VideoWriter; "
+            "w = VideoWriter(sys.argv[1], 10); w.write(np.zeros((16, 16, 3), np.uint8)); "
+            "os.kill(os.getpid(), signal.SIGKILL)")
+    subprocess.run([sys.executable, "-c", kill, str(out)], timeout=300)
+    left = [p.name for p in tmp_path.iterdir()]
+    assert len(left) == 1 and left[0].startswith(".out.mp4.") and left[0].endswith(".partial.mp4"), left
+
+    live = VideoWriter(out, 10)  # a writer still at work: its temp file is not taken for a killed one's
+    live.write(np.zeros((16, 16, 3), np.uint8))
+    with VideoWriter(out, 10) as w:
+        w.write(np.full((16, 16, 3), 255, np.uint8))
+    names = sorted(p.name for p in tmp_path.iterdir())
+    assert names[-1] == "out.mp4" and len(names) == 2 and names[0] != left[0] and names[0].endswith(".partial.mp4")
+    live.abort()
+    assert [p.name for p in tmp_path.iterdir()] == ["out.mp4"] and count_frames(out)[0] == 1
 
 
 def test_render_ply_along_cams_json_and_inputs_path_cycles(tmp_path):
