@@ -177,6 +177,34 @@ def test_corrupted_samples_raise_one_line_errors_naming_shard_and_key(tiny_set, 
         read_sample(tiny_set / m["shard"][r], off, size + int(m["size"][r + 1]), key=key)
 
 
+def test_oversized_members_images_and_arrays_are_refused_with_one_line(tmp_path, monkeypatch):
+    import io
+    import struct
+
+    import avat3r.data.shards as shards
+    from avat3r.data.shards import ShardError, ShardWriter, encode_npy, encode_png, iter_shard, read_sample
+
+    png = bytearray(encode_png(np.zeros((8, 8, 3), np.uint8)))
+    png[16:24] = struct.pack(">II", 100_000, 100_000)  # a header that would make OpenCV allocate 30 GB
+    npy = io.BytesIO()
+    np.lib.format.write_array_header_1_0(npy, {"descr": "<f4", "fortran_order": False, "shape": (10**10,)})
+    cases = {"big_png": {"rgb.png": bytes(png)}, "big_npy": {"expr.npy": npy.getvalue() + bytes(8)}}
+    cases["big_member"] = {"depth.npy": encode_npy(np.zeros(4000, np.float32))}
+    with ShardWriter(tmp_path) as w:
+        records = {name: w.write(f"p/s/000000/{name.replace('_', '')}", entries) for name, entries in cases.items()}
+    shard = tmp_path / records["big_png"].shard
+    monkeypatch.setattr(shards, "MAX_MEMBER_BYTES", 10_000)
+    for name, pattern in (("big_png", "100000x100000 image is larger than"),
+                          ("big_npy", "header claims a 10000000000 float32 array, more than the data"),
+                          ("big_member", "member depth.npy is 16,128 bytes, more than a sample's member may be")):
+        rec = records[name]
+        with pytest.raises(ShardError) as err:
+            read_sample(shard, rec.offset, rec.size, key=rec.key)
+        assert pattern in str(err.value) and "\n" not in str(err.value), str(err.value)
+    with pytest.raises(ShardError, match="member depth.npy is 16,128 bytes"):  # before WebDataset reads it
+        list(iter_shard(shard))
+
+
 def test_shard_writer_bounds_size_and_count(tmp_path):
     from avat3r.data.shards import ShardWriter, read_members
 

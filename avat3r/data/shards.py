@@ -14,21 +14,29 @@ from __future__ import annotations
 
 import io
 import json
+import math
 import os
+import struct
 import tarfile
 from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
-import cv2
 import numpy as np
 
-from ..fileio import AbortOnError
+from ..fileio import AbortOnError, opencv
+
+cv2 = opencv()
 
 SHARD_PATTERN = "shard-{:06d}.tar"
 DEFAULT_MAXCOUNT = 100_000
 DEFAULT_MAXSIZE = 1 << 30  # 1 GiB keeps shards easy to copy and cache
 ENTRY_ORDER = ("rgb.png", "mask.png", "camera.json", "expr.npy", "depth.npy", "pos.npy", "conf.npy", "feat.npy")
+# Resource limits on what is read into memory: the largest entry prep writes (a 4096² float32 depth map) is
+# 64 MiB, so a member, image or array beyond these is damage or a foreign file, refused with one line instead of
+# exhausting memory.
+MAX_MEMBER_BYTES = 512 << 20
+MAX_IMAGE_PIXELS = 8192 * 8192
 _NPY_DTYPES = {"expr.npy": np.float32, "depth.npy": np.float32, "pos.npy": np.float32,
                "conf.npy": np.float16, "feat.npy": np.float16}
 
@@ -101,15 +109,30 @@ def encode_sample(sample: Mapping) -> dict[str, bytes]:
 
 
 # -- decoding ------------------------------------------------------------------------------------
+def _load_npy(data: bytes) -> np.ndarray:
+    """``np.load`` once the header's shape fits the bytes there (numpy allocates the whole array first)."""
+    f = io.BytesIO(data)
+    major, _ = np.lib.format.read_magic(f)
+    read_header = np.lib.format.read_array_header_1_0 if major == 1 else np.lib.format.read_array_header_2_0
+    shape, _, dtype = read_header(f)
+    if math.prod(shape) * dtype.itemsize > len(data) - f.tell():
+        raise ValueError(f"its header claims a {'x'.join(map(str, shape))} {dtype} array, more than the data")
+    return np.load(io.BytesIO(data), allow_pickle=False)
+
+
 def decode_entry(entry: str, data: bytes):
     """Decode one member; unknown entries stay bytes. Raises ValueError on malformed data."""
     if entry.endswith(".png"):
+        if data[12:16] == b"IHDR":  # PNG size from its header, before OpenCV allocates it
+            w, h = struct.unpack(">II", data[16:24])
+            if w * h > MAX_IMAGE_PIXELS:
+                raise ValueError(f"a {w}x{h} image is larger than {MAX_IMAGE_PIXELS:,} pixels")
         img = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_UNCHANGED)
         if img is None:
             raise ValueError("not a readable PNG")
         return cv2.cvtColor(img, cv2.COLOR_BGR2RGB) if img.ndim == 3 else img
     if entry.endswith(".npy"):
-        return np.load(io.BytesIO(data), allow_pickle=False)
+        return _load_npy(data)
     if entry.endswith(".json"):
         return json.loads(data.decode("utf-8"))
     return data
@@ -243,6 +266,12 @@ class _Span:
         return data
 
 
+def _check_member_size(shard: str, label: str, entry: str, size: int) -> None:
+    if size > MAX_MEMBER_BYTES:
+        raise ShardError(f"{shard}: sample {label}: member {entry} is {size:,} bytes, more than a sample's member "
+                         f"may be ({MAX_MEMBER_BYTES:,})")
+
+
 def read_members(shard_path: str | os.PathLike, offset: int, size: int, key: str | None = None,
                  entries: Iterable[str] | None = None) -> dict[str, bytes]:
     """Raw ``{entry: bytes}`` of the sample stored at bytes [offset, offset+size) of ``shard_path``.
@@ -274,6 +303,7 @@ def read_members(shard_path: str | os.PathLike, offset: int, size: int, key: str
                 if member.offset_data + member.size > size:
                     raise ShardError(f"{shard}: sample {label}: member {entry} runs past the sample's span")
                 if wanted is None or entry in wanted:
+                    _check_member_size(shard, label, entry, member.size)
                     out[entry] = tar.extractfile(member).read()
         except (tarfile.TarError, EOFError, UnicodeDecodeError) as err:
             raise ShardError(f"{shard}: sample {label}: corrupt tar data ({err})") from None
@@ -313,9 +343,10 @@ def index_shard(path: str | os.PathLike) -> list[tuple[str, int, int]]:
             except tarfile.HeaderError as err:
                 raise ShardError(f"{shard}: sample {where}: corrupt tar header at byte {pos} ({err})") from None
             end = pos + 512 + -(-info.size // 512) * 512
+            key, _, entry = info.name.partition(".")
             if end > total:
-                raise ShardError(f"{shard}: sample {info.name.partition('.')[0]}: truncated at byte {total}")
-            key = info.name.partition(".")[0]
+                raise ShardError(f"{shard}: sample {key}: truncated at byte {total}")
+            _check_member_size(shard, key, entry, info.size)  # WebDataset would read it whole
             if spans and spans[-1][0] == key:
                 spans[-1][2] = end - spans[-1][1]
             else:
