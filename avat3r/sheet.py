@@ -9,6 +9,7 @@ import torch
 import torch.nn.functional as F
 
 from .cameras import atomic_write_bytes
+from .fileio import opencv
 
 GAP = 2  # black pixels between tiles
 
@@ -43,8 +44,7 @@ def tile_rows(rows: list[torch.Tensor], height: int) -> np.ndarray:
 
 
 def write_png(path: str | os.PathLike, image: np.ndarray) -> None:
-    import cv2
-
+    cv2 = opencv()
     ok, data = cv2.imencode(".png", np.ascontiguousarray(image[..., ::-1]))  # OpenCV wants BGR
     if not ok:
         raise ValueError(f"could not encode {path} as PNG")

@@ -14,15 +14,17 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-import cv2
 import numpy as np
 import torch
 import typer
 
 from avat3r.cameras import view_angle_degrees
 from avat3r.data import synthheads as S
+from avat3r.fileio import opencv
 from avat3r.pipeline import load_animatable, render_image
 from avat3r.video import to_uint8
+
+cv2 = opencv()
 
 SHEET_EXPRESSIONS = {
     "neutral": {},

@@ -263,6 +263,22 @@ def test_prep_images_errors_and_warnings(tmp_path):
     assert r.exit_code != 0 and "b.png: no camera for this image" in r.output
 
 
+def test_opencv_log_lines_never_reach_the_terminal(tmp_path, capfd):
+    from avat3r.data.images import ImagePrepError, load_user_images
+    from avat3r.video import VideoError, read_png
+
+    img = np.zeros((H, W, 3), np.uint8)
+    cams_json = write_photos(tmp_path / "p", {"a.png": img, "b.png": img}, [photo_camera(0.0), photo_camera(10.0)])
+    (tmp_path / "p" / "b.png").write_bytes(b"\x89PNG\r\n\x1a\n" + b"garbage" * 20)
+    capfd.readouterr()
+    with pytest.raises(ImagePrepError, match="b.png: cannot read the image"):
+        load_user_images(tmp_path / "p", cams_json, res=32)
+    with pytest.raises(VideoError, match="not a readable image"):
+        read_png(tmp_path / "p" / "b.png")
+    err = capfd.readouterr().err  # what reached the process's stderr, OpenCV's C++ side included
+    assert "WARN" not in err and "ERROR" not in err, err
+
+
 def test_grabcut_keeps_the_neck_of_a_synthheads_render(tmp_path):
     """A rendered head composited on a wall: GrabCut must keep hair, ears and the neck that leaves the crop."""
     sh = pytest.importorskip("avat3r.data.synthheads")
