@@ -19,10 +19,11 @@ import numpy as np
 import torch
 
 from .cameras import atomic_write_bytes
+from .errors import Avat3rError
 from .fileio import AbortOnError, opencv, partial_file
 
 
-class VideoError(RuntimeError):
+class VideoError(Avat3rError, RuntimeError):
     """ffmpeg failed or a frame does not fit the video; the message says why."""
 
 

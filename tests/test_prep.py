@@ -14,7 +14,7 @@ from test_data import FAKE, tree_hash
 from typer.testing import CliRunner
 
 from avat3r.cameras import Cameras, intrinsics, look_at, project, write_cams_json
-from cli.main import app
+from avat3r.cli.main import app
 
 runner = CliRunner()
 

@@ -19,6 +19,7 @@ import numpy as np
 import torch
 
 from ..cameras import Cameras, project, read_cams_json
+from ..errors import Avat3rError
 from ..fileio import StagedFolder, opencv
 from .manifest import MANIFEST_NAME, build_manifest, is_dataset_file, write_manifest
 from .shards import ShardWriter, encode_sample, make_key
@@ -35,7 +36,7 @@ GRABCUT_ITERATIONS = 5
 SURE_FACE_RADIUS = 0.05  # metres around the head centre that GrabCut must keep
 
 
-class ImagePrepError(ValueError):
+class ImagePrepError(Avat3rError, ValueError):
     """A user image or its camera is unusable; the message names the image."""
 
 

@@ -20,6 +20,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from ..cameras import atomic_write_bytes
+from ..errors import Avat3rError
 
 MANIFEST_VERSION = 1
 MANIFEST_NAME = "manifest.parquet"
@@ -35,7 +36,7 @@ def is_dataset_file(name: str) -> bool:
             or (name.startswith(".") and name.endswith(".tmp")))
 
 
-class ManifestError(ValueError):
+class ManifestError(Avat3rError, ValueError):
     """A manifest is missing, malformed or inconsistent; the message names the file."""
 
 
@@ -109,7 +110,7 @@ def build_manifest(records: Sequence, rows: Sequence[dict], expr: np.ndarray, ex
     cols["expr"] = expr
     bad = set(cols["split"].tolist()) - set(SPLITS)
     if bad:
-        raise ValueError(f"unknown split(s) {sorted(bad)}; expected {', '.join(SPLITS)}")
+        raise ManifestError(f"unknown split(s) {sorted(bad)}; expected {', '.join(SPLITS)}")
     return Manifest(cols, expression_space, source, MANIFEST_VERSION, Path(root))
 
 
@@ -181,11 +182,11 @@ def assign_splits(persons: Sequence[str], n_val: int, n_test: int) -> dict[str, 
     if len(set(persons)) != n:
         raise ValueError("person ids must be unique")
     if n_val < 0 or n_test < 0:
-        raise ValueError("held-out person counts cannot be negative")
+        raise ManifestError("held-out person counts cannot be negative")
     if n_val + n_test > n or (n_val + n_test == n > 0 and n_test != n):
         # an all-test set (n_test = n) is allowed: a held-out evaluation set of persons and rigs never trained on
-        raise ValueError(f"holding out {n_val} val + {n_test} test of {n} persons leaves none to train on "
-                         "(hold out every person as test for an evaluation-only set)")
+        raise ManifestError(f"holding out {n_val} val + {n_test} test of {n} persons leaves none to train on "
+                            "(hold out every person as test for an evaluation-only set)")
     out = {}
     for i, p in enumerate(persons):
         out[p] = "test" if i >= n - n_test else "val" if i >= n - n_test - n_val else "train"

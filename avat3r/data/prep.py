@@ -16,6 +16,7 @@ from pathlib import Path
 
 import numpy as np
 
+from ..errors import Avat3rError
 from ..fileio import StagedFolder
 from .manifest import (
     MANIFEST_NAME,
@@ -39,6 +40,10 @@ def load_source(spec: str):
     module, _, attr = spec.partition(":")
     obj = importlib.import_module(module)
     return getattr(obj, attr) if attr else obj
+
+
+class PrepError(Avat3rError, ValueError):
+    """A synthetic dataset cannot be written as asked (sizes out of range, unknown segments)."""
 
 
 @dataclass(frozen=True)
@@ -97,14 +102,14 @@ def _init_worker(threads: int) -> None:
 
 
 def check_size(persons: int, frames: int, cameras: int, res: int, n_segments: int) -> None:
-    """Raise ValueError (one line) unless each count lies in LIMITS and the set holds at most MAX_SAMPLES."""
+    """Raise PrepError (one line) unless each count lies in LIMITS and the set holds at most MAX_SAMPLES."""
     for name, value in (("persons", persons), ("frames", frames), ("cameras", cameras), ("res", res)):
         lo, hi = LIMITS[name]
         if not lo <= value <= hi:
-            raise ValueError(f"{name} must be between {lo} and {hi:,}, got {value:,}")
+            raise PrepError(f"{name} must be between {lo} and {hi:,}, got {value:,}")
     n_samples = persons * n_segments * frames * cameras
     if n_samples > MAX_SAMPLES:
-        raise ValueError(f"{n_samples:,} samples are more than one set may hold ({MAX_SAMPLES:,}); "
+        raise PrepError(f"{n_samples:,} samples are more than one set may hold ({MAX_SAMPLES:,}); "
                          "split it into several sets")
 
 
@@ -128,13 +133,13 @@ def prep_synth(out: str | os.PathLike, persons: int, frames: int, cameras: int, 
     segments = tuple(segments) if segments else tuple(src.SEGMENTS)
     check_size(persons, frames, cameras, res, len(segments))
     if person_rig and "person" not in inspect.signature(src.make_rig).parameters:
-        raise ValueError(f"the source {source} has no per-person rigs; use one rig for all (--rig shared)")
+        raise PrepError(f"the source {source} has no per-person rigs; use one rig for all (--rig shared)")
     known = tuple(getattr(src, "ALL_SEGMENTS", src.SEGMENTS))
     unknown = [s for s in segments if s not in known]
     if unknown:
-        raise ValueError(f"unknown segment(s) {', '.join(unknown)}; known: {', '.join(known)}")
+        raise PrepError(f"unknown segment(s) {', '.join(unknown)}; known: {', '.join(known)}")
     if len(set(segments)) != len(segments):
-        raise ValueError("segments are listed twice")
+        raise PrepError("segments are listed twice")
     dv, dt = default_holdout(persons)
     n_val = dv if n_val is None else n_val
     n_test = dt if n_test is None else n_test

@@ -24,6 +24,7 @@ from pathlib import Path
 
 import numpy as np
 
+from ..errors import Avat3rError
 from ..fileio import AbortOnError, opencv
 
 cv2 = opencv()
@@ -41,7 +42,7 @@ _NPY_DTYPES = {"expr.npy": np.float32, "depth.npy": np.float32, "pos.npy": np.fl
                "conf.npy": np.float16, "feat.npy": np.float16}
 
 
-class ShardError(ValueError):
+class ShardError(Avat3rError, ValueError):
     """A shard or one of its samples is unreadable; the message names the shard and the key."""
 
 

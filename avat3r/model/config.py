@@ -13,6 +13,7 @@ import math
 from dataclasses import dataclass, fields
 
 from ..errors import Avat3rError
+from ..typed_values import coerce_like
 
 
 class ConfigError(Avat3rError, ValueError):
@@ -183,12 +184,10 @@ class Avat3rConfig:
             raise ConfigError(f"model config has unknown fields: {', '.join(unknown)}")
         values = {}
         for k, v in d.items():
-            ty = type(getattr(PRESETS["paper"], k))
-            if ty is float and isinstance(v, int) and not isinstance(v, bool):
-                v = float(v)
-            if not isinstance(v, ty) or (ty is int and isinstance(v, bool)):
-                raise ConfigError(f"model config field {k!r} must be {ty.__name__}, got {v!r}")
-            values[k] = v
+            try:
+                values[k] = coerce_like(v, getattr(PRESETS["paper"], k))
+            except TypeError as err:
+                raise ConfigError(f"model config field {k!r} {err}") from None
         return Avat3rConfig(**values)
 
     def to_json(self) -> str:

@@ -24,6 +24,7 @@ from typing import Any
 import tomllib
 
 from ..errors import Avat3rError
+from ..typed_values import coerce_like
 
 MAX_VIEWS = 64  # input or target views per example: the paper uses 4 and 8; more only exhausts memory
 
@@ -186,26 +187,10 @@ def _section(name: str, cls, values: dict, source: str):
 
 
 def _coerce(key: str, value: Any, default: Any, source: str):
-    """Check a value against its default's type (ints are accepted where floats are expected)."""
-    if isinstance(default, bool):
-        ok = isinstance(value, bool)
-    elif isinstance(default, float):
-        ok = isinstance(value, (int, float)) and not isinstance(value, bool)
-        value = float(value) if ok else value
-    elif isinstance(default, int):
-        ok = isinstance(value, int) and not isinstance(value, bool)
-    elif isinstance(default, str):
-        ok = isinstance(value, str)
-    elif isinstance(default, tuple):
-        ok = isinstance(value, (list, tuple))
-        value = tuple(value) if ok else value
-    elif isinstance(default, dict):
-        ok = isinstance(value, dict)
-    else:
-        ok = True
-    if not ok:
-        raise RecipeError(f"{source}: {key} must be a {type(default).__name__}, got {value!r}")
-    return value
+    try:
+        return coerce_like(value, default)
+    except TypeError as err:
+        raise RecipeError(f"{source}: {key} {err}") from None
 
 
 def recipe_from_dict(doc: dict, source: str = "<recipe>") -> Recipe:
