@@ -37,6 +37,9 @@ AVATAR_FORMAT = "avat3r-avatar"
 AVATAR_VERSION = 1
 META, STATE, DECODER = "meta.json", "state.safetensors", "decoder.safetensors"
 MEMBERS = (META, STATE, DECODER)
+# the most each member may inflate to: far above the paper preset's (state ≈ 40 MB, decoder weights ≈ 0.5 GB),
+# low enough that a hostile file is refused from its header instead of being read whole into memory
+MEMBER_LIMITS = {META: 16 << 20, STATE: 1 << 30, DECODER: 4 << 30}
 REQUIRED_META = ("expression_space", "expression_names", "neutral")
 _ZIP_TIME = (1980, 1, 1, 0, 0, 0)  # fixed: the same avatar gives the same bytes
 
@@ -139,6 +142,20 @@ def _check_state(state: IdentityState, config: Avat3rConfig, n_views: int, sourc
                           f"records {config.hash()}")
 
 
+def _read_member(zf: zipfile.ZipFile, info: zipfile.ZipInfo, path: Path) -> bytes:
+    """A member's bytes, refused from its header when it declares more than its limit, and read at most one byte
+    past the limit otherwise (a header can lie about what its data inflates to)."""
+    limit = MEMBER_LIMITS[info.filename]
+    too_big = AvatarError(f"{path}: member {info.filename} inflates to more than an avatar's {limit:,} bytes")
+    if info.file_size > limit:
+        raise too_big
+    with zf.open(info) as f:
+        data = f.read(limit + 1)
+    if len(data) > limit:
+        raise too_big
+    return data
+
+
 def load_avatar(path: str | os.PathLike, device: str | torch.device = "cpu") -> Avatar:
     """Read and validate a .avt; builds the decoder-only model when the file carries its weights."""
     path = Path(path)
@@ -158,7 +175,7 @@ def load_avatar(path: str | os.PathLike, device: str | torch.device = "cpu") -> 
             missing = [n for n in (META, STATE) if n not in names]
             if missing:
                 raise AvatarError(f"{path}: missing member {missing[0]}")
-            data = {n: zf.read(n) for n in names}
+            data = {info.filename: _read_member(zf, info, path) for info in zf.infolist()}
     except (zipfile.BadZipFile, OSError) as err:
         raise AvatarError(f"{path}: unreadable zip ({err})") from None
     try:

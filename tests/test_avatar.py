@@ -124,6 +124,35 @@ def test_foreign_and_corrupt_files_are_refused(tmp_path, encoded):
         load_avatar(tmp_path / "absent.avt")
 
 
+def test_a_member_that_inflates_past_its_limit_is_refused_unread(tmp_path, encoded, monkeypatch):
+    import avat3r.avatar as A
+
+    model, state = encoded
+    good = tmp_path / "good.avt"
+    save_avatar(good, state, META, model=model)
+    # 64 MiB of spaces deflate to ~64 KB: refused from the member's header, before any of it is inflated
+    bomb = tmp_path / "bomb.avt"
+    with zipfile.ZipFile(good) as zin, zipfile.ZipFile(bomb, "w", zipfile.ZIP_DEFLATED) as zout:
+        for name in zin.namelist():
+            data = zin.read(name)
+            zout.writestr(name, data + b" " * (64 << 20) if name == "meta.json" else data)
+    assert bomb.stat().st_size < good.stat().st_size + (1 << 20)
+    with pytest.raises(AvatarError, match="meta.json inflates to more than an avatar's 16,777,216 bytes"):
+        load_avatar(bomb)
+    # a header that understates the size is caught by the bounded read
+    monkeypatch.setitem(A.MEMBER_LIMITS, "meta.json", 100)
+    real_open = zipfile.ZipFile.open
+
+    def lying_open(self, info, *args, **kwargs):
+        if isinstance(info, zipfile.ZipInfo) and info.filename == "meta.json":
+            info.file_size = 50  # what a forged header would claim
+        return real_open(self, info, *args, **kwargs)
+
+    monkeypatch.setattr(zipfile.ZipFile, "open", lying_open)
+    with pytest.raises(AvatarError, match="inflates to more than"):
+        load_avatar(good)
+
+
 def test_decoder_weights_must_match_the_config(tmp_path, encoded):
     model, state = encoded
     good = tmp_path / "good.avt"
