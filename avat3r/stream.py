@@ -35,6 +35,8 @@ from .gaussians import Gaussians
 STREAM_VERSION = 1
 GAUSSIANS_MEMBER = "gaussians.safetensors"
 META_MEMBER = "meta.json"
+# the most one member may hold: a paper-preset frame (4 views × 512² Gaussians) is about 60 MB
+MEMBER_LIMITS = {GAUSSIANS_MEMBER: 2 << 30, META_MEMBER: 16 << 20}
 _FIELDS = ("means", "quats", "scales", "opacities", "colors")
 
 
@@ -230,11 +232,16 @@ def read_frame_stream(fileobj: IO[bytes]) -> Iterator[tuple[dict, Gaussians]]:
             key, dot, ext = member.name.rpartition("/")[2].partition(".")
             if not dot or ext not in (GAUSSIANS_MEMBER, META_MEMBER):
                 raise StreamError(f"frame stream: unexpected member {member.name!r}")
+            if member.size > MEMBER_LIMITS[ext]:
+                raise StreamError(f"frame stream: member {member.name!r} holds {member.size:,} bytes, more than "
+                                  f"a frame's {MEMBER_LIMITS[ext]:,}")
             f = tar.extractfile(member)
             data = f.read() if f is not None else b""
             if len(data) != member.size:
                 raise StreamError(f"frame stream: member {member.name!r} is truncated")
             sample = pending.setdefault(key, {})
+            if len(pending) > 2:  # a writer finishes one frame before the next: nothing piles up in memory
+                raise StreamError(f"frame stream: frames {', '.join(sorted(pending))} are interleaved")
             sample[ext] = data
             if len(sample) == 2:
                 del pending[key]

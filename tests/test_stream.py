@@ -140,3 +140,21 @@ def test_foreign_members_are_refused_never_unpickled():
         list(read_frame_stream(io.BytesIO(bad_st)))
     with pytest.raises(StreamError, match="incomplete frame"):
         list(read_frame_stream(io.BytesIO(_tar_with({"000000.meta.json": meta1}))))
+
+
+def test_oversized_and_interleaved_members_are_refused_before_reading():
+    def header(name: str, size: int) -> bytes:
+        info = tarfile.TarInfo(name)
+        info.size = size
+        return info.tobuf(format=tarfile.USTAR_FORMAT)
+
+    # a header announcing 20 GiB of Gaussians: refused from the header, nothing read or allocated
+    with pytest.raises(StreamError, match="more than a frame's"):
+        list(read_frame_stream(io.BytesIO(header("000000.gaussians.safetensors", 20 << 30) + b"\0" * 1024)))
+    # frames that never complete cannot pile up in memory
+    parts = b""
+    for k in range(3):
+        data = b"{}"
+        parts += header(f"{k:06d}.meta.json", len(data)) + data + b"\0" * (512 - len(data))
+    with pytest.raises(StreamError, match="interleaved"):
+        list(read_frame_stream(io.BytesIO(parts + b"\0" * 1024)))
