@@ -18,7 +18,6 @@ from __future__ import annotations
 import json
 import math
 import os
-import tempfile
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -26,6 +25,7 @@ from pathlib import Path
 import torch
 
 from .errors import Avat3rError
+from .fileio import atomic_write_bytes  # also imported from here by driving.py
 
 CAMS_JSON_VERSION = 1
 BACK_ONLY_DEGREES = 110.0  # a camera further than this from +z (the face direction) sees only the back
@@ -310,28 +310,6 @@ def k_farthest_viewpoints(cameras: Cameras, k: int = 4, n_candidates: int = 10,
 
 
 # -- cams.json -----------------------------------------------------------------------------------
-def _umask() -> int:
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask
-
-
-def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
-    """Write via a temp file in the same folder and rename, so a crash never leaves a half-written file."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-        os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes 0600; a published file gets the usual mode
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-
-
 def cameras_to_json(cameras: Cameras, images: Sequence[str]) -> dict:
     if len(images) != len(cameras):
         raise CameraError(f"{len(images)} image names for {len(cameras)} cameras")

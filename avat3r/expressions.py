@@ -19,8 +19,8 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from .cameras import atomic_write_bytes
 from .errors import Avat3rError
+from .fileio import atomic_write_bytes
 
 SEQUENCE_FORMAT_VERSION = "1"
 DEFAULT_FPS = 25.0

@@ -1,5 +1,5 @@
-"""Small shared pieces of file handling: all-or-nothing writers, versioned JSON headers, output locks and folders
-built aside and swapped in whole."""
+"""Small shared pieces of file handling: all-or-nothing writers (files written aside and renamed in), versioned
+JSON headers, JSON-safe metadata, output locks and folders built aside and swapped in whole."""
 
 from __future__ import annotations
 
@@ -26,6 +26,60 @@ class AbortOnError:
             self.close()
         else:
             self.abort()
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+class AtomicFile(AbortOnError):
+    """A file written aside, as the hidden temp ``.NAME.<random>.tmp`` in the same folder, and renamed over
+    ``path`` by ``close()``: a crash or ``abort()`` never leaves a half-written ``path``. ``file`` is the open
+    binary file to write to."""
+
+    def __init__(self, path: str | os.PathLike):
+        self.path = Path(path)
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        fd, self.tmp = tempfile.mkstemp(dir=self.path.parent, prefix=f".{self.path.name}.", suffix=".tmp")
+        self.file = os.fdopen(fd, "wb")
+
+    def write(self, data: bytes) -> int:
+        return self.file.write(data)
+
+    def close(self) -> None:
+        try:
+            self.file.close()
+            os.chmod(self.tmp, 0o666 & ~_umask())  # mkstemp makes 0600; a published file gets the usual mode
+            os.replace(self.tmp, self.path)
+        except BaseException:
+            self.abort()
+            raise
+
+    def abort(self) -> None:
+        self.file.close()
+        if os.path.exists(self.tmp):
+            os.unlink(self.tmp)
+
+
+def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
+    """Write ``data`` to ``path`` all or nothing (see AtomicFile)."""
+    with AtomicFile(path) as f:
+        f.write(data)
+
+
+def json_safe(value):
+    """``value`` with tensors as (nested) lists and tuples as lists, as JSON stores it."""
+    import torch
+
+    if isinstance(value, torch.Tensor):
+        return value.detach().cpu().tolist()
+    if isinstance(value, (list, tuple)):
+        return [json_safe(x) for x in value]
+    if isinstance(value, dict):
+        return {str(k): json_safe(x) for k, x in value.items()}
+    return value
 
 
 def check_format(doc, fmt: str, version: int, source: str, what: str, error: type[Exception]) -> dict:

@@ -16,8 +16,8 @@ from dataclasses import dataclass, fields, replace
 import numpy as np
 import torch
 
-from .cameras import atomic_write_bytes
 from .errors import Avat3rError
+from .fileio import atomic_write_bytes
 
 SH_C0 = 0.28209479177387814
 OPACITY_EPS = 1e-7

@@ -8,8 +8,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from .cameras import atomic_write_bytes
-from .fileio import opencv
+from .fileio import atomic_write_bytes, opencv
 
 GAP = 2  # black pixels between tiles
 

@@ -18,9 +18,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .cameras import atomic_write_bytes
 from .errors import Avat3rError
-from .fileio import AbortOnError, opencv, partial_file
+from .fileio import AbortOnError, atomic_write_bytes, opencv, partial_file
 
 
 class VideoError(Avat3rError, RuntimeError):

@@ -5,7 +5,6 @@ from __future__ import annotations
 import os
 import stat
 import sys
-import tempfile
 from pathlib import Path
 
 import typer
@@ -41,18 +40,10 @@ def _open_output(out: Path | None):
     if out.exists() and not stat.S_ISREG(out.stat().st_mode):  # a named pipe or device: write through
         f = open(out, "wb")
         return f, lambda ok: f.close()
-    out.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=out.parent, prefix=f".{out.name}.", suffix=".tmp")
-    f = os.fdopen(fd, "wb")
+    from avat3r.fileio import AtomicFile
 
-    def finish(ok: bool) -> None:
-        f.close()
-        if ok:
-            os.replace(tmp, out)
-        elif os.path.exists(tmp):
-            os.unlink(tmp)
-
-    return f, finish
+    f = AtomicFile(out)
+    return f.file, lambda ok: f.close() if ok else f.abort()
 
 
 def _sequence_from_video(video: Path, extractor: str, weights: Path | None, av, smooth: int, fps: float | None,

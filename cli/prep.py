@@ -84,7 +84,7 @@ def register(app: typer.Typer) -> None:
         info(f"wrote {summary.n_samples} samples in {len(summary.shards)} shard(s), {summary.bytes / 1e6:.1f} MB; "
              f"persons train/val/test = {counts['train']}/{counts['val']}/{counts['test']}")
         if preview is not None:
-            from avat3r.cameras import atomic_write_bytes
+            from avat3r.fileio import atomic_write_bytes
 
             sheet = src.contact_sheet(seed, list(range(min(persons, 8))), res, cameras)
             atomic_write_bytes(preview, encode_png(sheet))

@@ -112,7 +112,7 @@ app = typer.Typer(add_completion=False, help="Demo helpers.")
 def sheet(avatar: Path, photos: Path = typer.Option(..., "--photos"), out: Path = typer.Option(..., "-o"),
           size: int = typer.Option(128, "--size")) -> None:
     """Write the truth-vs-avatar contact sheet PNG."""
-    from avat3r.cameras import atomic_write_bytes
+    from avat3r.fileio import atomic_write_bytes
 
     img = avatar_sheet(avatar, photos, size)
     ok, png = cv2.imencode(".png", cv2.cvtColor(img, cv2.COLOR_RGB2BGR))

@@ -26,7 +26,6 @@ import torch
 import torch.nn.functional as F
 from tqdm import tqdm
 
-from avat3r.cameras import atomic_write_bytes
 from avat3r.data.synth.expressions import EXPRESSION_NAMES, EXPRESSION_SPACE, SEGMENTS, segment_codes
 from avat3r.data.synth.identity import make_identity
 from avat3r.data.synth.render import head_gaussians, render_views, single_thread
@@ -39,6 +38,7 @@ from avat3r.driving import (
     prepare_frames,
     save_regressor,
 )
+from avat3r.fileio import atomic_write_bytes
 
 CHUNK = 25  # codes per worker task
 

@@ -146,7 +146,7 @@ def test_resize_and_crop_keep_rays():
 def test_atomic_writes_follow_the_umask(tmp_path):
     import os
 
-    from avat3r.cameras import atomic_write_bytes
+    from avat3r.fileio import atomic_write_bytes
 
     old = os.umask(0o022)
     try:

@@ -19,8 +19,8 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from ..cameras import atomic_write_bytes
 from ..errors import Avat3rError
+from ..fileio import atomic_write_bytes
 
 MANIFEST_VERSION = 1
 MANIFEST_NAME = "manifest.parquet"

@@ -25,7 +25,7 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import Avat3rError
-from ..fileio import AbortOnError, opencv
+from ..fileio import AbortOnError, AtomicFile, opencv
 
 cv2 = opencv()
 
@@ -199,8 +199,8 @@ class ShardWriter(AbortOnError):
         self._close_current()
         name = self.pattern.format(len(self.shards))
         self.shards.append(name)
-        self._file = open(self.folder / f".{name}.tmp", "wb")
-        self._tar = tarfile.open(fileobj=self._file, mode="w", format=tarfile.USTAR_FORMAT)
+        self._file = AtomicFile(self.folder / name)
+        self._tar = tarfile.open(fileobj=self._file.file, mode="w", format=tarfile.USTAR_FORMAT)
         self._count = 0
 
     def _close_current(self) -> None:
@@ -208,8 +208,6 @@ class ShardWriter(AbortOnError):
             return
         self._tar.close()
         self._file.close()
-        name = self.shards[-1]
-        os.replace(self.folder / f".{name}.tmp", self.folder / name)
         self._tar = self._file = None
 
     def write(self, key: str, members: Mapping[str, bytes]) -> SampleRecord:
@@ -237,8 +235,8 @@ class ShardWriter(AbortOnError):
     def abort(self) -> None:
         """Drop the shard being written (its temp file) after a failure."""
         if self._tar is not None:
-            self._file.close()
-            os.unlink(self.folder / f".{self.shards.pop()}.tmp")
+            self._file.abort()
+            self.shards.pop()
             self._tar = self._file = None
 
 

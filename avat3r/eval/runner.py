@@ -20,9 +20,10 @@ from pathlib import Path
 
 import torch
 
-from ..cameras import Cameras, atomic_write_bytes
+from ..cameras import Cameras
 from ..data.examples import collate_examples
 from ..errors import Avat3rError
+from ..fileio import atomic_write_bytes
 from ..forward import predict, render_targets, to_device
 from ..sheet import comparison_rows, write_png
 from ..train.checkpointing import TRAIN_JSON, resolve_checkpoint

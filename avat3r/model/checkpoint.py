@@ -25,9 +25,8 @@ from safetensors import SafetensorError
 from safetensors.torch import load as load_safetensors_bytes
 from safetensors.torch import save as save_safetensors_bytes
 
-from ..cameras import atomic_write_bytes
 from ..errors import Avat3rError
-from ..fileio import check_format
+from ..fileio import atomic_write_bytes, check_format, json_safe
 from .config import Avat3rConfig, ConfigError
 from .network import Avat3r
 
@@ -54,18 +53,6 @@ def weights_sha256(directory: str | os.PathLike) -> str:
     return h.hexdigest()
 
 
-def _json_safe(meta: dict) -> dict:
-    def conv(v):
-        if isinstance(v, torch.Tensor):
-            return v.detach().cpu().tolist()
-        if isinstance(v, dict):
-            return {str(k): conv(x) for k, x in v.items()}
-        if isinstance(v, (list, tuple)):
-            return [conv(x) for x in v]
-        return v
-    return conv(dict(meta))
-
-
 def _state_bytes(model: Avat3r) -> bytes:
     tensors = {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}
     return save_safetensors_bytes(tensors, metadata={"format": "pt", "config_hash": model.config_hash})
@@ -77,7 +64,7 @@ def save_checkpoint(directory: str | os.PathLike, model: Avat3r, meta: dict | No
     weights = _state_bytes(model)
     digest = sha256_bytes(weights)
     doc = {"format": CHECKPOINT_FORMAT, "version": CHECKPOINT_VERSION, "config": model.config.to_dict(),
-           "weights_sha256": digest, "meta": _json_safe(meta or {})}
+           "weights_sha256": digest, "meta": json_safe(dict(meta or {}))}
     config_bytes = (json.dumps(doc, indent=1) + "\n").encode()
     if directory.exists():
         if not directory.is_dir():

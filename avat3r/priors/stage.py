@@ -29,10 +29,10 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from ..cameras import Cameras, atomic_write_bytes, farthest_point_sampling, is_back_only
+from ..cameras import Cameras, farthest_point_sampling, is_back_only
 from ..data.manifest import MANIFEST_NAME, Manifest, is_dataset_file, read_manifest, write_manifest
 from ..data.shards import ShardWriter, decode_entry, encode_npy, index_shard, read_members
-from ..fileio import StagedFolder
+from ..fileio import StagedFolder, atomic_write_bytes
 from . import get_feature_prior, get_position_prior
 from .base import PriorError
 

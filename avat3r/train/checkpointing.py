@@ -17,7 +17,7 @@ import shutil
 from collections.abc import Callable
 from pathlib import Path
 
-from ..cameras import atomic_write_bytes
+from ..fileio import atomic_write_bytes
 from ..model.checkpoint import CheckpointError  # one error for every unusable checkpoint
 
 CHECKPOINTS = "checkpoints"

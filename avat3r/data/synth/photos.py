@@ -9,8 +9,8 @@ from pathlib import Path
 
 import torch
 
-from ...cameras import atomic_write_bytes, k_farthest_viewpoints, write_cams_json
-from ...fileio import StagedFolder, opencv
+from ...cameras import k_farthest_viewpoints, write_cams_json
+from ...fileio import StagedFolder, atomic_write_bytes, opencv
 from .expressions import SEGMENTS
 from .render import render_frame_samples
 from .rig import make_rig
