@@ -309,13 +309,17 @@ def k_farthest_viewpoints(cameras: Cameras, k: int = 4, n_candidates: int = 10,
     return [int(allowed[cand[int(i)]]) for i in pick]
 
 
-# -- cams.json -----------------------------------------------------------------------------------
-def cameras_to_json(cameras: Cameras, images: Sequence[str]) -> dict:
-    if len(images) != len(cameras):
-        raise CameraError(f"{len(images)} image names for {len(cameras)} cameras")
-    return {"version": CAMS_JSON_VERSION, "cameras": [
-        {"image": str(images[i]), "K": cameras.K[i].double().tolist(), "w2c": cameras.w2c[i].double().tolist(),
-         "width": int(cameras.width[i]), "height": int(cameras.height[i])} for i in range(len(cameras))]}
+# -- JSON form (cams.json, shard camera.json, .avt and frame-stream metadata) ---------------------------------
+def camera_dict(K, w2c, width, height) -> dict:
+    """One camera as every file stores it: ``K`` and ``w2c`` as float64 nested lists, ``width`` and ``height``
+    as ints (a cams.json entry adds ``image``)."""
+    return {"K": torch.as_tensor(K, dtype=torch.float64).tolist(),
+            "w2c": torch.as_tensor(w2c, dtype=torch.float64).tolist(), "width": int(width), "height": int(height)}
+
+
+def cameras_to_dicts(cameras: Cameras) -> list[dict]:
+    return [camera_dict(cameras.K[i], cameras.w2c[i], cameras.width[i], cameras.height[i])
+            for i in range(len(cameras))]
 
 
 def image_side(value, field: str) -> int:
@@ -328,15 +332,13 @@ def image_side(value, field: str) -> int:
     return int(value)
 
 
-def cameras_from_json(doc: dict, source: str = "cams.json") -> tuple[list[str], Cameras]:
-    if not isinstance(doc, dict) or doc.get("version") != CAMS_JSON_VERSION:
-        raise CameraError(f"{source}: expected a cams.json object with \"version\": {CAMS_JSON_VERSION}")
-    entries = doc.get("cameras")
-    if not isinstance(entries, list) or not entries:
-        raise CameraError(f"{source}: \"cameras\" must be a non-empty list")
-    names, Ks, w2cs, ws, hs = [], [], [], [], []
-    for i, e in enumerate(entries):
-        name = e.get("image", f"#{i}") if isinstance(e, dict) else f"#{i}"
+def cameras_from_dicts(entries: Sequence, source: str, names: Sequence[str] | None = None,
+                       validate: bool = True) -> Cameras:
+    """float32 Cameras from ``camera_dict`` entries; CameraError names ``source`` and the camera (``names[i]``,
+    else ``#i``). ``validate`` applies Cameras.validate's sanity ranges (for files a user hands us)."""
+    names = [f"#{i}" for i in range(len(entries))] if names is None else [str(n) for n in names]
+    Ks, w2cs, ws, hs = [], [], [], []
+    for name, e in zip(names, entries):
         try:
             K = torch.tensor(e["K"], dtype=torch.float64)
             w2c = torch.tensor(e["w2c"], dtype=torch.float64)
@@ -349,13 +351,32 @@ def cameras_from_json(doc: dict, source: str = "cams.json") -> tuple[list[str], 
             raise CameraError(f"{source}: camera {name}: {err}") from None
         if K.shape != (3, 3) or w2c.shape != (4, 4):
             raise CameraError(f"{source}: camera {name}: K must be 3×3 and w2c 4×4")
-        names.append(str(name)); Ks.append(K); w2cs.append(w2c); ws.append(w); hs.append(h)
+        Ks.append(K); w2cs.append(w2c); ws.append(w); hs.append(h)
     cams = Cameras(torch.stack(Ks), torch.stack(w2cs), torch.tensor(ws), torch.tensor(hs))
-    try:
-        cams.validate(names)
-    except CameraError as err:
-        raise CameraError(f"{source}: {err}") from None
-    return names, Cameras(cams.K.float(), cams.w2c.float(), cams.width, cams.height)
+    if validate:
+        try:
+            cams.validate(names)
+        except CameraError as err:
+            raise CameraError(f"{source}: {err}") from None
+    return Cameras(cams.K.float(), cams.w2c.float(), cams.width, cams.height)
+
+
+def cameras_to_json(cameras: Cameras, images: Sequence[str]) -> dict:
+    """The cams.json document (module docstring) of ``cameras`` seen by ``images``."""
+    if len(images) != len(cameras):
+        raise CameraError(f"{len(images)} image names for {len(cameras)} cameras")
+    return {"version": CAMS_JSON_VERSION,
+            "cameras": [{"image": str(name), **d} for name, d in zip(images, cameras_to_dicts(cameras))]}
+
+
+def cameras_from_json(doc: dict, source: str = "cams.json") -> tuple[list[str], Cameras]:
+    if not isinstance(doc, dict) or doc.get("version") != CAMS_JSON_VERSION:
+        raise CameraError(f"{source}: expected a cams.json object with \"version\": {CAMS_JSON_VERSION}")
+    entries = doc.get("cameras")
+    if not isinstance(entries, list) or not entries:
+        raise CameraError(f"{source}: \"cameras\" must be a non-empty list")
+    names = [str(e.get("image", f"#{i}")) if isinstance(e, dict) else f"#{i}" for i, e in enumerate(entries)]
+    return names, cameras_from_dicts(entries, source, names)
 
 
 def write_cams_json(path: str | os.PathLike, cameras: Cameras, images: Sequence[str]) -> None:

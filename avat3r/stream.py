@@ -28,7 +28,7 @@ from safetensors import SafetensorError
 from safetensors.torch import load as st_load
 from safetensors.torch import save as st_save
 
-from .cameras import Cameras, image_side
+from .cameras import CameraError, Cameras, cameras_from_dicts, cameras_to_dicts
 from .errors import Avat3rError
 from .gaussians import Gaussians
 
@@ -44,29 +44,18 @@ class StreamError(Avat3rError, ValueError):
     """The frame stream is malformed or truncated; the message says where."""
 
 
-# -- camera (de)serialisation for meta.json -------------------------------------------------------
-def cameras_to_meta(cameras: Cameras) -> list[dict]:
-    return [{"K": cameras.K[i].double().tolist(), "w2c": cameras.w2c[i].double().tolist(),
-             "width": int(cameras.width[i]), "height": int(cameras.height[i])} for i in range(len(cameras))]
-
-
-def cameras_from_meta(entries: list[dict]) -> Cameras:
-    """The input cameras a frame's meta carries, checked like a cams.json's."""
-    try:
-        cams = Cameras(torch.tensor([e["K"] for e in entries], dtype=torch.float32),
-                       torch.tensor([e["w2c"] for e in entries], dtype=torch.float32),
-                       torch.tensor([image_side(e["width"], "width") for e in entries]),
-                       torch.tensor([image_side(e["height"], "height") for e in entries]))
-        cams.validate([f"#{i}" for i in range(len(cams))])
-    except (KeyError, TypeError, ValueError) as err:  # CameraError is a ValueError
-        raise StreamError(f"frame stream: malformed input_cameras ({err})") from None
-    return cams
-
-
 def frame_cameras(meta: dict) -> Cameras | None:
-    """The avatar's input cameras recorded in a frame's meta, or None if the stream has none."""
+    """The avatar's input cameras recorded in a frame's meta (checked like a cams.json's), or None if the
+    stream has none."""
     entries = meta.get("input_cameras")
-    return cameras_from_meta(entries) if entries else None
+    if not entries:
+        return None
+    if not isinstance(entries, list):
+        raise StreamError("frame stream: input_cameras must be a list of cameras")
+    try:
+        return cameras_from_dicts(entries, "frame stream: input_cameras")
+    except CameraError as err:
+        raise StreamError(str(err)) from None
 
 
 # -- writing -------------------------------------------------------------------------------------
@@ -140,7 +129,7 @@ class FrameStreamWriter:
         self.fps = float(fps)
         self.expression_space = expression_space
         self.n_frames = n_frames
-        self._cameras = cameras_to_meta(input_cameras) if input_cameras is not None else []
+        self._cameras = cameras_to_dicts(input_cameras) if input_cameras is not None else []
         self._written = 0
         self._bytes = 0
         self._closed = False

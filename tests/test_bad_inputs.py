@@ -17,12 +17,12 @@ from safetensors.torch import load as st_load
 from safetensors.torch import save as st_save
 from typer.testing import CliRunner
 
-from avat3r.cameras import Cameras, intrinsics_from_fov, look_at, write_cams_json
+from avat3r.cameras import Cameras, cameras_to_dicts, intrinsics_from_fov, look_at, write_cams_json
 from avat3r.cli.main import app
 from avat3r.gaussians import Gaussians, ply_bytes
 from avat3r.model import Avat3r, Avat3rConfig
 from avat3r.model.checkpoint import save_checkpoint
-from avat3r.stream import _tar_member, cameras_to_meta
+from avat3r.stream import _tar_member
 
 torch.set_num_threads(1)
 ROOT = Path(__file__).parents[1]
@@ -232,7 +232,7 @@ def bad_stream(edit=None, meta=None, raw: bytes | None = None, path: str = "fron
             if edit is not None:
                 edit(t)
             doc = {"stream_version": 1, "frame": 0, "n_frames": 1, "fps": 25.0,
-                   "expression_space": "synthheads-v1", "input_cameras": cameras_to_meta(ring(4, 16))}
+                   "expression_space": "synthheads-v1", "input_cameras": cameras_to_dicts(ring(4, 16))}
             if meta is not None:
                 meta(doc)
             src.write_bytes(_tar_member("000000.gaussians.safetensors", st_save(t))

@@ -29,7 +29,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from ..cameras import Cameras, k_farthest_viewpoints
+from ..cameras import Cameras, cameras_from_dicts, k_farthest_viewpoints
 from ..errors import Avat3rError
 from .manifest import Manifest, read_manifest
 
@@ -57,8 +57,7 @@ class ExamplePlan:
 
 
 def _camera_from_json(cam: dict) -> Cameras:
-    return Cameras(torch.tensor(cam["K"], dtype=torch.float32), torch.tensor(cam["w2c"], dtype=torch.float32),
-                   int(cam["width"]), int(cam["height"]))
+    return cameras_from_dicts([cam], "camera.json", validate=False)  # written by prep: checked there
 
 
 class ExampleSampler:

@@ -18,7 +18,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from ..cameras import Cameras, project, read_cams_json
+from ..cameras import Cameras, camera_dict, project, read_cams_json
 from ..errors import Avat3rError
 from ..fileio import StagedFolder, opencv
 from .manifest import MANIFEST_NAME, build_manifest, is_dataset_file, write_manifest
@@ -218,7 +218,7 @@ def write_user_images(prepared: PreparedImages, out: str | os.PathLike, expressi
             cam = prepared.cameras[i]
             sample = {"rgb": (prepared.rgb[i] * 255 + 0.5).astype(np.uint8),
                       "mask": (prepared.masks[i] * 255 + 0.5).astype(np.uint8),
-                      "camera": {"K": cam.K[0].tolist(), "w2c": cam.w2c[0].tolist(), "width": res, "height": res},
+                      "camera": camera_dict(cam.K[0], cam.w2c[0], res, res),
                       "expr": code}
             records.append(writer.write(key, encode_sample(sample)))
             rows.append({"person": "user", "segment": "input", "frame": 0, "camera": key.rsplit("/", 1)[1],

@@ -24,6 +24,7 @@ from pathlib import Path
 
 import numpy as np
 
+from ..cameras import camera_dict
 from ..errors import Avat3rError
 from ..fileio import AbortOnError, AtomicFile, opencv
 
@@ -83,11 +84,6 @@ def encode_npy(array: np.ndarray) -> bytes:
     buf = io.BytesIO()
     np.save(buf, np.ascontiguousarray(array), allow_pickle=False)
     return buf.getvalue()
-
-
-def camera_dict(K, w2c, width: int, height: int) -> dict:
-    return {"K": np.asarray(K, dtype=np.float64).tolist(), "w2c": np.asarray(w2c, dtype=np.float64).tolist(),
-            "width": int(width), "height": int(height)}
 
 
 def encode_sample(sample: Mapping) -> dict[str, bytes]:

@@ -29,7 +29,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from ..cameras import Cameras, farthest_point_sampling, is_back_only
+from ..cameras import Cameras, cameras_from_dicts, farthest_point_sampling, is_back_only
 from ..data.manifest import MANIFEST_NAME, Manifest, is_dataset_file, read_manifest, write_manifest
 from ..data.shards import ShardWriter, decode_entry, encode_npy, index_shard, read_members
 from ..fileio import StagedFolder, atomic_write_bytes
@@ -53,8 +53,7 @@ class PriorStageConfig:
 
 
 def _camera(doc: dict) -> Cameras:
-    return Cameras(torch.tensor(doc["K"], dtype=torch.float32), torch.tensor(doc["w2c"], dtype=torch.float32),
-                   int(doc["width"]), int(doc["height"]))
+    return cameras_from_dicts([doc], "camera.json", validate=False)  # written by prep: checked there
 
 
 def choose_partners(cameras: Cameras, ref: int, n: int) -> list[int]:

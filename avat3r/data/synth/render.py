@@ -9,7 +9,7 @@ from functools import lru_cache
 import numpy as np
 import torch
 
-from ...cameras import Cameras
+from ...cameras import Cameras, camera_dict
 from ...gaussians import Gaussians
 from ...render import rasterize
 from .expressions import ALL_SEGMENTS, EXPR_INDEX, RANDOM_SEGMENT, check_code, random_code, segment_codes
@@ -116,8 +116,7 @@ def render_frame_samples(seed: int, person: int, segment: str, frame: int, camer
         "rgb": np.round(rgb[k].clamp(0, 1).numpy() * 255).astype(np.uint8),
         "mask": np.round(alpha[k].clamp(0, 1).numpy() * 255).astype(np.uint8),
         "depth": depth[k].numpy().astype(np.float32),
-        "camera": {"K": cams.K[k].double().tolist(), "w2c": cams.w2c[k].double().tolist(),
-                   "width": int(cams.width[k]), "height": int(cams.height[k])},
+        "camera": camera_dict(cams.K[k], cams.w2c[k], cams.width[k], cams.height[k]),
         "expr": expr.numpy().astype(np.float32),
     } for k in indices]
 
