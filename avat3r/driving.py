@@ -2,7 +2,9 @@
 
 An *extractor* turns RGB frames (N, H, W, 3) in [0, 1] into codes (N, E) of one expression space, and says
 which space (``extractor.space``), so a video never drives an avatar with codes of another space. Extractors
-are registered by name; avat3r ships ``regressor``: a small CNN stored as safetensors + config.json
+are registered by name; avat3r ships ``landmarks`` (the face tracker's landmarks → ARKit-named coefficients,
+:mod:`avat3r.face.expressions`, for any space with ARKit names; the default when the tracker is installed) and
+``regressor``: a small CNN stored as safetensors + config.json
 (``ExpressionRegressor``), e.g. ``models/synthheads-expr`` for the synthheads-v1 space, trained on SynthHeads
 renders by :func:`fit_regressor` (``recipes/train_expression_regressor.py``). Register another (say, a
 face tracker whose blendshapes map onto a space) with :func:`register_extractor`.
@@ -142,7 +144,9 @@ def load_regressor(path: str | os.PathLike) -> ExpressionRegressor:
 
 
 # -- extractor registry ----------------------------------------------------------------------------
-Extractor = Callable[[torch.Tensor], torch.Tensor]  # with a ``space`` attribute
+# with a ``space`` attribute; an extractor with a ``finish(outputs)`` method is two-pass: its per-batch outputs
+# (in frame order) are handed to ``finish``, which returns the codes (e.g. calibrated on the whole video)
+Extractor = Callable[[torch.Tensor], torch.Tensor]
 _EXTRACTORS: dict[str, Callable[..., Extractor]] = {}
 
 
@@ -172,10 +176,36 @@ def _regressor_factory(weights: str | os.PathLike | None = None, device="cpu") -
 register_extractor("regressor", _regressor_factory)
 
 
-def build_extractor(name: str = "regressor", weights: str | os.PathLike | None = None, device="cpu") -> Extractor:
+def _landmarks_factory(weights=None, device="cpu", space: str = "synthheads-v1"):
+    from .face.expressions import landmark_extractor_factory  # the face tracker loads only when used
+
+    return landmark_extractor_factory(weights, device, space)
+
+
+register_extractor("landmarks", _landmarks_factory)
+
+
+def default_extractor(weights: str | os.PathLike | None = None) -> str:
+    """``landmarks`` when the face tracker is installed and no regressor weights are given, else ``regressor``."""
+    from .face.tracker import tracker_available
+
+    return "landmarks" if weights is None and tracker_available() else "regressor"
+
+
+def build_extractor(name: str | None = "regressor", weights: str | os.PathLike | None = None, device="cpu",
+                    space: str | None = None) -> Extractor:
+    """The named extractor (None: :func:`default_extractor`); ``space`` (the avatar's expression space) goes to
+    factories that take it, such as ``landmarks``, which maps onto any space with ARKit-named parameters."""
+    import inspect
+
+    name = name or default_extractor(weights)
     if name not in _EXTRACTORS:
         raise DrivingError(f"unknown expression extractor {name!r}; known: {', '.join(extractor_names())}")
-    return _EXTRACTORS[name](weights=weights, device=device)
+    factory = _EXTRACTORS[name]
+    kwargs = {"weights": weights, "device": device}
+    if space is not None and "space" in inspect.signature(factory).parameters:
+        kwargs["space"] = space
+    return factory(**kwargs)
 
 
 # -- video → sequence --------------------------------------------------------------------------------
@@ -222,7 +252,11 @@ def extract_sequence(video: str | os.PathLike, extractor: Extractor, expected_sp
             progress(len(frames))
     if not codes:
         raise DrivingError(f"{video}: the video has no frames")
-    return ExpressionSequence(smooth_codes(torch.cat(codes), smooth), rate, space)
+    codes = torch.cat(codes)
+    finish = getattr(extractor, "finish", None)
+    if callable(finish):  # a two-pass extractor: per-frame measures first, codes once the whole video is seen
+        codes = torch.as_tensor(finish(codes), dtype=torch.float32)
+    return ExpressionSequence(smooth_codes(codes, smooth), rate, space)
 
 
 # A driving video frames the face, not the whole head: brows to chin fill the frame, so that expressions

@@ -1,7 +1,11 @@
-"""Single image → 4 posed views: the pluggable "lifting" step in front of ``reconstruct``.
+"""Video, photos or a single image → 4 posed views + cams.json: the "lifting" step in front of ``reconstruct``.
+
+Two backends ship, built on the face tracker (:mod:`avat3r.face.lift`, extra ``avat3r[face]``): ``video`` (a
+video of the head turning; the default for video files) and ``photos`` (a folder of unposed photos; the default
+for folders). Their cameras are the inverse head poses the tracker solves.
 
 The paper turns one photo into the model's 4 inputs with a 3D GAN inversion; no such backend (and no
-weights) ships with avat3r. A backend is any callable
+weights) ships with avat3r. A single-image backend is any callable
 
     lifter(image: torch.Tensor (H, W, 3) float in [0, 1]) -> (views (4, H', W', 3) float in [0, 1], Cameras (4))
 
@@ -152,3 +156,48 @@ def lift_image(image_path: str | os.PathLike, out_dir: str | os.PathLike, backen
         paths.append(out / name)
     write_cams_json(out / "cams.json", cameras.to("cpu"), names)
     return paths
+
+
+# -- sources: a video, a folder of photos, or one image ---------------------------------------------
+SOURCE_BACKENDS = ("video", "photos")
+
+
+def source_kind(source: str | os.PathLike) -> str:
+    """``video``, ``photos`` (a folder) or ``image``, from the path."""
+    from .face.lift import IMAGE_SUFFIXES, VIDEO_SUFFIXES
+
+    path = Path(source)
+    if path.is_dir():
+        return "photos"
+    if not path.exists():
+        raise LiftError(f"{path}: no such file or folder")
+    suffix = path.suffix.lower()
+    if suffix in VIDEO_SUFFIXES:
+        return "video"
+    if suffix in IMAGE_SUFFIXES:
+        return "image"
+    raise LiftError(f"{path}: not a video ({', '.join(VIDEO_SUFFIXES)}), an image or a folder of photos")
+
+
+def lift(source: str | os.PathLike, out_dir: str | os.PathLike, backend: str | None = None,
+         fov_degrees: float | None = None, max_frames: int = 300, warn: Callable[[str], None] | None = None
+         ) -> list[Path]:
+    """Lift ``source`` to ``out_dir``/view_0..3.png + cams.json with ``backend`` (None: ``video`` for a video,
+    ``photos`` for a folder, the installed single-image backend for an image); returns the image paths."""
+    from .face.tracker import DEFAULT_FOV_DEGREES
+
+    kind = source_kind(source)
+    backend = backend or (kind if kind in SOURCE_BACKENDS else None)
+    fov = DEFAULT_FOV_DEGREES if fov_degrees is None else float(fov_degrees)
+    if backend in SOURCE_BACKENDS:
+        if kind != backend:
+            want = "a video file" if backend == "video" else "a folder of photos"
+            raise LiftError(f"the {backend} backend lifts {want}; {source} is {'a folder' if kind == 'photos' else f'an {kind}' if kind == 'image' else 'a video'}")
+        from .face import lift as face_lift
+
+        if backend == "video":
+            return face_lift.lift_video(source, out_dir, fov, max_frames=max_frames, warn=warn)
+        return face_lift.lift_photos(source, out_dir, fov, warn=warn)
+    if kind != "image":
+        raise LiftError(f"lifting backend {backend!r} lifts one image; {source} is {'a folder' if kind == 'photos' else 'a video'}")
+    return lift_image(source, out_dir, backend)

@@ -22,9 +22,11 @@ frame is written as soon as it is decoded, so a renderer on the other end of a p
 
   avat3r animate head.avt --video driving.mp4 | avat3r render --video out.mp4
 
---video reads the expressions off a driving video with an extractor for the avatar's expression space
-(default: the shipped synthheads-v1 regressor, models/synthheads-expr, or $AVAT3R_EXPRESSION_REGRESSOR);
-the face should fill the middle of the frame. --save-expr keeps the extracted codes as expr.parquet.
+--video reads the expressions off a driving video with an extractor for the avatar's expression space:
+landmarks (default when the face tracker is installed: face-mesh landmarks measured against the video's most
+neutral frame, for spaces with ARKit-named parameters such as synthheads-v1) or regressor (the shipped
+synthheads-v1 CNN, models/synthheads-expr, or $AVAT3R_EXPRESSION_REGRESSOR; the face should fill the middle of
+the frame). --save-expr keeps the extracted codes as expr.parquet.
 """
 
 TTY_MESSAGE = ("refusing to write a binary frame stream to a terminal; redirect it (> frames.tar), pipe it "
@@ -50,13 +52,21 @@ def _sequence_from_video(video: Path, extractor: str, weights: Path | None, av, 
                          quiet: bool):
     from avat3r.driving import build_extractor, extract_sequence
 
-    ex = build_extractor(extractor, weights, device=av.state.tokens.device)
+    ex = build_extractor(extractor, weights, device=av.state.tokens.device, space=av.expression_space)
     bar = LazyBar(desc="read expressions", disable=quiet)
     try:
-        return extract_sequence(video, ex, expected_space=av.expression_space, smooth=smooth, fps=fps,
-                                progress=bar.update)
+        seq = extract_sequence(video, ex, expected_space=av.expression_space, smooth=smooth, fps=fps,
+                               progress=bar.update)
     finally:
         bar.close()
+    rate = getattr(ex, "face_found_rate", None)
+    if rate is not None:
+        from avat3r.face.expressions import LOW_FACE_RATE
+
+        if rate < LOW_FACE_RATE:
+            info(f"animate: warning: a face was found in only {rate:.0%} of the frames of {video} (none in frames "
+                 f"{ex.missing_frames()}); those frames repeat the nearest expression found")
+    return seq
 
 
 def register(app: typer.Typer) -> None:
@@ -71,7 +81,10 @@ def register(app: typer.Typer) -> None:
                                             "built-ins)."),
         batch: int = typer.Option(8, "--batch", min=1, help="Frames decoded per network call."),
         video: Path | None = typer.Option(None, "--video", help="Driving video: take the expressions from it."),
-        extractor: str = typer.Option("regressor", "--extractor", help="Expression extractor for --video."),
+        extractor: str | None = typer.Option(None, "--extractor", help="Expression extractor for --video: "
+                                             "landmarks (the face tracker's landmarks → ARKit-named codes; the "
+                                             "default when it is installed) or regressor (the SynthHeads CNN; the "
+                                             "default with --extractor-weights)."),
         extractor_weights: Path | None = typer.Option(None, "--extractor-weights", help="The extractor's "
                                                          "weights (regressor: a folder with model.safetensors + "
                                                          "config.json)."),

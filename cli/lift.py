@@ -1,4 +1,4 @@
-"""`avat3r lift`: Turn one photo into 4 posed views + cams.json with a pluggable 3D lifting backend."""
+"""`avat3r lift`: Turn a video, a folder of photos or one photo into 4 posed views + cams.json."""
 
 from __future__ import annotations
 
@@ -8,37 +8,52 @@ import typer
 
 from .common import fail, info
 
-HELP = """Turn one photo into 4 posed views + cams.json with a pluggable 3D lifting backend.
+HELP = """Turn a video, a folder of unposed photos or one photo into 4 posed views + cams.json for reconstruct.
 
-The paper lifts a single image with a 3D GAN; avat3r ships no such backend or weights. A backend is a
-package with an 'avat3r.lifters' entry point (see avat3r/lift.py), or a module path:
+  avat3r lift me.mp4 -o views/                  # video backend: 4 frames with diverse head poses
+  avat3r lift my_photos/ -o views/              # photos backend: one camera per photo
+  avat3r reconstruct views/ --cams views/cams.json -o head.avt
+
+The video and photos backends track the face (mediapipe's face mesh, extra avat3r[face]) and take each
+camera as the inverse of the head pose solved against a canonical face (metric scale: iris centres 63 mm
+apart). Intrinsics assume --fov degrees across the longer image side unless you know better. lift.json
+records the frames picked and their angles from the front.
+
+One photo needs a single-image backend (the paper's 3D GAN inversion; none ships): a package with an
+'avat3r.lifters' entry point (see avat3r/lift.py), or a module path:
 
   avat3r lift photo.jpg -o views/ --backend mypackage.lifting:make_lifter
-
-  avat3r reconstruct views/ --cams views/cams.json -o head.avt --checkpoint CKPT
 """
 
 
 def register(app: typer.Typer) -> None:
     @app.command("lift", help=HELP)
     def lift(
-        image: Path = typer.Argument(..., help="The photo (PNG/JPEG), head on a black background."),
+        source: Path = typer.Argument(..., help="A video, a folder of photos, or one photo (PNG/JPEG)."),
         out: Path = typer.Option(..., "--out", "-o", help="Folder for view_0..3.png and cams.json."),
-        backend: str | None = typer.Option(None, "--backend", help="Installed backend name, or "
-                                              "package.module:factory (default: the only installed one)."),
-        list_backends: bool = typer.Option(False, "--list", help="List installed backends and exit."),
+        backend: str | None = typer.Option(None, "--backend", help="video, photos, an installed single-image "
+                                              "backend, or package.module:factory (default: from the source)."),
+        fov: float | None = typer.Option(None, "--fov", help="Field of view across the longer image side, "
+                                          "degrees (video, photos; default 60)."),
+        max_frames: int = typer.Option(300, "--max-frames", min=4, help="Video: frames tracked at most "
+                                       "(evenly spaced)."),
+        list_backends: bool = typer.Option(False, "--list", help="List backends and exit."),
     ) -> None:
         from avat3r.errors import error_line, user_errors
-        from avat3r.lift import available_lifters, lift_image
+        from avat3r.lift import SOURCE_BACKENDS, available_lifters
+        from avat3r.lift import lift as run_lift
 
         if list_backends:
-            names = available_lifters()
-            typer.echo("\n".join(names) if names else "(no lifting backend installed)")
+            names = list(SOURCE_BACKENDS) + available_lifters()
+            typer.echo("\n".join(names))
             return
-        if not image.is_file():
-            fail(f"{image}: no such image")
+        if not source.exists():
+            fail(f"{source}: no such file or folder")
+        warnings: list[str] = []
         try:
-            paths = lift_image(image, out, backend)
+            paths = run_lift(source, out, backend, fov_degrees=fov, max_frames=max_frames, warn=warnings.append)
         except user_errors() as e:
             fail(error_line(e))
+        for w in warnings:
+            info(f"lift: warning: {w}")
         info(f"lift: wrote {len(paths)} views and cams.json to {out}")

@@ -20,7 +20,7 @@ python "$(dirname "$0")/demo.py" sheet "$out/head.avt" --photos "$out/inputs" -o
 
 driver=${DEMO_DRIVER:-212}   # another held-out person
 avat3r prep synth-video --person "$driver" --frames 60 --fps 12.5 -o "$out/driving.mp4" --quiet
-avat3r animate "$out/head.avt" --video "$out/driving.mp4" --quiet | \
+avat3r animate "$out/head.avt" --video "$out/driving.mp4" --extractor regressor --quiet | \
     avat3r render --path frontal --size 256 --video "$out/driven.mp4" --quiet
 python "$(dirname "$0")/demo.py" reenact "$out/head.avt" --video "$out/driving.mp4" --photos "$out/inputs" \
     -o "$out/reenact.mp4"

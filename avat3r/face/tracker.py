@@ -333,8 +333,8 @@ def track_faces(frames: Iterable[np.ndarray], K: np.ndarray | torch.Tensor | Non
         raise NoFaceError("no frames to track")
     found_a = np.array(found)
     uv_a = np.stack(uvs)
-    boxes = np.concatenate([np.nanmin(uv_a, axis=1), np.nanmax(uv_a, axis=1)], axis=1) if found_a.any() else \
-        np.full((len(found), 4), np.nan)
+    boxes = np.full((len(found), 4), np.nan)
+    boxes[found_a] = np.concatenate([uv_a[found_a].min(axis=1), uv_a[found_a].max(axis=1)], axis=1)
     R_a, t_a = np.stack(Rs), np.stack(ts)
     if video:
         R_a, t_a = smooth_poses(R_a, t_a, found_a, smooth_sigma)
