@@ -7,6 +7,7 @@ import fcntl
 import glob
 import os
 import shutil
+import tarfile
 import tempfile
 from collections.abc import Callable
 from pathlib import Path
@@ -80,6 +81,26 @@ def json_safe(value):
     if isinstance(value, dict):
         return {str(k): json_safe(x) for k, x in value.items()}
     return value
+
+
+# -- deterministic tar (shards, frame streams) -------------------------------------------------------------
+def tar_member(name: str, data: bytes, mode: int = 0o644) -> bytes:
+    """One ustar member as bytes: header, data, zero padding to the 512-byte block. Fixed mtime and owner, so
+    the bytes depend on name, mode and content only; written as they come, so a pipe's reader sees each member
+    at once."""
+    info = tarfile.TarInfo(name)
+    info.size = len(data)
+    info.mode = mode
+    info.mtime = 0
+    info.uid = info.gid = 0
+    info.uname = info.gname = ""
+    return info.tobuf(format=tarfile.USTAR_FORMAT) + data + b"\0" * ((-len(data)) % tarfile.BLOCKSIZE)
+
+
+def tar_end(written: int) -> bytes:
+    """What ends an archive of ``written`` bytes: two zero blocks, padded to a whole record as tar(1) expects."""
+    end = 2 * tarfile.BLOCKSIZE
+    return b"\0" * (end + (-(written + end)) % tarfile.RECORDSIZE)
 
 
 def check_format(doc, fmt: str, version: int, source: str, what: str, error: type[Exception]) -> dict:

@@ -1,14 +1,11 @@
-"""Comparison sheets: rows of images (inputs | prediction | ground truth) tiled into one PNG."""
+"""Comparison sheets: rows of images (inputs | prediction | ground truth) tiled into one image (written with
+``imageio.write_png``)."""
 
 from __future__ import annotations
-
-import os
 
 import numpy as np
 import torch
 import torch.nn.functional as F
-
-from .fileio import atomic_write_bytes, opencv
 
 GAP = 2  # black pixels between tiles
 
@@ -41,10 +38,3 @@ def tile_rows(rows: list[torch.Tensor], height: int) -> np.ndarray:
         out.append(np.zeros((GAP, width, 3), np.uint8))
     return np.concatenate(out[:-1], axis=0)
 
-
-def write_png(path: str | os.PathLike, image: np.ndarray) -> None:
-    cv2 = opencv()
-    ok, data = cv2.imencode(".png", np.ascontiguousarray(image[..., ::-1]))  # OpenCV wants BGR
-    if not ok:
-        raise ValueError(f"could not encode {path} as PNG")
-    atomic_write_bytes(path, data.tobytes())

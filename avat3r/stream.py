@@ -30,6 +30,7 @@ from safetensors.torch import save as st_save
 
 from .cameras import CameraError, Cameras, cameras_from_dicts, cameras_to_dicts
 from .errors import Avat3rError
+from .fileio import tar_end, tar_member
 from .gaussians import Gaussians
 
 STREAM_VERSION = 1
@@ -104,18 +105,6 @@ def gaussians_from_bytes(data: bytes, where: str = "frame stream") -> Gaussians:
     return g
 
 
-def _tar_member(name: str, data: bytes) -> bytes:
-    """One ustar member: header, data, zero padding to the 512-byte block. Fixed mtime/owner: deterministic."""
-    info = tarfile.TarInfo(name)
-    info.size = len(data)
-    info.mode = 0o644
-    info.mtime = 0
-    info.uid = info.gid = 0
-    info.uname = info.gname = ""
-    pad = (-len(data)) % tarfile.BLOCKSIZE
-    return info.tobuf(format=tarfile.USTAR_FORMAT) + data + b"\0" * pad
-
-
 class FrameStreamWriter:
     """Write frames to a binary file object (a pipe, stdout or a file) one at a time.
 
@@ -145,8 +134,8 @@ class FrameStreamWriter:
         if expr is not None:
             meta["expr"] = [float(x) for x in torch.as_tensor(expr).reshape(-1).tolist()]
         data = gaussians_bytes(gaussians, f"frame stream, frame {key}")
-        payload = (_tar_member(f"{key}.{GAUSSIANS_MEMBER}", data)
-                   + _tar_member(f"{key}.{META_MEMBER}", json.dumps(meta).encode()))
+        payload = (tar_member(f"{key}.{GAUSSIANS_MEMBER}", data)
+                   + tar_member(f"{key}.{META_MEMBER}", json.dumps(meta).encode()))
         self.fileobj.write(payload)
         self.fileobj.flush()  # the reader may be waiting for this very frame
         self._written += 1
@@ -161,9 +150,7 @@ class FrameStreamWriter:
         if self._closed:
             return
         self._closed = True
-        end = 2 * tarfile.BLOCKSIZE
-        end += (-(self._bytes + end)) % tarfile.RECORDSIZE
-        self.fileobj.write(b"\0" * end)
+        self.fileobj.write(tar_end(self._bytes))
         self.fileobj.flush()
 
     def __enter__(self) -> FrameStreamWriter:

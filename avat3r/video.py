@@ -1,4 +1,4 @@
-"""Video and image-sequence output (and input) through ffmpeg.
+"""Video and image-sequence output (and input) through ffmpeg; PNG frames through ``imageio``.
 
 MP4s are H.264 in yuv420p, which every player accepts but which needs even frame sizes: odd sizes are
 padded by repeating the last row/column. Frames are piped to ffmpeg as raw rgb24 while they are
@@ -19,7 +19,9 @@ import numpy as np
 import torch
 
 from .errors import Avat3rError
-from .fileio import AbortOnError, atomic_write_bytes, opencv, partial_file
+from .fileio import AbortOnError, partial_file
+from .imageio import read_image as read_png  # noqa: F401  (the lift modules import read_png, write_png from here)
+from .imageio import to_uint8, write_png
 
 
 class VideoError(Avat3rError, RuntimeError):
@@ -36,19 +38,6 @@ def ffmpeg_exe() -> str:
         return imageio_ffmpeg.get_ffmpeg_exe()
     except Exception as err:  # imageio-ffmpeg raises RuntimeError when its binary is missing
         raise VideoError(f"no ffmpeg found: install ffmpeg or imageio-ffmpeg ({err})") from None
-
-
-def to_uint8(frame: torch.Tensor | np.ndarray) -> np.ndarray:
-    """(H, W, 3) float in [0, 1] (clipped) or uint8 → contiguous uint8 RGB."""
-    if isinstance(frame, torch.Tensor):
-        frame = frame.detach().cpu()
-        frame = frame.numpy() if frame.dtype == torch.uint8 else frame.float().numpy()
-    frame = np.asarray(frame)
-    if frame.ndim != 3 or frame.shape[2] != 3:
-        raise VideoError(f"a frame must be (H, W, 3) RGB, got shape {frame.shape}")
-    if frame.dtype != np.uint8:
-        frame = np.round(np.clip(frame, 0.0, 1.0) * 255.0).astype(np.uint8)
-    return np.ascontiguousarray(frame)
 
 
 def pad_to_even(frame: np.ndarray) -> np.ndarray:
@@ -199,27 +188,6 @@ def read_video_frames(path: str | os.PathLike) -> Iterator[np.ndarray]:
 
 
 # -- PNG frames ----------------------------------------------------------------------------------
-def png_bytes(frame: torch.Tensor | np.ndarray) -> bytes:
-    cv2 = opencv()
-    ok, buf = cv2.imencode(".png", to_uint8(frame)[..., ::-1])  # OpenCV wants BGR
-    if not ok:
-        raise VideoError("PNG encoding failed")
-    return buf.tobytes()
-
-
-def write_png(path: str | os.PathLike, frame: torch.Tensor | np.ndarray) -> None:
-    atomic_write_bytes(path, png_bytes(frame))
-
-
-def read_png(path: str | os.PathLike) -> np.ndarray:
-    """(H, W, 3) uint8 RGB."""
-    cv2 = opencv()
-    img = cv2.imread(str(path), cv2.IMREAD_COLOR)
-    if img is None:
-        raise VideoError(f"{path}: not a readable image")
-    return np.ascontiguousarray(img[..., ::-1])
-
-
 class FrameDirWriter:
     """Write frames as ``{index:06d}.png`` into a folder (created if needed)."""
 

@@ -55,7 +55,6 @@ def register(app: typer.Typer) -> None:
         (--test-persons equal to --persons writes an evaluation-only set). Segment `random` gives every
         person and frame its own expression code."""
         from avat3r.data.prep import check_size, load_source, prep_synth
-        from avat3r.data.shards import encode_png
 
         if rig not in ("person", "shared"):
             fail(f"--rig must be 'person' or 'shared', got {rig!r}")
@@ -84,10 +83,9 @@ def register(app: typer.Typer) -> None:
         info(f"wrote {summary.n_samples} samples in {len(summary.shards)} shard(s), {summary.bytes / 1e6:.1f} MB; "
              f"persons train/val/test = {counts['train']}/{counts['val']}/{counts['test']}")
         if preview is not None:
-            from avat3r.fileio import atomic_write_bytes
+            from avat3r.imageio import write_png
 
-            sheet = src.contact_sheet(seed, list(range(min(persons, 8))), res, cameras)
-            atomic_write_bytes(preview, encode_png(sheet))
+            write_png(preview, src.contact_sheet(seed, list(range(min(persons, 8))), res, cameras))
             info(f"contact sheet → {preview}")
 
     @prep_app.command("synth-photos")

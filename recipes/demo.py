@@ -21,8 +21,8 @@ import typer
 from avat3r.cameras import view_angle_degrees
 from avat3r.data import synthheads as S
 from avat3r.fileio import opencv
+from avat3r.imageio import read_image, to_uint8, write_png
 from avat3r.pipeline import load_animatable, render_image
-from avat3r.video import to_uint8
 
 cv2 = opencv()
 
@@ -59,7 +59,7 @@ def avatar_sheet(avatar_path: str | Path, photos_dir: str | Path, size: int = 12
     views = [int(torch.argmin((angles - a).abs())) for a in SHEET_VIEWS_DEGREES]
     identity = S.make_identity(seed, person)
     rows = []
-    photos = [cv2.cvtColor(cv2.imread(str(Path(photos_dir) / v["image"])), cv2.COLOR_BGR2RGB) for v in truth["views"]]
+    photos = [read_image(Path(photos_dir) / v["image"]) for v in truth["views"]]
     photos = [cv2.resize(p, (size, size), interpolation=cv2.INTER_NEAREST) for p in photos]
     photos += [np.zeros_like(photos[0])] * (2 * len(views) - len(photos))
     rows.append(np.concatenate([_label(p, "input") for p in photos[:2 * len(views)]], axis=1))
@@ -112,11 +112,7 @@ app = typer.Typer(add_completion=False, help="Demo helpers.")
 def sheet(avatar: Path, photos: Path = typer.Option(..., "--photos"), out: Path = typer.Option(..., "-o"),
           size: int = typer.Option(128, "--size")) -> None:
     """Write the truth-vs-avatar contact sheet PNG."""
-    from avat3r.fileio import atomic_write_bytes
-
-    img = avatar_sheet(avatar, photos, size)
-    ok, png = cv2.imencode(".png", cv2.cvtColor(img, cv2.COLOR_RGB2BGR))
-    atomic_write_bytes(out, png.tobytes())
+    write_png(out, avatar_sheet(avatar, photos, size))
 
 
 @app.command("reenact")

@@ -19,10 +19,10 @@ from typer.testing import CliRunner
 
 from avat3r.cameras import Cameras, cameras_to_dicts, intrinsics_from_fov, look_at, write_cams_json
 from avat3r.cli.main import app
+from avat3r.fileio import tar_member
 from avat3r.gaussians import Gaussians, ply_bytes
 from avat3r.model import Avat3r, Avat3rConfig
 from avat3r.model.checkpoint import save_checkpoint
-from avat3r.stream import _tar_member
 
 torch.set_num_threads(1)
 ROOT = Path(__file__).parents[1]
@@ -235,8 +235,8 @@ def bad_stream(edit=None, meta=None, raw: bytes | None = None, path: str = "fron
                    "expression_space": "synthheads-v1", "input_cameras": cameras_to_dicts(ring(4, 16))}
             if meta is not None:
                 meta(doc)
-            src.write_bytes(_tar_member("000000.gaussians.safetensors", st_save(t))
-                            + _tar_member("000000.meta.json", json.dumps(doc).encode()) + b"\0" * 10240)
+            src.write_bytes(tar_member("000000.gaussians.safetensors", st_save(t))
+                            + tar_member("000000.meta.json", json.dumps(doc).encode()) + b"\0" * 10240)
         out = tmp / "first.ply"
         return ["render", str(src), "--ply", str(out), "--path", path, "-q"], out
     return build
@@ -281,7 +281,7 @@ def ply_set(names, value):
 
 def lift_args(backend: str):
     def build(tmp, fx):
-        from avat3r.video import write_png
+        from avat3r.imageio import write_png
 
         write_png(tmp / "me.png", torch.rand(8, 8, 3))
         (tmp / "views").mkdir()

@@ -182,7 +182,8 @@ def test_oversized_members_images_and_arrays_are_refused_with_one_line(tmp_path,
     import struct
 
     import avat3r.data.shards as shards
-    from avat3r.data.shards import ShardError, ShardWriter, encode_npy, encode_png, iter_shard, read_sample
+    from avat3r.data.shards import ShardError, ShardWriter, encode_npy, iter_shard, read_sample
+    from avat3r.imageio import encode_png
 
     png = bytearray(encode_png(np.zeros((8, 8, 3), np.uint8)))
     png[16:24] = struct.pack(">II", 100_000, 100_000)  # a header that would make OpenCV allocate 30 GB

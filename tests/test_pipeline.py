@@ -21,10 +21,11 @@ from avat3r.cameras import Cameras, intrinsics_from_fov, look_at, write_cams_jso
 from avat3r.cli.main import app
 from avat3r.expressions import ExpressionSequence, read_sequence, write_sequence
 from avat3r.gaussians import Gaussians, read_ply, write_ply
+from avat3r.imageio import read_image, write_png
 from avat3r.pipeline import CameraPath, render_image
 from avat3r.render import rasterize
 from avat3r.stream import FrameStreamWriter, read_frame_stream
-from avat3r.video import count_frames, read_png, read_video_frames, video_info, write_png
+from avat3r.video import count_frames, read_video_frames, video_info
 
 E_SYNTH = 13  # synthheads-v1 code size (the tiny preset's expression_dim)
 
@@ -91,7 +92,7 @@ def test_render_stream_to_mp4_pngs_and_plys(tmp_path):
         az = 2 * math.pi * i / 5  # orbit: one turn over the sequence, starting in front
         assert torch.allclose(cam.centers[0], torch.tensor([math.sin(az), 0.0, math.cos(az)]), atol=1e-5)
         rgb, _, _ = rasterize(g, cam, background=torch.tensor([0.0, 0.0, 1.0]), backend="torch")
-        png = read_png(tmp_path / "png" / f"{i:06d}.png")
+        png = read_image(tmp_path / "png" / f"{i:06d}.png")
         assert np.array_equal(png, to_u8(rgb[0]))  # lossless PNG: exactly the renderer's image
         assert png.shape == (45, 45, 3) and png[0, 0].tolist() == [0, 0, 255]  # background corner
         # H.264 (with 2x2-subsampled chroma) is lossy: close to this frame's PNG, far from the others'
@@ -101,7 +102,7 @@ def test_render_stream_to_mp4_pngs_and_plys(tmp_path):
         back = read_ply(tmp_path / "ply" / f"{i:06d}.ply")
         assert torch.allclose(back.means, g.means, atol=1e-6) and torch.allclose(back.colors, g.colors, atol=1e-6)
     # the frames differ (the scene moves and the camera turns)
-    assert not np.array_equal(read_png(tmp_path / "png" / "000000.png"), read_png(tmp_path / "png" / "000001.png"))
+    assert not np.array_equal(read_image(tmp_path / "png" / "000000.png"), read_image(tmp_path / "png" / "000001.png"))
 
 
 def test_render_writes_each_frame_as_it_arrives(tmp_path):
@@ -212,7 +213,7 @@ def test_render_ply_along_cams_json_and_inputs_path_cycles(tmp_path):
     assert code == 0, err
     pngs = sorted((tmp_path / "f").iterdir())
     assert [p.name for p in pngs] == [f"{i:06d}.png" for i in range(5)]
-    imgs = [read_png(p) for p in pngs]
+    imgs = [read_image(p) for p in pngs]
     assert imgs[0].shape == (32, 32, 3)
     assert np.array_equal(imgs[3], imgs[0]) and np.array_equal(imgs[4], imgs[1])  # cycles 3 cameras
     assert not np.array_equal(imgs[0], imgs[1])
@@ -226,7 +227,7 @@ def test_render_ply_along_cams_json_and_inputs_path_cycles(tmp_path):
     code, _, err = run_cli(["render", str(stream), "--path", "inputs", "--size", "32", "--frames",
                             str(tmp_path / "g"), "-q"])
     assert code == 0, err
-    assert [np.array_equal(read_png(tmp_path / "g" / f"{i:06d}.png"), imgs[i % 3]) for i in range(4)] == [True] * 4
+    assert [np.array_equal(read_image(tmp_path / "g" / f"{i:06d}.png"), imgs[i % 3]) for i in range(4)] == [True] * 4
 
 
 def test_render_reads_a_stream_on_stdin(tmp_path):
@@ -417,7 +418,7 @@ def test_render_avatar_exports_a_neutral_ply_and_renders_its_input_views(avatar,
     pngs = sorted((tmp_path / "f").iterdir())
     assert len(pngs) == 4
     ref = render_image(neutral, av.cameras[2].resized(32, 32), (0.0, 0.0, 0.0), "torch")
-    assert np.array_equal(read_png(pngs[2]), to_u8(ref))
+    assert np.array_equal(read_image(pngs[2]), to_u8(ref))
 
 
 def _check_video(path: Path, n_frames: int, fps: float, size: int) -> None:
@@ -498,9 +499,9 @@ def test_lift_with_a_plugged_in_backend_writes_views_and_cams(tmp_path, monkeypa
     names, cams = read_cams_json(tmp_path / "views" / "cams.json")
     assert names == [f"view_{i}.png" for i in range(4)] and cams.image_size == (24, 20)
     assert torch.allclose(cams.centers[1], torch.tensor([0.5, 0, 0.8]), atol=1e-5)
-    src = read_png(tmp_path / "me.png")
-    assert np.array_equal(read_png(tmp_path / "views" / "view_0.png"), src)
-    assert np.array_equal(read_png(tmp_path / "views" / "view_1.png"), src[:, ::-1])
+    src = read_image(tmp_path / "me.png")
+    assert np.array_equal(read_image(tmp_path / "views" / "view_0.png"), src)
+    assert np.array_equal(read_image(tmp_path / "views" / "view_1.png"), src[:, ::-1])
 
 
 def test_animate_reads_expressions_off_a_driving_video(avatar, tiny_checkpoint, tmp_path):

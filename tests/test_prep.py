@@ -265,7 +265,7 @@ def test_prep_images_errors_and_warnings(tmp_path):
 
 def test_opencv_log_lines_never_reach_the_terminal(tmp_path, capfd):
     from avat3r.data.images import ImagePrepError, load_user_images
-    from avat3r.video import VideoError, read_png
+    from avat3r.imageio import ImageError, read_image
 
     img = np.zeros((H, W, 3), np.uint8)
     cams_json = write_photos(tmp_path / "p", {"a.png": img, "b.png": img}, [photo_camera(0.0), photo_camera(10.0)])
@@ -273,8 +273,8 @@ def test_opencv_log_lines_never_reach_the_terminal(tmp_path, capfd):
     capfd.readouterr()
     with pytest.raises(ImagePrepError, match="b.png: cannot read the image"):
         load_user_images(tmp_path / "p", cams_json, res=32)
-    with pytest.raises(VideoError, match="not a readable image"):
-        read_png(tmp_path / "p" / "b.png")
+    with pytest.raises(ImageError, match="not a readable image"):
+        read_image(tmp_path / "p" / "b.png")
     err = capfd.readouterr().err  # what reached the process's stderr, OpenCV's C++ side included
     assert "WARN" not in err and "ERROR" not in err, err
 

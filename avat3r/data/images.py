@@ -21,6 +21,7 @@ import torch
 from ..cameras import Cameras, camera_dict, project, read_cams_json
 from ..errors import Avat3rError
 from ..fileio import StagedFolder, opencv
+from ..imageio import ImageError, read_image
 from .manifest import MANIFEST_NAME, build_manifest, is_dataset_file, write_manifest
 from .shards import ShardWriter, encode_sample, make_key
 
@@ -50,11 +51,11 @@ class PreparedImages:
     warnings: list[str] = field(default_factory=list)
 
 
-def _read_image(path: Path, flags: int) -> np.ndarray:
-    img = cv2.imread(str(path), flags)
-    if img is None:
-        raise ImagePrepError(f"{path.name}: cannot read the image")
-    return img
+def _read_image(path: Path, gray: bool = False) -> np.ndarray:
+    try:
+        return read_image(path, gray)
+    except ImageError:
+        raise ImagePrepError(f"{path.name}: cannot read the image") from None
 
 
 def _find_mask(mask_dir: Path, name: str) -> Path:
@@ -150,8 +151,8 @@ def prepare_user_images(image_dir: str | os.PathLike, cams_json: str | os.PathLi
     out_rgb, out_mask, out_cams, warnings = [], [], [], []
     for i, name in enumerate(names):
         cam = cams[i]
-        bgr = _read_image(image_dir / name, cv2.IMREAD_COLOR)
-        h, w = bgr.shape[:2]
+        rgb = _read_image(image_dir / name)
+        h, w = rgb.shape[:2]
         cw, ch = int(cam.width[0]), int(cam.height[0])
         if (w, h) != (cw, ch):
             raise ImagePrepError(f"{name}: image is {w}x{h} but its camera says {cw}x{ch}")
@@ -163,12 +164,11 @@ def prepare_user_images(image_dir: str | os.PathLike, cams_json: str | os.PathLi
         if off_axis > AIM_WARN_DEGREES:
             warnings.append(f"{name}: camera aims {off_axis:.0f}° away from the head centre (world origin); "
                             "check the cams.json convention (OpenCV, world-to-camera, metres)")
-        rgb = cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB)
         x0, y0, side = head_crop_box(cam)
         crop_cam = cam.cropped(x0, y0, side, side).resized(res, res)
         rgb_res = _resize(crop_square(rgb, x0, y0, side), res)
         if mask_dir is not None:
-            m = _read_image(_find_mask(mask_dir, name), cv2.IMREAD_GRAYSCALE)
+            m = _read_image(_find_mask(mask_dir, name), gray=True)
             if m.shape != (h, w):
                 raise ImagePrepError(f"{name}: mask is {m.shape[1]}x{m.shape[0]} but the image is {w}x{h}")
             m_res = _resize(crop_square(m, x0, y0, side), res)

@@ -16,7 +16,6 @@ import io
 import json
 import math
 import os
-import struct
 import tarfile
 from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass
@@ -26,9 +25,8 @@ import numpy as np
 
 from ..cameras import camera_dict
 from ..errors import Avat3rError
-from ..fileio import AbortOnError, AtomicFile, opencv
-
-cv2 = opencv()
+from ..fileio import AbortOnError, AtomicFile, tar_end, tar_member
+from ..imageio import decode_png, encode_png
 
 SHARD_PATTERN = "shard-{:06d}.tar"
 DEFAULT_MAXCOUNT = 100_000
@@ -39,6 +37,8 @@ ENTRY_ORDER = ("rgb.png", "mask.png", "camera.json", "expr.npy", "depth.npy", "p
 # exhausting memory.
 MAX_MEMBER_BYTES = 512 << 20
 MAX_IMAGE_PIXELS = 8192 * 8192
+PNG_COMPRESSION = 3  # zlib level of rgb.png / mask.png: part of the shards' exact bytes
+SHARD_MEMBER_MODE = 0o444  # the members' tar mode, also part of those bytes
 _NPY_DTYPES = {"expr.npy": np.float32, "depth.npy": np.float32, "pos.npy": np.float32,
                "conf.npy": np.float16, "feat.npy": np.float16}
 
@@ -63,21 +63,14 @@ def split_key(key: str) -> tuple[str, str, int, str]:
 
 
 # -- encoding ------------------------------------------------------------------------------------
-def encode_png(image: np.ndarray) -> bytes:
+def _png_entry(image: np.ndarray) -> bytes:
     """uint8 H×W×3 RGB or H×W gray → PNG bytes (deterministic for a given OpenCV build)."""
     image = np.asarray(image)
-    if image.dtype != np.uint8:
+    if image.dtype != np.uint8:  # a float image here is a caller's mistake, not something to round silently
         raise ValueError(f"PNG entries must be uint8, got {image.dtype}")
-    if image.ndim == 3:
-        if image.shape[2] != 3:
-            raise ValueError(f"RGB images must be H×W×3, got {image.shape}")
-        image = cv2.cvtColor(image, cv2.COLOR_RGB2BGR)
-    elif image.ndim != 2:
+    if image.ndim not in (2, 3):
         raise ValueError(f"PNG entries must be H×W or H×W×3, got {image.shape}")
-    ok, buf = cv2.imencode(".png", np.ascontiguousarray(image), [cv2.IMWRITE_PNG_COMPRESSION, 3])
-    if not ok:
-        raise ValueError("PNG encoding failed")
-    return buf.tobytes()
+    return encode_png(image, PNG_COMPRESSION)
 
 
 def encode_npy(array: np.ndarray) -> bytes:
@@ -92,9 +85,9 @@ def encode_sample(sample: Mapping) -> dict[str, bytes]:
     out: dict[str, bytes] = {}
     if sample.get("rgb") is None or sample.get("camera") is None:
         raise ValueError("a sample needs at least rgb and camera")
-    out["rgb.png"] = encode_png(sample["rgb"])
+    out["rgb.png"] = _png_entry(sample["rgb"])
     if sample.get("mask") is not None:
-        out["mask.png"] = encode_png(sample["mask"])
+        out["mask.png"] = _png_entry(sample["mask"])
     cam = sample["camera"]
     out["camera.json"] = json.dumps(camera_dict(cam["K"], cam["w2c"], cam["width"], cam["height"]),
                                     sort_keys=True, separators=(",", ":")).encode()
@@ -120,14 +113,7 @@ def _load_npy(data: bytes) -> np.ndarray:
 def decode_entry(entry: str, data: bytes):
     """Decode one member; unknown entries stay bytes. Raises ValueError on malformed data."""
     if entry.endswith(".png"):
-        if data[12:16] == b"IHDR":  # PNG size from its header, before OpenCV allocates it
-            w, h = struct.unpack(">II", data[16:24])
-            if w * h > MAX_IMAGE_PIXELS:
-                raise ValueError(f"a {w}x{h} image is larger than {MAX_IMAGE_PIXELS:,} pixels")
-        img = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_UNCHANGED)
-        if img is None:
-            raise ValueError("not a readable PNG")
-        return cv2.cvtColor(img, cv2.COLOR_BGR2RGB) if img.ndim == 3 else img
+        return decode_png(data, MAX_IMAGE_PIXELS)
     if entry.endswith(".npy"):
         return _load_npy(data)
     if entry.endswith(".json"):
@@ -158,17 +144,6 @@ class SampleRecord:
     size: int
 
 
-def _tarinfo(name: str, size: int) -> tarfile.TarInfo:
-    ti = tarfile.TarInfo(name)
-    ti.size = size
-    ti.mtime = 0  # fixed stamps: the bytes depend on the content only
-    ti.mode = 0o444
-    ti.uid = ti.gid = 0
-    ti.uname = ti.gname = ""
-    ti.type = tarfile.REGTYPE
-    return ti
-
-
 def _entry_sort_key(entry: str) -> tuple[int, str]:
     return (ENTRY_ORDER.index(entry) if entry in ENTRY_ORDER else len(ENTRY_ORDER), entry)
 
@@ -186,8 +161,8 @@ class ShardWriter(AbortOnError):
         self.folder.mkdir(parents=True, exist_ok=True)
         self.maxcount, self.maxsize, self.pattern = maxcount, maxsize, pattern
         self.shards: list[str] = []
-        self._tar: tarfile.TarFile | None = None
-        self._file = None
+        self._file: AtomicFile | None = None
+        self._offset = 0  # bytes written to the current shard
         self._count = 0
         self._last_key: str | None = None
 
@@ -196,15 +171,14 @@ class ShardWriter(AbortOnError):
         name = self.pattern.format(len(self.shards))
         self.shards.append(name)
         self._file = AtomicFile(self.folder / name)
-        self._tar = tarfile.open(fileobj=self._file.file, mode="w", format=tarfile.USTAR_FORMAT)
-        self._count = 0
+        self._offset = self._count = 0
 
     def _close_current(self) -> None:
-        if self._tar is None:
+        if self._file is None:
             return
-        self._tar.close()
+        self._file.write(tar_end(self._offset))
         self._file.close()
-        self._tar = self._file = None
+        self._file = None
 
     def write(self, key: str, members: Mapping[str, bytes]) -> SampleRecord:
         make_key(*split_key(key))  # validates the key
@@ -214,26 +188,25 @@ class ShardWriter(AbortOnError):
             raise ValueError(f"sample {key} written twice in a row")
         entries = sorted(members, key=_entry_sort_key)
         size = sum(512 + -(-len(members[e]) // 512) * 512 for e in entries)
-        if (self._tar is None or self._count >= self.maxcount
-                or (self._count > 0 and self._tar.offset + size > self.maxsize)):
+        if (self._file is None or self._count >= self.maxcount
+                or (self._count > 0 and self._offset + size > self.maxsize)):
             self._open_next()
-        start = self._tar.offset
+        start = self._offset
         for entry in entries:
-            data = members[entry]
-            self._tar.addfile(_tarinfo(f"{key}.{entry}", len(data)), io.BytesIO(data))
+            self._offset += self._file.write(tar_member(f"{key}.{entry}", members[entry], mode=SHARD_MEMBER_MODE))
         self._count += 1
         self._last_key = key
-        return SampleRecord(key, self.shards[-1], start, self._tar.offset - start)
+        return SampleRecord(key, self.shards[-1], start, self._offset - start)
 
     def close(self) -> None:
         self._close_current()
 
     def abort(self) -> None:
         """Drop the shard being written (its temp file) after a failure."""
-        if self._tar is not None:
+        if self._file is not None:
             self._file.abort()
             self.shards.pop()
-            self._tar = self._file = None
+            self._file = None
 
 
 # -- random access -------------------------------------------------------------------------------

@@ -25,7 +25,8 @@ from ..data.examples import collate_examples
 from ..errors import Avat3rError
 from ..fileio import atomic_write_bytes
 from ..forward import predict, render_targets, to_device
-from ..sheet import comparison_rows, write_png
+from ..imageio import write_png
+from ..sheet import comparison_rows
 from ..train.checkpointing import TRAIN_JSON, resolve_checkpoint
 from .metrics import METRICS, REGION_TAU, MetricSet, build_metrics, example_scores, expression_group
 

@@ -385,7 +385,8 @@ def train(recipe: Recipe, run_dir: str | Path, *, resume: bool = False, max_step
 
 def write_preview(path: Path, batch: dict, pred: torch.Tensor) -> None:
     """inputs | prediction | ground truth of the batch's first example, as one PNG."""
-    from ..sheet import comparison_rows, write_png
+    from ..imageio import write_png
+    from ..sheet import comparison_rows
 
     write_png(path, comparison_rows(batch["inputs_rgb"][0], pred[0].detach(), batch["target_rgb"][0]))
 

@@ -10,15 +10,14 @@ from pathlib import Path
 import torch
 
 from ...cameras import k_farthest_viewpoints, write_cams_json
-from ...fileio import StagedFolder, atomic_write_bytes, opencv
+from ...fileio import StagedFolder, atomic_write_bytes
+from ...imageio import write_png
 from .expressions import SEGMENTS
 from .render import render_frame_samples
 from .rig import make_rig
 
 # expressive segments to draw input timesteps from (paper App. C draws inputs from these three)
 INPUT_SEGMENTS = ("EXP_jaw003", "EXP_eye_wide", "EXP_tongue001")
-
-cv2 = opencv()
 
 
 def _is_photo_file(name: str) -> bool:
@@ -51,10 +50,7 @@ def _write_photos(out: Path, person, seed, res, n_cameras, n_views, n_frames, mi
             segment, frame = SEGMENTS[0], 0
         s = render_frame_samples(seed, person, segment, frame, [cam], n_frames, n_cameras, res, person_rig)[0]
         name = f"view_{i}.png"
-        ok, png = cv2.imencode(".png", cv2.cvtColor(s["rgb"], cv2.COLOR_RGB2BGR))
-        if not ok:
-            raise RuntimeError(f"cannot encode {name}")
-        atomic_write_bytes(out / name, png.tobytes())
+        write_png(out / name, s["rgb"])
         names.append(name)
         truth.append({"image": name, "camera": int(cam), "segment": segment, "frame": frame})
     write_cams_json(out / "cams.json", cams[views], names)
