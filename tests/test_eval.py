@@ -176,3 +176,20 @@ def test_eval_input_modes_override_the_training_recipe():
     assert _sampler_options("consistent") == {"random_timesteps": False, "inputs_elsewhere": False, **base}
     assert _sampler_options("other", ("neutral",)) == {"random_timesteps": False, "inputs_elsewhere": True,
                                                        **base, "input_segments": ("neutral",)}
+
+
+def test_akd_with_the_shipped_face_tracker_measures_a_known_shift():
+    pytest.importorskip("mediapipe")
+    data = pytest.importorskip("skimage.data")
+    import cv2
+
+    face = cv2.resize(data.astronaut()[:256, 96:352], (192, 192), interpolation=cv2.INTER_AREA)  # a real face
+    truth = torch.from_numpy(face).float()[None] / 255
+    shifted = torch.roll(truth, shifts=(4, 3), dims=(1, 2))  # 4 px down, 3 px right: 5 px
+    ms = M.build_metrics(keypoint_model="face-mesh")
+    assert "akd" in ms.functions, ms.unavailable.get("akd")
+    akd = ms.functions["akd"]
+    assert akd(truth, truth).item() == pytest.approx(0.0, abs=1e-6)
+    assert akd(shifted, truth).item() == pytest.approx(5.0, abs=1.0)
+    blank = torch.zeros_like(truth)  # no face: no distance invented
+    assert torch.isnan(akd(blank, truth)).all()

@@ -100,10 +100,18 @@ def register_identity_model(name: str, factory: Callable[..., IdentityModel]) ->
     IDENTITY_MODELS[name] = factory
 
 
+def _face_mesh_keypoints() -> KeypointModel:
+    from ..face.keypoints import face_mesh_keypoints
+
+    return face_mesh_keypoints()  # FaceTrackerMissing (one line) without the [face] extra: AKD not available
+
+
+register_keypoint_model("face-mesh", _face_mesh_keypoints)  # the shipped tracker's 478 landmarks
+
+
 def _lookup(registry: dict, name: str | None, what: str, metric: str):
     if not registry:
-        raise Unavailable(f"{metric} needs a {what} model and none is registered (avat3r ships no {what} weights; "
-                          f"see register_{what}_model)")
+        raise Unavailable(f"{metric} needs a {what} model and none is registered (see register_{what}_model)")
     if name is None:
         name = min(registry)
     if name not in registry:
