@@ -25,10 +25,10 @@ from safetensors import SafetensorError
 from safetensors.torch import load as load_safetensors_bytes
 from safetensors.torch import save as save_safetensors_bytes
 
-from .cameras import CameraError, Cameras, atomic_write_bytes, cameras_from_json, cameras_to_json
+from .cameras import CameraError, Cameras, cameras_from_json, cameras_to_json
 from .errors import Avat3rError
 from .expressions import ExpressionError, check_codes
-from .fileio import check_format
+from .fileio import atomic_write_bytes, check_format, json_safe
 from .model.checkpoint import CheckpointError, load_weights
 from .model.config import Avat3rConfig, ConfigError
 from .model.network import Avat3r, IdentityState, ModelInputError
@@ -50,13 +50,18 @@ class AvatarError(Avat3rError, ValueError):
 
 @dataclass
 class Avatar:
-    state: IdentityState
+    """One encoded identity and, when known, a model that decodes it (the stages' animate.load_animatable
+    supplies the checkpoint's model for an avatar that carries no decoder weights)."""
+
+    state: IdentityState  # a batch of 1
     meta: dict
     config: Avat3rConfig
     model: Avat3r | None = None  # built from decoder.safetensors when the file carries it
+    source: str = "avatar"  # the file it came from, for error messages
 
     @property
     def cameras(self) -> Cameras:
+        """The input cameras, on the state's device."""
         return self.state.cameras(0)
 
     @property
@@ -66,16 +71,6 @@ class Avatar:
     @property
     def neutral(self) -> torch.Tensor:
         return torch.tensor(self.meta["neutral"], dtype=torch.float32)
-
-
-def _json_value(v):
-    if isinstance(v, torch.Tensor):
-        return v.detach().cpu().tolist()
-    if isinstance(v, (list, tuple)):
-        return [_json_value(x) for x in v]
-    if isinstance(v, dict):
-        return {str(k): _json_value(x) for k, x in v.items()}
-    return v
 
 
 def save_avatar(path: str | os.PathLike, state: IdentityState, meta: dict, model: Avat3r | None = None) -> None:
@@ -100,7 +95,7 @@ def save_avatar(path: str | os.PathLike, state: IdentityState, meta: dict, model
         raise AvatarError(f"neutral code and expression names must have {config.expression_dim} entries")
     cams = state.cameras(0)
     names = list(meta.get("camera_names") or meta.get("input_images") or [f"view{i}" for i in range(len(cams))])
-    doc = {k: _json_value(v) for k, v in meta.items() if k not in ("camera_names", "model_config")}
+    doc = {k: json_safe(v) for k, v in meta.items() if k not in ("camera_names", "model_config")}
     doc.update(format=AVATAR_FORMAT, version=AVATAR_VERSION, config=config.to_dict(), config_hash=config.hash(),
                cameras=cameras_to_json(cams.to(dtype=torch.float64), names), has_decoder=model is not None)
     for k in ("checkpoint_sha256", "position_prior", "feature_prior"):
@@ -221,4 +216,4 @@ def load_avatar(path: str | os.PathLike, device: str | torch.device = "cpu") -> 
         except (SafetensorError, ValueError, TypeError) as err:
             raise AvatarError(f"{path}: {DECODER} is unreadable ({err})") from None
         model = model.to(device).eval()
-    return Avatar(state=state.to(device), meta=meta, config=config, model=model)
+    return Avatar(state=state.to(device), meta=meta, config=config, model=model, source=str(path))

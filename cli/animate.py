@@ -99,8 +99,8 @@ def register(app: typer.Typer) -> None:
     ) -> None:
         from avat3r.errors import error_line, user_errors
         from avat3r.expressions import builtin_sequence, read_sequence, write_sequence
-        from avat3r.pipeline import animate as run_animate
-        from avat3r.pipeline import load_animatable
+        from avat3r.stages.animate import animate as run_animate
+        from avat3r.stages.animate import load_animatable
 
         check_fps(fps)
         if (sequence is not None) + (builtin is not None) + (video is not None) != 1:

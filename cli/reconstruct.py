@@ -32,7 +32,7 @@ def register(app: typer.Typer) -> None:
         device: str = typer.Option("auto", "--device", help="cpu, cuda, cuda:N or auto."),
     ) -> None:
         from avat3r.errors import error_line, user_errors
-        from avat3r.pipeline import reconstruct as run_reconstruct
+        from avat3r.stages.reconstruct import reconstruct as run_reconstruct
 
         if out.suffix.lower() != ".avt":
             fail(f"{out}: the avatar file name must end in .avt")

@@ -51,8 +51,9 @@ def register(app: typer.Typer) -> None:
         quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar."),
     ) -> None:
         from avat3r.errors import error_line, user_errors
-        from avat3r.pipeline import open_render_source, parse_background
-        from avat3r.pipeline import render as run_render
+        from avat3r.stages.render import parse_background
+        from avat3r.stages.render import render as run_render
+        from avat3r.stages.sources import open_render_source
 
         check_fps(fps)
         if video is None and frames is None and ply is None:

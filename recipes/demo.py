@@ -22,7 +22,8 @@ from avat3r.cameras import view_angle_degrees
 from avat3r.data import synthheads as S
 from avat3r.fileio import opencv
 from avat3r.imageio import read_image, to_uint8, write_png
-from avat3r.pipeline import load_animatable, render_image
+from avat3r.stages.animate import load_animatable
+from avat3r.stages.render import render_image
 
 cv2 = opencv()
 

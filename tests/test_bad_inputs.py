@@ -4,6 +4,7 @@ no traceback, and an output file that was there before is left as it was."""
 
 from __future__ import annotations
 
+import dataclasses
 import io
 import json
 import math
@@ -458,20 +459,20 @@ def test_stream_writer_refuses_non_finite_gaussians(fx):
 
 def test_decode_frames_checks_codes_and_output(fx):
     from avat3r.avatar import load_avatar
-    from avat3r.pipeline import LoadedAvatar, PipelineError, decode_frames
+    from avat3r.stages.animate import decode_frames
+    from avat3r.stages.common import StageError
 
-    av = load_avatar(fx["self"])
-    loaded = LoadedAvatar(av.state, av.meta, av.model, source="self.avt")
-    with pytest.raises(PipelineError, match="self.avt.*expression code"):
+    loaded = load_avatar(fx["self"])
+    with pytest.raises(StageError, match="self.avt.*expression code"):
         list(decode_frames(loaded, torch.full((2, E), 1e30)))
-    with pytest.raises(PipelineError, match="non-finite"):
+    with pytest.raises(StageError, match="non-finite"):
         list(decode_frames(loaded, torch.full((2, E), NAN)))
-    broken = LoadedAvatar(av.state, av.meta, Avat3r(CFG, with_encoder=False).eval(), source="self.avt")
+    broken = dataclasses.replace(loaded, model=Avat3r(CFG, with_encoder=False).eval())
     with torch.no_grad():
-        broken.model.decoder.heads.load_state_dict(av.model.decoder.heads.state_dict())
+        broken.model.decoder.heads.load_state_dict(loaded.model.decoder.heads.state_dict())
         for p in broken.model.decoder.heads.parameters():
             p.fill_(NAN)
-    with pytest.raises(PipelineError, match="self.avt: decoded frame 0 .*non-finite"):
+    with pytest.raises(StageError, match="self.avt: decoded frame 0 .*non-finite"):
         list(decode_frames(broken, torch.zeros(1, E)))
 
 

@@ -22,8 +22,9 @@ from avat3r.cli.main import app
 from avat3r.expressions import ExpressionSequence, read_sequence, write_sequence
 from avat3r.gaussians import Gaussians, read_ply, write_ply
 from avat3r.imageio import read_image, write_png
-from avat3r.pipeline import CameraPath, render_image
 from avat3r.render import rasterize
+from avat3r.stages.camera_path import CameraPath
+from avat3r.stages.render import render_image
 from avat3r.stream import FrameStreamWriter, read_frame_stream
 from avat3r.video import count_frames, read_video_frames, video_info
 
@@ -110,7 +111,8 @@ def test_render_writes_each_frame_as_it_arrives(tmp_path):
     import threading
     import time
 
-    from avat3r.pipeline import render, stream_source
+    from avat3r.stages.render import render
+    from avat3r.stages.sources import stream_source
 
     read_fd, write_fd = os.pipe()
     png0 = tmp_path / ".f.partial" / "000000.png"  # the folder is built aside and swapped in at the end
@@ -137,7 +139,8 @@ def test_render_writes_each_frame_as_it_arrives(tmp_path):
 
 def test_render_folders_replace_an_older_render_whole(tmp_path):
     from avat3r.fileio import OutputLock
-    from avat3r.pipeline import render, stream_source
+    from avat3r.stages.render import render
+    from avat3r.stages.sources import stream_source
 
     stream = tmp_path / "s.tar"
     write_stream(stream, [ellipsoid_scene(100, seed=i) for i in range(4)], None)
@@ -341,7 +344,7 @@ def test_reconstruct_writes_an_avatar_that_decodes_like_the_model(avatar, tiny_c
     fg = (av.state.rgb.sum(-1) > 0).float().mean()
     assert 0.1 < float(fg) < 0.9
 
-    from avat3r.pipeline import animate, load_animatable
+    from avat3r.stages.animate import animate, load_animatable
 
     codes = torch.rand(5, E_SYNTH, generator=torch.Generator().manual_seed(1))
     seq = ExpressionSequence(codes, 12.0, "synthheads-v1")
