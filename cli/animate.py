@@ -9,7 +9,7 @@ from pathlib import Path
 
 import typer
 
-from .common import LazyBar, check_fps, fail, info
+from .common import LazyBar, check_fps, fail, fail_error, info
 
 HELP = """Drive an avatar with an expression sequence; writes a frame stream (tar) to stdout or a file.
 
@@ -29,6 +29,8 @@ synthheads-v1 CNN, models/synthheads-expr, or $AVAT3R_EXPRESSION_REGRESSOR; the 
 the frame). --save-expr keeps the extracted codes as expr.parquet.
 """
 
+# the flag of each library parameter an error may name
+FLAGS = {"device": "--device", "checkpoint": "--checkpoint", "batch": "--batch"}
 TTY_MESSAGE = ("refusing to write a binary frame stream to a terminal; redirect it (> frames.tar), pipe it "
                "(| avat3r render --video out.mp4) or pass -o FILE")
 
@@ -97,7 +99,7 @@ def register(app: typer.Typer) -> None:
         device: str = typer.Option("auto", "--device", help="cpu, cuda, cuda:N or auto."),
         quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar."),
     ) -> None:
-        from avat3r.errors import error_line, user_errors
+        from avat3r.errors import user_errors
         from avat3r.expressions import builtin_sequence, read_sequence, write_sequence
         from avat3r.stages.animate import animate as run_animate
         from avat3r.stages.animate import load_animatable
@@ -120,7 +122,7 @@ def register(app: typer.Typer) -> None:
                 if fps is not None:
                     seq.fps = float(fps)
         except user_errors() as e:
-            fail(error_line(e))
+            fail_error(e, FLAGS)
         stream, finish = _open_output(out)
         ok = False
         try:
@@ -135,7 +137,7 @@ def register(app: typer.Typer) -> None:
             os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
             fail("the frame stream's reader closed the pipe before the last frame")
         except user_errors() as e:
-            fail(error_line(e))
+            fail_error(e, FLAGS)
         finally:
             finish(ok)
         info(f"animate: {n} frames at {seq.fps:g} fps ({seq.space}) → {out if out else 'stdout'}")

@@ -1,4 +1,5 @@
-"""Shared CLI plumbing: one-line errors and the not-built-yet notice."""
+"""Shared CLI plumbing: one-line errors (library errors with the flag of the parameter at fault), progress
+bars and the not-built-yet notice."""
 
 from __future__ import annotations
 
@@ -12,6 +13,16 @@ def fail(message: str, code: int = 1) -> NoReturn:
     """Print one line to stderr and exit non-zero."""
     typer.echo(f"avat3r: error: {message}", err=True)
     raise typer.Exit(code)
+
+
+def fail_error(err: BaseException, flags: dict[str, str] | None = None) -> NoReturn:
+    """Report a library error as its one line. The library names its own parameters, never flags; where the
+    error names one (``err.param``) that ``flags`` maps to this command's flag (or a short hint), it is added."""
+    from avat3r.errors import error_line
+
+    line = error_line(err)
+    hint = (flags or {}).get(getattr(err, "param", None) or "")
+    fail(f"{line} ({hint})" if hint else line)
 
 
 def check_fps(fps: float | None) -> None:

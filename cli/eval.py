@@ -7,7 +7,7 @@ from pathlib import Path
 
 import typer
 
-from .common import fail, info
+from .common import fail, fail_error, info
 
 HELP = """Evaluate a checkpoint on held-out persons of a manifest.
 
@@ -23,6 +23,9 @@ the target code − region PSNR of the same avatar at the reference code (0: the
 avatar's mean change between the two codes / the truth's mean change in the region (1: as much as the truth).
 """
 
+# the flag of each library parameter an error may name
+FLAGS = {"n_examples": "--examples", "manifest": "--manifest", "checkpoint": "--checkpoint or --baseline",
+         "device": "--device"}
 # sampler options of each input mode (--inputs)
 INPUT_MODES = {"mixed": {"random_timesteps": True, "inputs_elsewhere": False},
                "consistent": {"random_timesteps": False, "inputs_elsewhere": False},
@@ -88,7 +91,7 @@ def register(app: typer.Typer) -> None:
         device: str = typer.Option("auto", "--device", help="cpu, cuda, cuda:N or auto (CUDA when available)."),
         quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar."),
     ) -> None:
-        from avat3r.errors import error_line, user_errors
+        from avat3r.errors import user_errors
         from avat3r.eval.runner import LABELS, evaluate, format_stat
 
         options = _sampler_options(_input_mode(inputs, consistent, other), _segments(input_segments))
@@ -97,7 +100,7 @@ def register(app: typer.Typer) -> None:
                               seed=seed, baseline=baseline, device=device, progress=not quiet, log=info,
                               sampler_options=options, lpips_weights=lpips_weights)
         except user_errors() as e:
-            fail(error_line(e))
+            fail_error(e, FLAGS)
         info(f"{report.label}: " + ", ".join(f"{LABELS[k]} {format_stat(k, s)}" for k, s in report.overall().items()))
         for path in report.files:
             info(f"wrote {path}")

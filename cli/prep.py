@@ -6,7 +6,7 @@ from pathlib import Path
 
 import typer
 
-from .common import LazyBar, fail, info
+from .common import LazyBar, fail, fail_error, info
 
 HELP = ("Prepare data as WebDataset shards + manifest.parquet: `synth` (procedural SynthHeads), "
         "`images` (your photos + cams.json); `synth-photos` / `synth-video` film one SynthHeads person as "
@@ -77,7 +77,7 @@ def register(app: typer.Typer) -> None:
                                  maxsize=int(maxsize_mb * 1e6), person_rig=rig == "person", progress=bar.update)
         except ValueError as err:
             bar.close()
-            fail(str(err))
+            fail_error(err, {"person_rig": "--rig shared"})
         bar.close()
         counts = {s: sum(1 for v in summary.splits.values() if v == s) for s in ("train", "val", "test")}
         info(f"wrote {summary.n_samples} samples in {len(summary.shards)} shard(s), {summary.bytes / 1e6:.1f} MB; "

@@ -6,12 +6,15 @@ from pathlib import Path
 
 import typer
 
-from .common import fail, info
+from .common import fail, fail_error, info
 
 HELP = ("Add position/confidence maps (pos.npy, conf.npy) and optional feature maps (feat.npy) to every sample "
         "that can be a model input (cameras that are not back-only), each computed with partner views of the same "
         "frame (recorded as partners.json). Writes shards of the same names plus manifest.parquet to OUT; "
         "rerunning after an interruption skips finished shards.")
+
+# the flag of each library option an error may name
+FLAGS = {"feature_options.ckpt": "--sapiens-ckpt", "position_options": "--dust3r-repo, --dust3r-ckpt"}
 
 
 def _parse_frames(text: str | None) -> tuple[int, ...] | None:
@@ -79,6 +82,6 @@ def register(app: typer.Typer) -> None:
             with tqdm(total=total, desc="prior", unit="sample", file=None, disable=None) as bar:
                 manifest = run_prior_stage(source, out, cfg, workers=workers, progress=bar.update)
         except (ManifestError, ShardError, PriorError, ValueError, OSError) as err:
-            fail(str(err))
+            fail_error(err, FLAGS)
         n = int(manifest["has_prior"].sum())
         info(f"avat3r prior: {n} of {len(manifest)} samples have {position} priors; wrote {out}")

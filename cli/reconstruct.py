@@ -6,7 +6,7 @@ from pathlib import Path
 
 import typer
 
-from .common import fail, info
+from .common import fail, fail_error, info
 
 HELP = """Reconstruct an animatable avatar (.avt) from a folder of posed photos and their cams.json.
 
@@ -16,6 +16,8 @@ checkpoint was trained with are computed, and the identity is encoded once; anim
   avat3r reconstruct imgs/ --cams imgs/cams.json -o head.avt                       # the shipped model
   avat3r reconstruct imgs/ --cams imgs/cams.json -o head.avt --checkpoint runs/tiny # your own
 """
+
+FLAGS = {"device": "--device", "checkpoint": "--checkpoint"}  # the flag of each library parameter an error may name
 
 
 def register(app: typer.Typer) -> None:
@@ -31,7 +33,7 @@ def register(app: typer.Typer) -> None:
                                             "the avatar animates without the checkpoint."),
         device: str = typer.Option("auto", "--device", help="cpu, cuda, cuda:N or auto."),
     ) -> None:
-        from avat3r.errors import error_line, user_errors
+        from avat3r.errors import user_errors
         from avat3r.stages.reconstruct import reconstruct as run_reconstruct
 
         if out.suffix.lower() != ".avt":
@@ -40,7 +42,7 @@ def register(app: typer.Typer) -> None:
             meta = run_reconstruct(images, cams, checkpoint, out, masks_dir=masks, device=device,
                                    self_contained=self_contained, on_warning=lambda w: info(f"warning: {w}"))
         except user_errors() as e:
-            fail(error_line(e))
+            fail_error(e, FLAGS)
         info(f"wrote {out} ({len(meta.get('camera_names', []))} views, expression space "
              f"{meta['expression_space']}, position prior {meta['position_prior']}"
              f"{', self-contained' if self_contained else ''})")

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import typer
 
-from .common import LazyBar, check_fps, fail, info
+from .common import LazyBar, check_fps, fail, fail_error, info
 
 HELP = """Render a frame stream, an .avt or a .ply along a camera path to MP4, PNG frames or PLY files.
 
@@ -21,6 +21,10 @@ inputs (cycles the avatar's input cameras) or a cams.json (cycles its cameras).
 
   avat3r render scene.ply --path orbit --n-frames 90 --frames frames/
 """
+
+# the flag of each library parameter an error may name
+FLAGS = {"device": "--device", "checkpoint": "--checkpoint", "background": "--background", "size": "--size",
+         "radius": "--radius", "path": "--path", "n_frames": "--n-frames", "outputs": "--video, --frames, --ply"}
 
 
 def register(app: typer.Typer) -> None:
@@ -50,7 +54,7 @@ def register(app: typer.Typer) -> None:
         device: str = typer.Option("auto", "--device", help="cpu, cuda, cuda:N or auto."),
         quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar."),
     ) -> None:
-        from avat3r.errors import error_line, user_errors
+        from avat3r.errors import user_errors
         from avat3r.stages.render import parse_background
         from avat3r.stages.render import render as run_render
         from avat3r.stages.sources import open_render_source
@@ -71,6 +75,6 @@ def register(app: typer.Typer) -> None:
             finally:
                 bar.close()
         except user_errors() as e:
-            fail(error_line(e))
+            fail_error(e, FLAGS)
         written = ", ".join(str(p) for p in (video, frames, ply) if p is not None)
         info(f"render: {n} frames → {written}")

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import typer
 
-from .common import fail, info
+from .common import fail, fail_error, info
 
 HELP = """Train the Avat3r network from a recipe (recipes/*.toml).
 
@@ -18,6 +18,10 @@ same command through Accelerate, e.g.
 Writes RUN_DIR/checkpoints/step_XXXXXXXX/ (model.safetensors, config.json, train_state/), TensorBoard logs in
 RUN_DIR/logs and PNG previews (inputs | prediction | ground truth) in RUN_DIR/previews.
 """
+
+# what to type for each library parameter an error may name
+FLAGS = {"overrides": "--set section.key=value", "resume": "--resume, or another --out",
+         "data.manifest": "--set data.manifest=path/to/manifest.parquet", "loss.lpips": "--set loss.lpips=0"}
 
 
 def register(app: typer.Typer) -> None:
@@ -32,7 +36,7 @@ def register(app: typer.Typer) -> None:
                                             "(TOML value), e.g. --set optim.lr=3e-4. Repeatable."),
         quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar."),
     ) -> None:
-        from avat3r.errors import error_line, user_errors
+        from avat3r.errors import user_errors
         from avat3r.train.loop import train as run_training
         from avat3r.train.recipe import load_recipe
 
@@ -43,6 +47,6 @@ def register(app: typer.Typer) -> None:
             run_dir = out if out is not None else Path("runs") / recipe.stem
             result = run_training(parsed, run_dir, resume=resume, max_steps=max_steps, progress=not quiet, log=info)
         except user_errors() as e:
-            fail(error_line(e))
+            fail_error(e, FLAGS)
         if result.main and result.checkpoint is not None:
             info(f"step {result.step}: checkpoint {result.checkpoint}")

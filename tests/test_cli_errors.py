@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 from typer.testing import CliRunner
 
 from avat3r.cli.main import app
 
 runner = CliRunner()
+REPO = Path(__file__).resolve().parents[1]
 
 
 @pytest.mark.parametrize("args, message", [
@@ -15,6 +18,11 @@ runner = CliRunner()
     (["render", "x.avt", "--fps", "nan", "--video", "o.mp4"], "--fps must be a positive number, got nan"),
     (["animate", "x.avt", "--builtin", "demo", "--fps", "inf", "-o", "o.tar"], "--fps must be a positive number"),
     (["train", "-r", "recipes/synthheads-tiny.toml", "--max-steps", "-1"], "--max-steps must be at least 1"),
+    # library errors name the library's parameter; the CLI adds its flag
+    (["render", "x.ply", "--background", "2,0,0", "--video", "o.mp4"],
+     "background must be three comma-separated values in [0,1], got '2,0,0' (--background)"),
+    (["train", "-r", str(REPO / "recipes" / "synthheads-tiny.toml"), "--set", "oops"],
+     "override 'oops': expected section.key=value (--set section.key=value)"),
 ])
 def test_bad_numbers_are_one_line_errors(args, message, tmp_path):
     result = runner.invoke(app, args)

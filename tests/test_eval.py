@@ -159,8 +159,9 @@ def test_runner_rejects_mismatched_expression_space_and_bad_arguments(tmp_path):
                  meta={"expression_space": "synthheads-v1"})
     with pytest.raises(EvalError, match="baseline"):
         evaluate(tmp_path, baseline="nope", examples=FakeExamples(), progress=False)
-    with pytest.raises(EvalError, match="--checkpoint"):
+    with pytest.raises(EvalError, match="give a checkpoint, or a baseline") as err:
         evaluate(tmp_path, examples=FakeExamples(), progress=False)
+    assert err.value.param == "checkpoint"  # the CLI names --checkpoint / --baseline
 
 
 def test_eval_input_modes_override_the_training_recipe():

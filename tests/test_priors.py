@@ -105,7 +105,8 @@ def test_dust3r_backend_without_package_gives_one_line(monkeypatch, tmp_path):
     with pytest.raises(PriorError) as err:
         get_position_prior("dust3r", repo=str(tmp_path))
     msg = str(err.value)
-    assert "\n" not in msg and "dust3r" in msg and "AVAT3R_DUST3R_CKPT" in msg and "--dust3r-ckpt" in msg
+    assert "\n" not in msg and "dust3r" in msg and "AVAT3R_DUST3R_CKPT" in msg and "ckpt option" in msg
+    assert "--dust3r" not in msg and err.value.param == "position_options"  # the CLI adds its flags
 
 
 def test_dust3r_cli_error_is_one_line(tmp_path):
@@ -118,6 +119,7 @@ def test_dust3r_cli_error_is_one_line(tmp_path):
     assert res.exit_code != 0
     lines = [ln for ln in res.output.splitlines() if ln.strip()]
     assert len(lines) == 1 and lines[0].startswith("avat3r: error: DUSt3R is not importable")
+    assert lines[0].endswith("(--dust3r-repo, --dust3r-ckpt)")
 
 
 class _StandIn(torch.nn.Module):

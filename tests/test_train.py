@@ -298,7 +298,7 @@ def test_resume_reproduces_the_uninterrupted_loss_curve(tmp_path):
     full = run(recipe, tmp_path / "full")
     first = run(recipe, tmp_path / "split", max_steps=3)
     assert first.step == 3 and checkpointing.latest_checkpoint(tmp_path / "split").name == "step_00000003"
-    with pytest.raises(RuntimeError, match="--resume"):
+    with pytest.raises(RuntimeError, match="already holds checkpoints; resume it"):
         run(recipe, tmp_path / "split")
     second = run(recipe, tmp_path / "split", resume=True)
     assert second.step == 6 and sorted(second.losses) == [3, 4, 5]

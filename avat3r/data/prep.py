@@ -133,7 +133,8 @@ def prep_synth(out: str | os.PathLike, persons: int, frames: int, cameras: int, 
     segments = tuple(segments) if segments else tuple(src.SEGMENTS)
     check_size(persons, frames, cameras, res, len(segments))
     if person_rig and "person" not in inspect.signature(src.make_rig).parameters:
-        raise PrepError(f"the source {source} has no per-person rigs; use one rig for all (--rig shared)")
+        raise PrepError(f"the source {source} has no per-person rigs; use one rig for all persons",
+                        param="person_rig")
     known = tuple(getattr(src, "ALL_SEGMENTS", src.SEGMENTS))
     unknown = [s for s in segments if s not in known]
     if unknown:

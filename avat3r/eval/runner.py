@@ -219,7 +219,7 @@ def evaluate(out_dir: str | Path, *, checkpoint: str | Path | None = None, manif
     if baseline is not None and baseline not in BASELINES:
         raise EvalError(f"unknown baseline {baseline!r}; choose one of {', '.join(BASELINES)}")
     if n_examples < 1:
-        raise EvalError("--examples must be at least 1")
+        raise EvalError("n_examples must be at least 1", param="n_examples")
     meta = dict(meta or {})
     if device == "auto":
         device = "cuda" if torch.cuda.is_available() else "cpu"
@@ -229,7 +229,7 @@ def evaluate(out_dir: str | Path, *, checkpoint: str | Path | None = None, manif
         label = Path(meta["checkpoint"]).name
     if examples is None:
         if manifest is None:
-            raise EvalError("--manifest is required")
+            raise EvalError("a manifest is required", param="manifest")
         examples = default_examples(manifest, split, seed, {**_data_options(meta), **(sampler_options or {})})
     _check_space(meta, examples)
     predictor, label = _predictor(model, baseline, label, examples, device, render_backend)
@@ -270,7 +270,7 @@ def _predictor(model, baseline: str | None, label: str, examples, device: str, b
         config = getattr(model, "config", None) or _tiny_config_for(examples)
         model, label = reprojection_baseline(config), baseline
     if model is None:
-        raise EvalError("give --checkpoint, or --baseline " + "|".join(BASELINES))
+        raise EvalError("give a checkpoint, or a baseline: " + " or ".join(BASELINES), param="checkpoint")
     return avatar_predictor(model.to(device).eval(), backend), label
 
 

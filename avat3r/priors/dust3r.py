@@ -25,9 +25,10 @@ from .base import PriorError, check_inputs, dust3r_confidence
 
 ENV_REPO = "AVAT3R_DUST3R_REPO"
 ENV_CKPT = "AVAT3R_DUST3R_CKPT"
-INSTALL_HINT = (f"clone https://github.com/naver/dust3r --recursive and pass --dust3r-repo PATH (or set {ENV_REPO}), "
-                f"and put DUSt3R_ViTLarge_BaseDecoder_512_dpt.pth on disk and pass --dust3r-ckpt FILE "
+INSTALL_HINT = (f"clone https://github.com/naver/dust3r --recursive and give it as the prior's repo option (or set "
+                f"{ENV_REPO}), and put DUSt3R_ViTLarge_BaseDecoder_512_dpt.pth on disk and give it as its ckpt option "
                 f"(or set {ENV_CKPT})")
+HINT_PARAM = "position_options"  # the PriorStageConfig field these options are given in
 
 
 # -- alignment math (pure; no DUSt3R needed) ----------------------------------------------------------------
@@ -102,7 +103,7 @@ def _import_dust3r(repo: str | None):
         import dust3r.model  # noqa: F401
     except Exception as err:  # noqa: BLE001 — ImportError, or any failure inside the checkout (e.g. hf_hub)
         raise PriorError(f"DUSt3R is not importable ({type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''}); "
-                         + INSTALL_HINT) from None
+                         + INSTALL_HINT, param=HINT_PARAM) from None
     return sys.modules["dust3r"]
 
 
@@ -126,7 +127,7 @@ def load_dust3r_model(ckpt: str | os.PathLike, device="cpu"):
     from dust3r.model import AsymmetricCroCo3DStereo
 
     if not Path(ckpt).is_file():
-        raise PriorError(f"DUSt3R checkpoint {ckpt} does not exist; " + INSTALL_HINT)
+        raise PriorError(f"DUSt3R checkpoint {ckpt} does not exist; " + INSTALL_HINT, param=HINT_PARAM)
     with torch.serialization.safe_globals([argparse.Namespace]):
         state = torch.load(str(ckpt), map_location="cpu", weights_only=True)
     args = state.get("args")
@@ -150,7 +151,7 @@ class Dust3rPrior:
         _import_dust3r(repo)
         ckpt = ckpt or os.environ.get(ENV_CKPT)
         if not ckpt:
-            raise PriorError("no DUSt3R checkpoint given; " + INSTALL_HINT)
+            raise PriorError("no DUSt3R checkpoint given; " + INSTALL_HINT, param=HINT_PARAM)
         self.model = load_dust3r_model(ckpt, device)
         self.device, self.size, self.alignment = device, int(size), alignment
         self.niter, self.batch_size = int(niter), int(batch_size)

@@ -41,10 +41,11 @@ class SapiensFeatures:
         path = ckpt or os.environ.get(ENV_CKPT)
         if not path:
             raise PriorError("the sapiens feature prior needs a TorchScript backbone: download e.g. "
-                             "sapiens_2b_epoch_660_torchscript.pt2 (facebook/sapiens on Hugging Face) and pass "
-                             f"--sapiens-ckpt PATH or set {ENV_CKPT}")
+                             "sapiens_2b_epoch_660_torchscript.pt2 (facebook/sapiens on Hugging Face) and give it "
+                             f"as the prior's ckpt option or set {ENV_CKPT}", param="feature_options.ckpt")
         if not Path(path).is_file():
-            raise PriorError(f"Sapiens checkpoint {path} does not exist (pass --sapiens-ckpt or set {ENV_CKPT})")
+            raise PriorError(f"Sapiens checkpoint {path} does not exist (the prior's ckpt option or {ENV_CKPT})",
+                             param="feature_options.ckpt")
         try:
             self.model = torch.jit.load(str(path), map_location=device).eval()
         except (RuntimeError, ValueError) as err:

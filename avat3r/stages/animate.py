@@ -33,10 +33,11 @@ def load_animatable(avatar_path: str | os.PathLike, checkpoint: str | os.PathLik
         want = avatar.meta.get("checkpoint_sha256")
         if want and want != ck_meta["sha256"]:
             raise StageError(f"{avatar_path} was reconstructed with checkpoint sha256 {want[:12]}…, but "
-                             f"{checkpoint} is {ck_meta['sha256'][:12]}…; pass the checkpoint it was made with")
+                             f"{checkpoint} is {ck_meta['sha256'][:12]}…; give the checkpoint it was made with",
+                             param="checkpoint")
     if model is None:
-        raise StageError(f"{avatar_path} carries no decoder weights; pass --checkpoint (the checkpoint it was "
-                         "reconstructed with) or reconstruct it with --self-contained")
+        raise StageError(f"{avatar_path} carries no decoder weights; give the checkpoint it was reconstructed "
+                         "with, or reconstruct it self-contained", param="checkpoint")
     return dataclasses.replace(avatar, state=avatar.state.to(dev), model=model.to(dev).eval())
 
 
@@ -45,7 +46,7 @@ def decode_frames(avatar: Avatar, codes: torch.Tensor, batch: int = 8) -> Iterat
     from ..expressions import ExpressionError, check_codes
 
     if batch < 1:
-        raise StageError(f"--batch must be at least 1, got {batch}")
+        raise StageError(f"batch must be at least 1, got {batch}", param="batch")
     try:
         check_codes(codes)
     except ExpressionError as err:

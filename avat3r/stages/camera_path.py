@@ -21,9 +21,9 @@ class CameraPath:
     def __init__(self, spec: str, size: int = 512, radius: float = 1.0, input_cameras: Cameras | None = None,
                  fov_degrees: float = DEFAULT_FOV_DEGREES, elevation_degrees: float = 0.0):
         if size < 2:
-            raise StageError(f"--size must be at least 2 pixels, got {size}")
+            raise StageError(f"size must be at least 2 pixels, got {size}", param="size")
         if not radius > 0:
-            raise StageError(f"--radius must be positive, got {radius}")
+            raise StageError(f"radius must be positive, got {radius}", param="radius")
         self.spec, self.size, self.radius = spec, int(size), float(radius)
         self.fov, self.elevation = fov_degrees, elevation_degrees
         self.cycle: Cameras | None = None
@@ -31,13 +31,15 @@ class CameraPath:
             return
         if spec == "inputs":
             if input_cameras is None or len(input_cameras) == 0:
-                raise StageError("--path inputs needs the avatar's input cameras, and this source has none")
+                raise StageError("the inputs camera path needs the avatar's input cameras, and this source has none",
+                                 param="path")
             self.cycle = self._fit(input_cameras)
         elif spec.endswith(".json"):
             _, cams = read_cams_json(spec)
             self.cycle = self._fit(cams)
         else:
-            raise StageError(f"unknown camera path {spec!r}; use frontal, orbit, inputs or a cams.json file")
+            raise StageError(f"unknown camera path {spec!r}; use frontal, orbit, inputs or a cams.json file",
+                             param="path")
 
     def _fit(self, cams: Cameras) -> Cameras:
         """Scale cameras to ``size`` pixels wide (height by the first camera's aspect), so all frames share a size."""

@@ -23,9 +23,9 @@ def resolve_device(device: str | None) -> torch.device:
     try:
         dev = torch.device(device)
     except RuntimeError:
-        raise StageError(f"unknown device {device!r}; use cpu, cuda, cuda:N or auto") from None
+        raise StageError(f"unknown device {device!r}; use cpu, cuda, cuda:N or auto", param="device") from None
     if dev.type == "cuda" and not torch.cuda.is_available():
-        raise StageError("device cuda was requested but no CUDA GPU is available; use --device cpu")
+        raise StageError("device cuda was requested but no CUDA GPU is available; use the cpu", param="device")
     return dev
 
 

@@ -30,12 +30,12 @@ class RenderOutputs:
         from ..video import FrameDirWriter, VideoWriter
 
         if video is None and frames_dir is None and ply is None:
-            raise StageError("nothing to write: pass --video, --frames and/or --ply")
+            raise StageError("nothing to write: give a video, a frames folder and/or a ply output", param="outputs")
         self.ply_file = Path(ply) if ply is not None and str(ply).endswith(".ply") else None
         ply_dir = Path(ply) if ply is not None and self.ply_file is None else None
         if frames_dir is not None and ply_dir is not None and \
                 os.path.realpath(frames_dir) == os.path.realpath(ply_dir):
-            raise StageError("--frames and --ply name the same folder; give each its own")
+            raise StageError("the frames and ply outputs name the same folder; give each its own", param="outputs")
         self._stages: list[StagedFolder] = []
         try:
             if frames_dir is not None:

@@ -19,9 +19,10 @@ def parse_background(text: str | None) -> tuple[float, float, float]:
     try:
         parts = tuple(float(x) for x in str(text).split(","))
     except ValueError:
-        raise StageError(f"--background must be r,g,b in [0,1], got {text!r}") from None
+        raise StageError(f"background must be r,g,b in [0,1], got {text!r}", param="background") from None
     if len(parts) != 3 or not all(0.0 <= x <= 1.0 for x in parts):
-        raise StageError(f"--background must be three comma-separated values in [0,1], got {text!r}")
+        raise StageError(f"background must be three comma-separated values in [0,1], got {text!r}",
+                         param="background")
     return parts
 
 
@@ -57,7 +58,7 @@ def render(source: Source, path: str, outputs_kw: dict, size: int = 512, backgro
         if source.static is not None and not outputs.needs_images:
             n_static = 1  # PLY export only: one file, no camera path to follow
         if n_static < 1:
-            raise StageError(f"--n-frames must be at least 1, got {n_static}")
+            raise StageError(f"n_frames must be at least 1, got {n_static}", param="n_frames")
         for frame in source.frame_iter(n_static):
             cam = cams.camera(frame.index, frame.n_frames or source.n_frames)
             rgb = render_image(frame.gaussians, cam, background, backend, dev) if outputs.needs_images else None

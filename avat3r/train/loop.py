@@ -114,8 +114,8 @@ def default_example_source(recipe: Recipe) -> ExampleSource:
     from ..data.examples import ExampleSampler
 
     if not recipe.data.manifest:
-        raise TrainError(f"{recipe.source}: data.manifest is empty; point it at a manifest.parquet "
-                         f"(e.g. --set data.manifest=path/to/manifest.parquet)")
+        raise TrainError(f"{recipe.source}: data.manifest is empty; point it at a manifest.parquet",
+                         param="data.manifest")
     if not Path(recipe.data.manifest).is_file():
         raise TrainError(f"manifest {recipe.data.manifest} does not exist (run `avat3r prep` and `avat3r prior`)")
     return ExampleSampler(recipe.data.manifest, recipe.data.split, recipe.data.seed,
@@ -246,7 +246,7 @@ def train(recipe: Recipe, run_dir: str | Path, *, resume: bool = False, max_step
                                               recipe.loss.lpips_start_step),
                                   recipe.loss.lpips_net, recipe.loss.lpips_weights or None, allow_random_lpips)
     except LpipsWeightsMissing as e:
-        raise LpipsWeightsMissing(f"{e}; or train without LPIPS: --set loss.lpips=0") from None
+        raise LpipsWeightsMissing(f"{e}; or train without LPIPS: loss.lpips = 0", param="loss.lpips") from None
 
     accelerator = Accelerator(mixed_precision=_mixed_precision(recipe), cpu=not torch.cuda.is_available(),
                               kwargs_handlers=[DistributedDataParallelKwargs(
@@ -270,7 +270,7 @@ def train(recipe: Recipe, run_dir: str | Path, *, resume: bool = False, max_step
     if resume:
         checkpoint = latest_checkpoint(run_dir)
         if checkpoint is None:
-            raise TrainError(f"--resume: {run_dir} has no complete checkpoint to continue from")
+            raise TrainError(f"{run_dir} has no complete checkpoint to resume from")
         state = read_train_json(checkpoint)
         accelerator.load_state(str(checkpoint / TRAIN_STATE))
         start = int(state["step"])
@@ -278,7 +278,8 @@ def train(recipe: Recipe, run_dir: str | Path, *, resume: bool = False, max_step
         if main:
             log(f"resuming {run_dir} from step {start} ({checkpoint.name})")
     elif latest_checkpoint(run_dir) is not None:
-        raise TrainError(f"{run_dir} already holds checkpoints; pass --resume to continue it or choose another -o")
+        raise TrainError(f"{run_dir} already holds checkpoints; resume it or choose another run folder",
+                         param="resume")
     result.step = start
     if start >= stop:
         if main:

@@ -204,11 +204,11 @@ def recipe_from_dict(doc: dict, source: str = "<recipe>") -> Recipe:
 def parse_override(text: str) -> tuple[list[str], Any]:
     """``a.b=value`` → (["a", "b"], value parsed as TOML, or the raw string if it is not TOML)."""
     if "=" not in text:
-        raise RecipeError(f"--set {text!r}: expected section.key=value")
+        raise RecipeError(f"override {text!r}: expected section.key=value", param="overrides")
     key, raw = text.split("=", 1)
     path = [p for p in key.strip().split(".") if p]
     if len(path) < 2:
-        raise RecipeError(f"--set {text!r}: the key needs a section, e.g. optim.lr=1e-4")
+        raise RecipeError(f"override {text!r}: the key needs a section, e.g. optim.lr=1e-4", param="overrides")
     try:
         value = tomllib.loads(f"v = {raw.strip()}")["v"]
     except tomllib.TOMLDecodeError:
@@ -224,7 +224,7 @@ def apply_overrides(doc: dict, overrides: list[str]) -> dict:
         for part in path[:-1]:
             node = node.setdefault(part, {})
             if not isinstance(node, dict):
-                raise RecipeError(f"--set {text!r}: {part} is not a table")
+                raise RecipeError(f"override {text!r}: {part} is not a table", param="overrides")
         node[path[-1]] = value
     return doc
 
