@@ -30,7 +30,7 @@ from safetensors.torch import save as st_save
 
 from .cameras import CameraError, Cameras, cameras_from_dicts, cameras_to_dicts
 from .errors import Avat3rError
-from .fileio import tar_end, tar_member
+from .fileio import AbortOnError, tar_end, tar_member
 from .gaussians import Gaussians
 
 STREAM_VERSION = 1
@@ -105,7 +105,7 @@ def gaussians_from_bytes(data: bytes, where: str = "frame stream") -> Gaussians:
     return g
 
 
-class FrameStreamWriter:
+class FrameStreamWriter(AbortOnError):
     """Write frames to a binary file object (a pipe, stdout or a file) one at a time.
 
     ``write(frame, gaussians, ...)`` emits the frame's two members and flushes; ``close()`` ends the
@@ -153,14 +153,9 @@ class FrameStreamWriter:
         self.fileobj.write(tar_end(self._bytes))
         self.fileobj.flush()
 
-    def __enter__(self) -> FrameStreamWriter:
-        return self
-
-    def __exit__(self, exc_type, exc, tb) -> None:
-        # an aborted writer leaves the archive unterminated, so readers report truncation instead of
-        # taking a partial sequence for a whole one
-        if exc_type is None:
-            self.close()
+    def abort(self) -> None:
+        """Leave the archive unterminated, so readers report truncation instead of taking a partial sequence
+        for a whole one."""
 
 
 # -- reading -------------------------------------------------------------------------------------
