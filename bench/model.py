@@ -126,7 +126,7 @@ def write_section(path: Path, section: str) -> None:
     pattern = re.compile(r"^## Model\n.*?(?=^## |\Z)", re.DOTALL | re.MULTILINE)
     text = pattern.sub(lambda _: section + "\n", text, count=1) if pattern.search(text) else \
         text.rstrip("\n") + "\n\n" + section + "\n"
-    from avat3r.cameras import atomic_write_bytes
+    from avat3r.fileio import atomic_write_bytes
 
     atomic_write_bytes(path, text.encode())
 
