@@ -2,8 +2,8 @@
 # The clean "no expression" ablation (docs/results.md): the same network, the same parameters and the same data,
 # fed either the expression code (`full`) or the neutral code whatever is asked (`constant`,
 # model.overrides.expression_conditioning = "constant"); two training seeds per arm, each fine-tuned for STEPS
-# steps from the same starting checkpoint INIT, two runs at a time on one thread each. Then every run is
-# evaluated on the same held-out examples (inputs: neutral photos; targets: novel views at other expressions).
+# steps from the same starting checkpoint INIT (region weight 5, constant learning rate, as recorded), two runs at
+# a time on one thread each. Then every run is evaluated on the same held-out examples (inputs: neutral photos; targets: novel views at other expressions).
 #
 #   recipes/expression_ablation.sh INIT HELD_OUT_MANIFEST [STEPS] [OUT]
 set -euo pipefail
@@ -17,6 +17,7 @@ train() {  # name seed conditioning
     OMP_NUM_THREADS=1 avat3r train --recipe recipes/synthheads-tiny.toml -o "$out/$1" --max-steps "$steps" --quiet \
         --set model.init="$init" --set "model.overrides={expression_conditioning=\"$3\"}" \
         --set data.seed="$2" --set run.seed="$2" --set run.checkpoint_every=250 --set run.keep_checkpoints=0 \
+        --set loss.expression_weight=5 --set optim.schedule=constant \
         > "$out/$1.log" 2>&1
 }
 for seed in 0 1; do
