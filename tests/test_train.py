@@ -240,7 +240,7 @@ def test_scalar_log_without_tensorboard_and_after_a_resume(tmp_path, monkeypatch
 
 def test_learning_rate_schedules():
     r = load_recipe(REPO / "recipes" / "synthheads-tiny.toml",
-                    ["optim.lr=1e-3", "optim.warmup_steps=10", "optim.max_steps=110"])
+                    ["optim.lr=1e-3", "optim.warmup_steps=10", "optim.max_steps=110", 'optim.schedule="constant"'])
     assert [learning_rate(r.optim, s) for s in (0, 4, 9, 10, 500)] == pytest.approx([1e-4, 5e-4, 1e-3, 1e-3, 1e-3])
     r = load_recipe(REPO / "recipes" / "synthheads-tiny.toml", ["optim.lr=1e-3", "optim.warmup_steps=10",
                     "optim.max_steps=110", "optim.schedule=\"cosine\"", "optim.min_lr=1e-5"])
