@@ -126,7 +126,7 @@ def load_regressor(path: str | os.PathLike) -> ExpressionRegressor:
     cfg_file, weights = path / "config.json", path / "model.safetensors"
     if not cfg_file.is_file() or not weights.is_file():
         raise DrivingError(f"{path}: not an expression regressor (needs config.json and model.safetensors); "
-                           f"pass --extractor-weights DIR or set {ENV_REGRESSOR}")
+                           f"give the regressor's folder or set {ENV_REGRESSOR}", param="extractor_weights")
     try:
         meta = json.loads(cfg_file.read_text())
     except json.JSONDecodeError as err:
@@ -168,8 +168,8 @@ def _default_regressor() -> Path:
 def _regressor_factory(weights: str | os.PathLike | None = None, device="cpu") -> RegressorExtractor:
     path = weights or os.environ.get(ENV_REGRESSOR) or _default_regressor()
     if not Path(path).exists():
-        raise DrivingError(f"expression regressor {path} not found: pass --extractor-weights DIR (e.g. "
-                           f"models/synthheads-expr of an avat3r checkout) or set {ENV_REGRESSOR}")
+        raise DrivingError(f"expression regressor {path} not found: give its folder (e.g. the shipped "
+                           f"synthheads-expr) or set {ENV_REGRESSOR}", param="extractor_weights")
     return RegressorExtractor(load_regressor(path), device)
 
 

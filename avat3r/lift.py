@@ -81,7 +81,8 @@ def get_lifter(name: str | None = None) -> Lifter:
         installed = available_lifters()
         if len(installed) != 1:
             raise LiftError(_no_backend_message(None) if not installed else
-                            f"several lifting backends are installed ({', '.join(installed)}); pick one with --backend")
+                            f"several lifting backends are installed ({', '.join(installed)}); pick one by name",
+                            param="backend")
         name = installed[0]
     if name in _REGISTRY:
         factory = _REGISTRY[name]

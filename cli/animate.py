@@ -30,7 +30,8 @@ the frame). --save-expr keeps the extracted codes as expr.parquet.
 """
 
 # the flag of each library parameter an error may name
-FLAGS = {"device": "--device", "checkpoint": "--checkpoint", "batch": "--batch"}
+FLAGS = {"device": "--device", "checkpoint": "--checkpoint", "batch": "--batch", "extractor": "--extractor",
+         "extractor_weights": "--extractor-weights"}
 TTY_MESSAGE = ("refusing to write a binary frame stream to a terminal; redirect it (> frames.tar), pipe it "
                "(| avat3r render --video out.mp4) or pass -o FILE")
 

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import typer
 
-from .common import fail, info
+from .common import fail, fail_error, info
 
 HELP = """Turn a video, a folder of unposed photos or one photo into 4 posed views + cams.json for reconstruct.
 
@@ -39,7 +39,7 @@ def register(app: typer.Typer) -> None:
                                        "(evenly spaced)."),
         list_backends: bool = typer.Option(False, "--list", help="List backends and exit."),
     ) -> None:
-        from avat3r.errors import error_line, user_errors
+        from avat3r.errors import user_errors
         from avat3r.lift import SOURCE_BACKENDS, available_lifters
         from avat3r.lift import lift as run_lift
 
@@ -53,7 +53,7 @@ def register(app: typer.Typer) -> None:
         try:
             paths = run_lift(source, out, backend, fov_degrees=fov, max_frames=max_frames, warn=warnings.append)
         except user_errors() as e:
-            fail(error_line(e))
+            fail_error(e, {"backend": "--backend"})
         for w in warnings:
             info(f"lift: warning: {w}")
         info(f"lift: wrote {len(paths)} views and cams.json to {out}")

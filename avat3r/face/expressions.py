@@ -171,8 +171,8 @@ def space_mapping(space: str) -> tuple[list[str], np.ndarray]:
                                                                                  np.ones(len(FEATURES))))
     if not measured:
         raise DrivingError(f"expression space {space!r} has no ARKit-named parameters (its names are "
-                           f"{', '.join(sp.names[:3])}, …); the landmarks extractor cannot drive it: use "
-                           "--extractor regressor with weights trained for that space")
+                           f"{', '.join(sp.names[:3])}, …); the landmarks extractor cannot drive it: use the regressor "
+                           "with weights trained for that space", param="extractor")
     return list(sp.names), np.asarray(sp.neutral, np.float32)
 
 
@@ -235,5 +235,6 @@ class LandmarkExtractor:
 
 def landmark_extractor_factory(weights=None, device="cpu", space: str = "synthheads-v1") -> LandmarkExtractor:
     if weights is not None:
-        raise DrivingError("the landmarks extractor takes no weights; --extractor-weights is for the regressor")
+        raise DrivingError("the landmarks extractor takes no weights; weights are for the regressor",
+                           param="extractor_weights")
     return LandmarkExtractor(space)
