@@ -4,8 +4,10 @@ Two backends ship, built on the face tracker (:mod:`avat3r.face.lift`, extra ``a
 video of the head turning; the default for video files) and ``photos`` (a folder of unposed photos; the default
 for folders). Their cameras are the inverse head poses the tracker solves.
 
-The paper turns one photo into the model's 4 inputs with a 3D GAN inversion; no such backend (and no
-weights) ships with avat3r. A single-image backend is any callable
+The paper turns one photo into the model's 4 inputs with a 3D GAN inversion. The ``gan3d`` backend
+(:mod:`avat3r.gan3d`) runs one the user exports as TorchScript (none, and no weights, ship with avat3r) at 4
+cameras avat3r chooses; it is the default for one photo when a ``gan3d`` model is given. A plug-in single-image
+backend is any callable
 
     lifter(image: torch.Tensor (H, W, 3) float in [0, 1]) -> (views (4, H', W', 3) float in [0, 1], Cameras (4))
 
@@ -67,8 +69,8 @@ def available_lifters() -> list[str]:
 
 def _no_backend_message(name: str | None) -> str:
     installed = available_lifters()
-    how = (f"install a package that registers an '{ENTRY_POINT_GROUP}' entry point, or pass "
-           "--backend package.module:factory")
+    how = ("use the gan3d backend with a 3D-GAN inversion exported as TorchScript, install a package that "
+           f"registers an '{ENTRY_POINT_GROUP}' entry point, or pass --backend package.module:factory")
     if not installed:
         asked = f" (asked for {name!r})" if name else ""
         return f"no lifting backend installed{asked}; {how}"
@@ -161,6 +163,7 @@ def lift_image(image_path: str | os.PathLike, out_dir: str | os.PathLike, backen
 
 # -- sources: a video, a folder of photos, or one image ---------------------------------------------
 SOURCE_BACKENDS = ("video", "photos")
+BUILTIN_BACKENDS = (*SOURCE_BACKENDS, "gan3d")
 
 
 def source_kind(source: str | os.PathLike) -> str:
@@ -181,14 +184,29 @@ def source_kind(source: str | os.PathLike) -> str:
 
 
 def lift(source: str | os.PathLike, out_dir: str | os.PathLike, backend: str | None = None,
-         fov_degrees: float | None = None, max_frames: int = 300, warn: Callable[[str], None] | None = None
+         fov_degrees: float | None = None, max_frames: int = 300, warn: Callable[[str], None] | None = None,
+         gan3d: str | os.PathLike | None = None, size: int | None = None, device: str | None = "cpu"
          ) -> list[Path]:
     """Lift ``source`` to ``out_dir``/view_0..3.png + cams.json with ``backend`` (None: ``video`` for a video,
-    ``photos`` for a folder, the installed single-image backend for an image); returns the image paths."""
+    ``photos`` for a folder; for an image ``gan3d`` when its model ``gan3d`` is given, else the installed
+    single-image backend); returns the image paths. ``gan3d``, ``size`` and ``device`` are the gan3d backend's
+    (:mod:`avat3r.gan3d`: its TorchScript file, else ``$AVAT3R_GAN3D``; the views' side in pixels)."""
     from .face.tracker import DEFAULT_FOV_DEGREES
 
     kind = source_kind(source)
-    backend = backend or (kind if kind in SOURCE_BACKENDS else None)
+    if backend is None:
+        backend = kind if kind in SOURCE_BACKENDS else "gan3d" if gan3d is not None else None
+    if backend != "gan3d" and (gan3d is not None or size is not None):
+        raise LiftError(f"a gan3d {'model' if gan3d is not None else 'view size'} is for the gan3d backend, "
+                        f"not {backend or 'a plug-in backend'}", param="gan3d" if gan3d is not None else "size")
+    if backend == "gan3d":
+        if kind != "image":
+            raise LiftError(f"the gan3d backend lifts one image; {source} is {'a folder' if kind == 'photos' else 'a video'}")
+        from . import gan3d as gan
+
+        return gan.lift_gan3d(source, out_dir, gan3d, size=gan.DEFAULT_SIZE if size is None else size,
+                              fov_degrees=gan.DEFAULT_FOV_DEGREES if fov_degrees is None else float(fov_degrees),
+                              device=device)
     fov = DEFAULT_FOV_DEGREES if fov_degrees is None else float(fov_degrees)
     if backend in SOURCE_BACKENDS:
         if kind != backend:
