@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 
 import typer
 
-from .common import LazyBar, fail, fail_error, info
+from .common import LazyBar, check_fps, fail, fail_error, info
 
 HELP = ("Prepare data as WebDataset shards + manifest.parquet: `synth` (procedural SynthHeads), "
         "`images` (your photos + cams.json); `synth-photos` / `synth-video` film one SynthHeads person as "
@@ -58,6 +59,8 @@ def register(app: typer.Typer) -> None:
 
         if rig not in ("person", "shared"):
             fail(f"--rig must be 'person' or 'shared', got {rig!r}")
+        if not (math.isfinite(maxsize_mb) and maxsize_mb > 0):
+            fail(f"--shard-mb must be a positive number, got {maxsize_mb:g}")
         try:
             src = load_source(source)
         except (ImportError, AttributeError) as err:
@@ -68,13 +71,22 @@ def register(app: typer.Typer) -> None:
         except ValueError as err:
             fail(str(err))
         total = persons * n_seg * frames * cameras
-        info(f"avat3r prep synth: {persons} persons × {n_seg} segments × {frames} frames × {cameras} cameras "
-             f"at {res}² = {total} samples → {out}")
-        bar = LazyBar(total=total, unit="sample", desc="prep synth")  # appears with the first frame done
+        # the plan and the bar appear with the first frame done: a request refused before that (segments,
+        # held-out counts, the output folder) prints its error line only
+        plan = [f"avat3r prep synth: {persons} persons × {n_seg} segments × {frames} frames × {cameras} cameras "
+                f"at {res}² = {total} samples → {out}"]
+        bar = LazyBar(total=total, unit="sample", desc="prep synth")
+
+        def progress(n: int) -> None:
+            if plan:
+                info(plan.pop())
+            bar.update(n)
+
         try:
             summary = prep_synth(out, persons, frames, cameras, res, seed=seed, segments=segments,
                                  workers=workers, n_val=val_persons, n_test=test_persons, depth=depth, source=source,
-                                 maxsize=int(maxsize_mb * 1e6), person_rig=rig == "person", progress=bar.update)
+                                 maxsize=max(1, int(maxsize_mb * 1e6)), person_rig=rig == "person",
+                                 progress=progress)
         except ValueError as err:
             bar.close()
             fail_error(err, {"person_rig": "--rig shared"})
@@ -136,6 +148,7 @@ def register(app: typer.Typer) -> None:
         from avat3r.expressions import ExpressionError, check_space, load_sequence, resample_codes
         from avat3r.video import VideoError
 
+        check_fps(fps)
         _check_res(res)
         try:
             seq = load_sequence(sequence, EXPRESSION_SPACE, fps)

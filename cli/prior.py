@@ -14,17 +14,32 @@ HELP = ("Add position/confidence maps (pos.npy, conf.npy) and optional feature m
         "rerunning after an interruption skips finished shards.")
 
 # the flag of each library option an error may name
-FLAGS = {"feature_options.ckpt": "--sapiens-ckpt", "position_options": "--dust3r-repo, --dust3r-ckpt"}
+FLAGS = {"feature_options.ckpt": "--sapiens-ckpt", "position_options": "--dust3r-repo, --dust3r-ckpt",
+         "segments": "--segments", "frames": "--frames"}
 
 
 def _parse_frames(text: str | None) -> tuple[int, ...] | None:
-    if not text:
+    """``'0-9,20'`` → (0, …, 9, 20); anything else is one error line naming the flag."""
+    if text is None or not text.strip():
         return None
     frames: list[int] = []
     for part in text.split(","):
-        lo, _, hi = part.strip().partition("-")
-        frames.extend(range(int(lo), int(hi) + 1) if hi else [int(lo)])
+        lo, dash, hi = part.strip().partition("-")
+        if not lo.isdigit() or (dash and not hi.isdigit()):
+            fail(f"--frames must be frame numbers and ranges such as '0-9,20', got {text!r}")
+        if dash and int(hi) < int(lo):
+            fail(f"--frames: the range {part.strip()!r} is empty (write it low-high)")
+        frames.extend(range(int(lo), int(hi) + 1) if dash else [int(lo)])
     return tuple(frames)
+
+
+def _parse_segments(text: str | None) -> tuple[str, ...] | None:
+    if text is None or not text.strip():
+        return None
+    names = tuple(s.strip() for s in text.split(",") if s.strip())
+    if not names:
+        fail(f"--segments needs at least one segment name (e.g. neutral), got {text!r}")
+    return names
 
 
 def register(app: typer.Typer) -> None:
@@ -70,10 +85,10 @@ def register(app: typer.Typer) -> None:
             except (ValueError, AssertionError):
                 fail(f"--sapiens-size must look like 1024x768, got {sapiens_size!r}")
             feat_opts = {"ckpt": str(sapiens_ckpt) if sapiens_ckpt else None, "input_size": size, "device": device}
+        selected = {"segments": _parse_segments(segments), "frames": _parse_frames(frames)}
         try:
-            cfg = PriorStageConfig(position=position, features=features, partners=partners,
-                                   segments=tuple(s.strip() for s in segments.split(",")) if segments else None,
-                                   frames=_parse_frames(frames), position_options=pos_opts, feature_options=feat_opts)
+            cfg = PriorStageConfig(position=position, features=features, partners=partners, **selected,
+                                   position_options=pos_opts, feature_options=feat_opts)
             # build once here so a missing package or checkpoint fails before any work starts
             from avat3r.priors import get_feature_prior, get_position_prior
             get_position_prior(position, **pos_opts)

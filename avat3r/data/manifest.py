@@ -148,6 +148,8 @@ def read_manifest(path: str | os.PathLike) -> Manifest:
     for name in ("expression_space", "source", "version"):
         if name not in meta:
             raise ManifestError(f"{path}: manifest metadata lacks {name!r}")
+    if not meta["version"].isdigit():
+        raise ManifestError(f"{path}: manifest metadata version {meta['version']!r} is not a version number")
     if int(meta["version"]) > MANIFEST_VERSION:
         raise ManifestError(f"{path}: manifest version {meta['version']} is newer than this avat3r reads "
                             f"({MANIFEST_VERSION})")
@@ -159,6 +161,9 @@ def read_manifest(path: str | os.PathLike) -> Manifest:
         values = table.column(name).to_pylist()
         dtype = {"offset": np.int64, "size": np.int64, "frame": np.int32, "width": np.int32, "height": np.int32,
                  "has_prior": bool}.get(name, object)
+        if dtype is not object and not all(isinstance(v, (int, bool)) for v in values):
+            bad = next(v for v in values if not isinstance(v, (int, bool)))
+            raise ManifestError(f"{path}: column {name} must hold whole numbers, found {bad!r}")
         cols[name] = np.array(values, dtype=dtype)
     e = expr_type.list_size
     flat = table.column("expr").combine_chunks().flatten().to_numpy(zero_copy_only=False)

@@ -31,7 +31,7 @@ import torch
 
 from ..cameras import Cameras, cameras_from_dicts, farthest_point_sampling, is_back_only
 from ..data.manifest import MANIFEST_NAME, Manifest, is_dataset_file, read_manifest, write_manifest
-from ..data.shards import ShardWriter, decode_entry, encode_npy, index_shard, read_members
+from ..data.shards import ShardError, ShardWriter, decode_entry, encode_npy, index_shard, read_members
 from ..fileio import StagedFolder, atomic_write_bytes
 from . import get_feature_prior, get_position_prior
 from .base import PriorError
@@ -98,14 +98,23 @@ def _is_input(index: _Index, row: int, cfg: PriorStageConfig) -> bool:
     return not bool(is_back_only(_camera(index.camera_doc(row)))[0])
 
 
+def _decoded(index: _Index, row: int, members: dict[str, bytes], entry: str):
+    """One entry of a sample decoded; damage is a ShardError naming the shard and the sample."""
+    try:
+        return decode_entry(entry, members[entry])
+    except Exception as err:  # noqa: BLE001 — any decoder failure is corruption of this sample
+        raise ShardError(f"{index.m.shard_path(row)}: sample {index.m['key'][row]}: cannot decode {entry} "
+                         f"({err})") from None
+
+
 def _sample_views(index: _Index, rows: list[int]):
     imgs, masks, depths, cams = [], [], [], []
     for r in rows:
         mem = index.members(r)
-        imgs.append(torch.from_numpy(decode_entry("rgb.png", mem["rgb.png"]).astype(np.float32) / 255))
-        masks.append(torch.from_numpy(decode_entry("mask.png", mem["mask.png"]).astype(np.float32) / 255)
+        imgs.append(torch.from_numpy(_decoded(index, r, mem, "rgb.png").astype(np.float32) / 255))
+        masks.append(torch.from_numpy(_decoded(index, r, mem, "mask.png").astype(np.float32) / 255)
                      if "mask.png" in mem else None)
-        depths.append(torch.from_numpy(decode_entry("depth.npy", mem["depth.npy"]).astype(np.float32))
+        depths.append(torch.from_numpy(_decoded(index, r, mem, "depth.npy").astype(np.float32))
                       if "depth.npy" in mem else None)
         cams.append(_camera(json.loads(mem["camera.json"])))
     mask = torch.stack(masks) if all(m is not None for m in masks) else None
@@ -176,6 +185,7 @@ def run_prior_stage(source: str | os.PathLike, out_dir: str | os.PathLike, cfg: 
     out = Path(out_dir)
     if out.resolve() == manifest.root.resolve():
         raise PriorError("the output folder must differ from the input folder (shards are rewritten)")
+    check_selection(manifest, manifest_path, cfg)
     options = prior_options(manifest_path, cfg)
     if _recorded_options(out) == options and (out / MANIFEST_NAME).is_file():
         if progress is not None:  # done before with these very options
@@ -207,6 +217,24 @@ def run_prior_stage(source: str | os.PathLike, out_dir: str | os.PathLike, cfg: 
         result = _write_output_manifest(manifest, work, shards)
     result.root = out
     return result
+
+
+def check_selection(manifest: Manifest, manifest_path: str, cfg: PriorStageConfig) -> None:
+    """Refuse segments the manifest does not hold, and frames of which none is there: such a run would
+    rewrite every shard and add no prior anywhere."""
+    present = set(manifest["segment"].tolist())
+    if cfg.segments is not None:
+        unknown = [s for s in cfg.segments if s not in present]
+        if unknown:
+            raise PriorError(f"{manifest_path}: no segment named {', '.join(unknown)} (it has "
+                             f"{', '.join(sorted(present))})", param="segments")
+    if cfg.frames is not None:
+        rows = np.isin(manifest["segment"], list(cfg.segments or present))
+        frames = set(manifest["frame"][rows].tolist())
+        if not frames & set(cfg.frames):
+            raise PriorError(f"{manifest_path}: none of the frames asked for is there (its frames are "
+                             f"{min(frames)}–{max(frames)})" if frames else f"{manifest_path}: holds no samples",
+                             param="frames")
 
 
 def prior_options(manifest_path: str | os.PathLike, cfg: PriorStageConfig) -> dict:
