@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import io
 import json
+import math
 import os
 import tarfile
 from collections.abc import Iterator
@@ -239,7 +240,24 @@ def _decode_frame(key: str, sample: dict[str, bytes]) -> tuple[dict, Gaussians]:
     if not isinstance(meta, dict) or meta.get("stream_version") != STREAM_VERSION:
         version = meta.get("stream_version") if isinstance(meta, dict) else None
         raise StreamError(f"{where}: unsupported stream_version {version!r} (this reader knows {STREAM_VERSION})")
+    _check_meta_numbers(meta, where)
     return meta, gaussians_from_bytes(sample[GAUSSIANS_MEMBER], where)
+
+
+def _check_meta_numbers(meta: dict, where: str) -> None:
+    """The numbers a reader acts on: ``frame`` a frame index (int ≥ 0), ``n_frames`` (when known) a count ≥ 1,
+    ``fps`` (when given) a finite positive rate."""
+    def is_int(v) -> bool:
+        return isinstance(v, int) and not isinstance(v, bool)
+
+    frame, n_frames, fps = meta.get("frame"), meta.get("n_frames"), meta.get("fps")
+    if not (is_int(frame) and frame >= 0):
+        raise StreamError(f"{where}: meta.json: frame must be a frame index (a whole number ≥ 0), got {frame!r}")
+    if n_frames is not None and not (is_int(n_frames) and n_frames >= 1):
+        raise StreamError(f"{where}: meta.json: n_frames must be a whole number ≥ 1, got {n_frames!r}")
+    if fps is not None and not (isinstance(fps, (int, float)) and not isinstance(fps, bool)
+                                and math.isfinite(fps) and fps > 0):
+        raise StreamError(f"{where}: meta.json: fps must be a positive number, got {fps!r}")
 
 
 def open_stream_source(path: str | os.PathLike | None):

@@ -27,6 +27,7 @@ from ..fileio import atomic_write_bytes
 from ..forward import predict, render_targets, to_device
 from ..imageio import write_png
 from ..sheet import comparison_rows
+from ..stages.common import resolve_device
 from ..train.checkpointing import TRAIN_JSON, resolve_checkpoint
 from .metrics import METRICS, REGION_TAU, MetricSet, build_metrics, example_scores, expression_group
 
@@ -221,8 +222,9 @@ def evaluate(out_dir: str | Path, *, checkpoint: str | Path | None = None, manif
     if n_examples < 1:
         raise EvalError("n_examples must be at least 1", param="n_examples")
     meta = dict(meta or {})
-    if device == "auto":
-        device = "cuda" if torch.cuda.is_available() else "cpu"
+    device = str(resolve_device(device))
+    if Path(out_dir).exists() and not Path(out_dir).is_dir():
+        raise EvalError(f"{out_dir}: is a file, not a folder for the report")
     label = "model"
     if model is None and checkpoint is not None:
         model, meta = load_trained(checkpoint, device)

@@ -6,7 +6,7 @@ import math
 
 import torch
 
-from ..cameras import Cameras, frontal_path, intrinsics_from_fov, look_at, read_cams_json
+from ..cameras import MAX_IMAGE_SIDE, Cameras, frontal_path, intrinsics_from_fov, look_at, read_cams_json
 from .common import StageError
 
 CAMERA_PATHS = ("frontal", "orbit", "inputs")  # or a cams.json
@@ -20,10 +20,10 @@ class CameraPath:
 
     def __init__(self, spec: str, size: int = 512, radius: float = 1.0, input_cameras: Cameras | None = None,
                  fov_degrees: float = DEFAULT_FOV_DEGREES, elevation_degrees: float = 0.0):
-        if size < 2:
-            raise StageError(f"size must be at least 2 pixels, got {size}", param="size")
-        if not radius > 0:
-            raise StageError(f"radius must be positive, got {radius}", param="radius")
+        if not 2 <= size <= MAX_IMAGE_SIDE:  # a typo such as 100000 would allocate a 10¹⁰-pixel image
+            raise StageError(f"size must be between 2 and {MAX_IMAGE_SIDE} pixels, got {size}", param="size")
+        if not (math.isfinite(radius) and radius > 0):  # inf puts the camera nowhere: blank frames
+            raise StageError(f"radius must be a positive number of metres, got {radius}", param="radius")
         self.spec, self.size, self.radius = spec, int(size), float(radius)
         self.fov, self.elevation = fov_degrees, elevation_degrees
         self.cycle: Cameras | None = None
