@@ -3,10 +3,12 @@ JSON headers, JSON-safe metadata, output locks and folders built aside and swapp
 
 from __future__ import annotations
 
+import contextlib
 import fcntl
 import glob
 import os
 import shutil
+import sys
 import tarfile
 import tempfile
 from collections.abc import Callable
@@ -248,6 +250,29 @@ def partial_file(path: str | os.PathLike, suffix: str = "") -> tuple[int, str]:
     final = tmp[: -len(".new")] + ".partial" + suffix  # renamed once locked, so no run takes it for stale
     os.rename(tmp, final)
     return fd, final
+
+
+@contextlib.contextmanager
+def native_logs_silenced(env: str = "AVAT3R_NATIVE_LOGS"):
+    """Send what native libraries write straight to file descriptor 2 (mediapipe's and TensorFlow Lite's C++
+    logs, which ignore Python's streams and their own log-level variables) to /dev/null meanwhile, so a user
+    sees our lines only. Setting ``env`` (to anything) keeps those logs, for debugging."""
+    if os.environ.get(env):
+        yield
+        return
+    try:
+        sys.stderr.flush()
+    except (AttributeError, OSError, ValueError):
+        pass
+    saved = os.dup(2)
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    try:
+        os.dup2(devnull, 2)
+        yield
+    finally:
+        os.dup2(saved, 2)
+        os.close(saved)
+        os.close(devnull)
 
 
 def opencv():

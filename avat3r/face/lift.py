@@ -24,7 +24,7 @@ import numpy as np
 
 from ..cameras import Cameras, write_cams_json
 from ..errors import Avat3rError
-from ..fileio import StagedFolder, atomic_write_bytes, opencv
+from ..fileio import StagedFolder, atomic_write_bytes, native_logs_silenced, opencv
 from .tracker import DEFAULT_FOV_DEGREES, FaceTrack, NoFaceError, frame_ranges, track_faces
 
 N_VIEWS = 4
@@ -122,7 +122,8 @@ def lift_video(video: str | os.PathLike, out_dir: str | os.PathLike, fov_degrees
             if i % stride == 0:
                 yield f
 
-    track = track_faces(frames(), fov_degrees=fov_degrees, video=stride <= 2)
+    with native_logs_silenced():  # mediapipe logs from its own threads too; nothing of ours prints meanwhile
+        track = track_faces(frames(), fov_degrees=fov_degrees, video=stride <= 2)
     # sharpness needs the pixels again: a second pass keeps only tracking results in memory
     for j, f in enumerate(frames()):
         sharp.append(sharpness(f, track.boxes[j]) if j < len(track) and track.found[j] else 0.0)
@@ -168,7 +169,8 @@ def lift_photos(folder: str | os.PathLike, out_dir: str | os.PathLike, fov_degre
 
     files = photo_files(folder)
     images = [read_png(p) for p in files]
-    track = track_faces(images, fov_degrees=fov_degrees, video=False)
+    with native_logs_silenced():
+        track = track_faces(images, fov_degrees=fov_degrees, video=False)
     found = np.flatnonzero(track.found)
     if len(found) < N_VIEWS:
         missing = ", ".join(files[i].name for i in np.flatnonzero(~track.found))

@@ -29,7 +29,7 @@ import torch
 
 from ..cameras import Cameras, intrinsics
 from ..errors import Avat3rError
-from ..fileio import opencv
+from ..fileio import native_logs_silenced, opencv
 
 N_LANDMARKS = 478  # 468 mesh points + 2 × 5 iris points
 DEFAULT_FOV_DEGREES = 60.0  # assumed field of view across the longer image side (phone and webcam cameras: 55–75°)
@@ -105,10 +105,12 @@ class FaceTracker:
     def __init__(self, static: bool = False, min_confidence: float = 0.5):
         mp = _mediapipe()
         fm = mp.solutions.face_mesh
-        self._mesh = fm.FaceMesh(static_image_mode=static, max_num_faces=1, refine_landmarks=True,
-                                 min_detection_confidence=min_confidence, min_tracking_confidence=min_confidence)
-        self._static = fm.FaceMesh(static_image_mode=True, max_num_faces=1, refine_landmarks=True,
-                                   min_detection_confidence=min_confidence) if not static else self._mesh
+        with native_logs_silenced():  # mediapipe's C++ start-up chatter
+            self._mesh = fm.FaceMesh(static_image_mode=static, max_num_faces=1, refine_landmarks=True,
+                                     min_detection_confidence=min_confidence,
+                                     min_tracking_confidence=min_confidence)
+            self._static = fm.FaceMesh(static_image_mode=True, max_num_faces=1, refine_landmarks=True,
+                                       min_detection_confidence=min_confidence) if not static else self._mesh
 
     def __enter__(self) -> FaceTracker:
         return self
@@ -117,9 +119,10 @@ class FaceTracker:
         self.close()
 
     def close(self) -> None:
-        self._mesh.close()
-        if self._static is not self._mesh:
-            self._static.close()
+        with native_logs_silenced():
+            self._mesh.close()
+            if self._static is not self._mesh:
+                self._static.close()
 
     @staticmethod
     def _landmarks(result, width: int, height: int):
@@ -136,13 +139,15 @@ class FaceTracker:
         """One RGB uint8 frame (H, W, 3) → (landmarks (478, 2) pixels, depth (478,) pixels) or None."""
         frame = np.ascontiguousarray(frame)
         h, w = frame.shape[:2]
-        found = self._landmarks(self._mesh.process(frame), w, h)
+        with native_logs_silenced():  # its warnings on the first frames go straight to file descriptor 2
+            found = self._landmarks(self._mesh.process(frame), w, h)
         if found is not None:
             return found
         p = int(round(self.PAD * max(h, w)))
         padded = np.zeros((h + 2 * p, w + 2 * p, 3), np.uint8)
         padded[p:p + h, p:p + w] = frame
-        found = self._landmarks(self._static.process(padded), w + 2 * p, h + 2 * p)
+        with native_logs_silenced():
+            found = self._landmarks(self._static.process(padded), w + 2 * p, h + 2 * p)
         if found is None:
             return None
         uv, z = found
