@@ -118,6 +118,17 @@ def test_lift_video_picks_diverse_views_and_reconstruct_reads_them(turning_head,
                                    "--device", "cpu"])
     assert res.exit_code == 0, res.stderr
     assert (tmp_path / "head.avt").stat().st_size > 0
+    # the rest of the chain, offline: drive the lifted avatar by the same video's landmarks and render it
+    res = CliRunner().invoke(app, ["animate", str(tmp_path / "head.avt"), "--video", str(tmp_path / "turn.mp4"),
+                                   "-o", str(tmp_path / "stream.tar"), "--checkpoint", "synthheads-tiny",
+                                   "--device", "cpu", "--quiet"])
+    assert res.exit_code == 0, res.stderr
+    res = CliRunner().invoke(app, ["render", str(tmp_path / "stream.tar"), "--path", "frontal", "--size", "64",
+                                   "--video", str(tmp_path / "out.mp4"), "--quiet"])
+    assert res.exit_code == 0, res.stderr
+    from avat3r.video import count_frames
+
+    assert count_frames(tmp_path / "out.mp4")[0] == len(frames)
 
 
 def test_lift_photos_one_camera_per_photo(turning_head, tmp_path):
