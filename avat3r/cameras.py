@@ -25,7 +25,7 @@ from pathlib import Path
 import torch
 
 from .errors import Avat3rError
-from .fileio import atomic_write_bytes  # also imported from here by driving.py
+from .fileio import atomic_write_bytes
 
 CAMS_JSON_VERSION = 1
 BACK_ONLY_DEGREES = 110.0  # a camera further than this from +z (the face direction) sees only the back

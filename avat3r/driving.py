@@ -26,9 +26,10 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from .cameras import Cameras, atomic_write_bytes, intrinsics, look_at
+from .cameras import Cameras, intrinsics, look_at
 from .errors import Avat3rError
 from .expressions import ExpressionSequence
+from .fileio import atomic_write_bytes
 
 REGRESSOR_FORMAT = "avat3r-expression-regressor"
 REGRESSOR_VERSION = 1

@@ -168,8 +168,8 @@ def lift_gan3d(image_path: str | os.PathLike, out_dir: str | os.PathLike, model:
     """Lift one photo to ``out_dir``/view_0..3.png + cams.json + lift.json with the TorchScript 3D-GAN inversion
     ``model`` (else ``$AVAT3R_GAN3D``); returns the written image paths."""
     from .face.lift import _write_views
+    from .imageio import read_image as read_png
     from .stages.common import resolve_device
-    from .video import read_png
 
     cameras = gan3d_cameras(size, fov_degrees, distance)
     path = model_path(model)

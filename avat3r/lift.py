@@ -144,7 +144,8 @@ def check_lifted(views: torch.Tensor, cameras: Cameras, name: str = "backend") -
 
 def lift_image(image_path: str | os.PathLike, out_dir: str | os.PathLike, backend: str | None = None) -> list[Path]:
     """Lift one photo to ``out_dir``/view_0.png … view_3.png + cams.json; returns the written image paths."""
-    from .video import read_png, write_png
+    from .imageio import read_image as read_png
+    from .imageio import write_png
 
     lifter = get_lifter(backend)  # fail before touching any file when no backend is available
     image = torch.from_numpy(read_png(image_path).copy()).float() / 255.0

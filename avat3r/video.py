@@ -20,7 +20,6 @@ import torch
 
 from .errors import Avat3rError
 from .fileio import AbortOnError, partial_file
-from .imageio import read_image as read_png  # noqa: F401  (the lift modules import read_png, write_png from here)
 from .imageio import to_uint8, write_png
 
 

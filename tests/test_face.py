@@ -132,8 +132,8 @@ def test_lift_video_picks_diverse_views_and_reconstruct_reads_them(turning_head,
 
 
 def test_lift_photos_one_camera_per_photo(turning_head, tmp_path):
+    from avat3r.imageio import write_png
     from avat3r.lift import lift
-    from avat3r.video import write_png
 
     cams, frames = turning_head
     (tmp_path / "photos").mkdir()

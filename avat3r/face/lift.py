@@ -87,7 +87,7 @@ def view_spread_degrees(directions: np.ndarray) -> float:
 
 
 def _write_views(out: Path, images: list[np.ndarray], cameras: Cameras, info: dict) -> list[Path]:
-    from ..video import write_png
+    from ..imageio import write_png
 
     names = [f"view_{i}.png" for i in range(len(images))]
     with StagedFolder(out, _is_lift_file, "lifted views") as stage:
@@ -165,7 +165,7 @@ def photo_files(folder: str | os.PathLike) -> list[Path]:
 def lift_photos(folder: str | os.PathLike, out_dir: str | os.PathLike, fov_degrees: float = DEFAULT_FOV_DEGREES,
                 warn=None) -> list[Path]:
     """Lift a folder of unposed photos of one person to ``out_dir``/view_0..3.png + cams.json."""
-    from ..video import read_png
+    from ..imageio import read_image as read_png
 
     files = photo_files(folder)
     images = [read_png(p) for p in files]
