@@ -7,6 +7,8 @@ from pathlib import Path
 
 import typer
 
+from avat3r.errors import user_errors
+
 from .common import LazyBar, check_fps, fail, fail_error, info
 
 HELP = ("Prepare data as WebDataset shards + manifest.parquet: `synth` (procedural SynthHeads), "
@@ -68,8 +70,8 @@ def register(app: typer.Typer) -> None:
         n_seg = len(segments) if segments else len(src.SEGMENTS)
         try:
             check_size(persons, frames, cameras, res, n_seg)
-        except ValueError as err:
-            fail(str(err))
+        except user_errors() as err:
+            fail_error(err)
         total = persons * n_seg * frames * cameras
         # the plan and the bar appear with the first frame done: a request refused before that (segments,
         # held-out counts, the output folder) prints its error line only
@@ -124,8 +126,8 @@ def register(app: typer.Typer) -> None:
         try:
             names = write_synth_photos(out, person, seed, res, cameras, views, frames, mixed, view_seed,
                                        person_rig=rig == "person")
-        except ValueError as err:
-            fail(str(err))
+        except (*user_errors(), ValueError) as err:
+            fail_error(err)
         info(f"avat3r prep synth-photos: {len(names)} photos of person {person} → {out}")
 
     @prep_app.command("synth-video")
@@ -145,8 +147,7 @@ def register(app: typer.Typer) -> None:
         """Film a SynthHeads person making an expression sequence: a driving video for `animate --video`."""
         from avat3r.data.synth.expressions import EXPRESSION_SPACE
         from avat3r.data.synth.photos import write_synth_video
-        from avat3r.expressions import ExpressionError, check_space, load_sequence, resample_codes
-        from avat3r.video import VideoError
+        from avat3r.expressions import check_space, load_sequence, resample_codes
 
         check_fps(fps)
         _check_res(res)
@@ -160,8 +161,8 @@ def register(app: typer.Typer) -> None:
                 write_synth_video(out, person, seq.codes, seq.fps, seed, res, progress=bar.update)
             finally:
                 bar.close()
-        except (ValueError, ExpressionError, VideoError) as err:
-            fail(str(err))
+        except (*user_errors(), ValueError) as err:
+            fail_error(err)
         info(f"avat3r prep synth-video: {len(seq)} frames of person {person} at {seq.fps:g} fps → {out}")
 
     @prep_app.command("images")
@@ -174,15 +175,13 @@ def register(app: typer.Typer) -> None:
             None, "--masks", help="Folder of foreground masks (same file stems); default: GrabCut from the head box."),
     ) -> None:
         """Crop your photos to the head, resize, black out the background, and write shards + manifest."""
-        from avat3r.cameras import CameraError
-        from avat3r.data.images import ImagePrepError, prep_images
-        from avat3r.fileio import OutputError
+        from avat3r.data.images import prep_images
 
         _check_res(res)
         try:
             prepared = prep_images(image_dir, cams, out, res=res, masks=masks)
-        except (ImagePrepError, CameraError, OutputError) as err:
-            fail(str(err))
+        except user_errors() as err:
+            fail_error(err)
         for warning in prepared.warnings:
             info(f"avat3r: warning: {warning}")
         how = "the given masks" if prepared.mask_source == "given" else "GrabCut seeded by the head box"
