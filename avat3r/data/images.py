@@ -85,7 +85,7 @@ def crop_square(image: np.ndarray, x0: int, y0: int, side: int) -> np.ndarray:
     return out
 
 
-def _resize(image: np.ndarray, res: int) -> np.ndarray:
+def resize_square(image: np.ndarray, res: int) -> np.ndarray:
     side = image.shape[0]
     interp = cv2.INTER_AREA if side > res else cv2.INTER_LINEAR
     return cv2.resize(image, (res, res), interpolation=interp)
@@ -166,12 +166,12 @@ def prepare_user_images(image_dir: str | os.PathLike, cams_json: str | os.PathLi
                             "check the cams.json convention (OpenCV, world-to-camera, metres)")
         x0, y0, side = head_crop_box(cam)
         crop_cam = cam.cropped(x0, y0, side, side).resized(res, res)
-        rgb_res = _resize(crop_square(rgb, x0, y0, side), res)
+        rgb_res = resize_square(crop_square(rgb, x0, y0, side), res)
         if mask_dir is not None:
             m = _read_image(_find_mask(mask_dir, name), gray=True)
             if m.shape != (h, w):
                 raise ImagePrepError(f"{name}: mask is {m.shape[1]}x{m.shape[0]} but the image is {w}x{h}")
-            m_res = _resize(crop_square(m, x0, y0, side), res)
+            m_res = resize_square(crop_square(m, x0, y0, side), res)
         else:
             m_res = grabcut_mask(rgb_res, crop_cam)
         m_f = m_res.astype(np.float32) / 255.0
