@@ -27,6 +27,10 @@ def _check_res(res: int) -> None:
 def register(app: typer.Typer) -> None:
     prep_app = typer.Typer(help=HELP, no_args_is_help=True, add_completion=False)
     app.add_typer(prep_app, name="prep")
+    from . import prep_ava256, prep_nersemble
+
+    prep_ava256.register(prep_app)
+    prep_nersemble.register(prep_app)
 
     @prep_app.command("synth")
     def synth(
