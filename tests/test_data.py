@@ -75,12 +75,12 @@ def angle_deg(a: torch.Tensor, b: torch.Tensor) -> float:
 
 @pytest.fixture(scope="module")
 def tiny_set(tmp_path_factory) -> Path:
-    """3 persons × 2 segments × 2 frames × 8 cameras at 32², in several shards."""
+    """3 persons × 2 segments × 2 frames × 8 cameras at 32², in several shards (4 per person: 10+10+10+2)."""
     from avat3r.data.prep import prep_synth
 
     out = tmp_path_factory.mktemp("tiny") / "set"
     summary = prep_synth(out, persons=3, frames=2, cameras=8, res=32, seed=3, source=FAKE, maxcount=10)
-    assert summary.n_samples == 3 * 2 * 2 * 8 and len(summary.shards) == 10
+    assert summary.n_samples == 3 * 2 * 2 * 8 and len(summary.shards) == 12
     return out
 
 

@@ -72,10 +72,10 @@ def test_prep_synth_rerun_keeps_the_old_set_until_the_new_one_is_complete(tmp_pa
     (tmp_path / ".set.partial").mkdir()
     (tmp_path / ".set.partial" / "shard-000009.tar").write_bytes(b"half")
     (tmp_path / ".set.lock").touch()
-    r = prep_synth_cli(out, "--seed", "6")  # fewer, larger shards than before
+    r = prep_synth_cli(out, "--seed", "6")  # fewer, larger shards than before: one per person
     assert r.exit_code == 0, r.output
     new = tree_hash(out)
-    assert sorted(new) == ["manifest.parquet", "notes.txt", "shard-000000.tar"] and new != old
+    assert sorted(new) == ["manifest.parquet", "notes.txt", *(f"shard-{i:06d}.tar" for i in range(3))] and new != old
     assert sorted(p.name for p in tmp_path.iterdir()) == ["set"]
 
     # a second run into a folder that one is writing is refused with one line, the folder untouched

@@ -18,13 +18,20 @@ the pixels that an expression change moves can be found from the truth alone (lo
 An example is a pure function of ``(seed, index)``: ``ExampleSampler(manifest, split, seed).example(i)``
 reads its samples by byte span. ``ExampleDataset`` deals indices to ranks and DataLoader workers without
 overlap; a trainer that starts at ``start`` resumes on exactly the examples it would have seen.
+
+Streaming from shards (``avat3r.data.streaming``) cannot seek, so there a ``GroupSchedule`` ties runs of
+examples to *groups* (one person's samples in one shard) that a reader holds in memory; the same scheduled
+sampler reading by byte span gives the same examples, which is how the streaming reader is tested.
 """
 
 from __future__ import annotations
 
+import copy
 from collections import defaultdict
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
+from functools import lru_cache
+from typing import Protocol
 
 import numpy as np
 import torch
@@ -44,6 +51,13 @@ N_CANDIDATES = 10
 # entries an example needs (depth and expr.npy stay unread: the codes come from the manifest)
 _INPUT_ENTRIES = ("rgb.png", "camera.json", "pos.npy", "conf.npy", "feat.npy")
 _TARGET_ENTRIES = ("rgb.png", "mask.png", "camera.json")
+EXAMPLE_ENTRIES = tuple(dict.fromkeys(_INPUT_ENTRIES + _TARGET_ENTRIES))  # all an example may read of a sample
+
+
+class SampleReader(Protocol):
+    """Where an ExampleSampler gets decoded samples: a Manifest (by byte span) or a group held in memory."""
+
+    def read(self, row: int, entries: Sequence[str] | None = None) -> dict: ...
 
 
 @dataclass(frozen=True)
@@ -54,6 +68,49 @@ class ExamplePlan:
     target_timestep: tuple[str, int]  # (segment, frame)
     inputs: tuple[int, ...]  # manifest rows of the input views
     targets: tuple[int, ...]  # manifest rows of the supervision views
+    group: tuple[str, str] | None = None  # (shard, person) the rows come from, with a GroupSchedule
+
+
+@dataclass(frozen=True)
+class GroupSchedule:
+    """Which group (one person's samples in one shard) example ``i`` comes from, for streaming readers.
+
+    With ``slots`` examples per step over all processes (world × batch), example ``i`` sits in slot
+    ``i % slots`` of step ``i // slots``; that step belongs to lane ``step % lanes`` and to block
+    ``(step // lanes) // block`` of its lane. Each (slot, lane) pair is a *stream* that keeps one group for a
+    block (``block`` of its steps), so a reader that owns some lanes holds one group per (slot, lane) at a
+    time. Streams draw groups without replacement: visit ``n = block · slots · lanes + lane · slots + slot``
+    takes position ``n mod G`` of the ``n // G``-th seeded permutation of the G groups, so every group is
+    visited once per pass and concurrent streams hold different groups while G ≥ slots · lanes. Everything
+    is a pure function of (seed, i): no worker count, no resume point, no history enters it."""
+
+    slots: int
+    lanes: int = 4
+    block: int = 64
+
+    def __post_init__(self):
+        if min(self.slots, self.lanes, self.block) < 1:
+            raise ExampleError(f"a group schedule needs slots, lanes and block ≥ 1, got {self.slots}, "
+                               f"{self.lanes}, {self.block}")
+
+    def position(self, index: int) -> tuple[int, int, int, int]:
+        """(step, slot, lane, block) of example ``index``."""
+        step, slot = divmod(int(index), self.slots)
+        return step, slot, step % self.lanes, (step // self.lanes) // self.block
+
+    def visit(self, index: int) -> int:
+        """The running number of the group visit example ``index`` belongs to (see the class docstring)."""
+        _, slot, lane, block = self.position(index)
+        return (block * self.lanes + lane) * self.slots + slot
+
+    def group(self, seed: int, index: int, n_groups: int) -> int:
+        epoch, pos = divmod(self.visit(index), n_groups)
+        return int(_group_order(int(seed), epoch, n_groups)[pos])
+
+
+@lru_cache(maxsize=8)
+def _group_order(seed: int, epoch: int, n_groups: int) -> np.ndarray:
+    return np.random.default_rng([seed, epoch, 0x6A0B]).permutation(n_groups)
 
 
 def _camera_from_json(cam: dict) -> Cameras:
@@ -61,13 +118,19 @@ def _camera_from_json(cam: dict) -> Cameras:
 
 
 class ExampleSampler:
-    """Draws training examples of one split of a manifest; ``example(i)`` depends only on (seed, i)."""
+    """Draws training examples of one split of a manifest; ``example(i)`` depends only on (seed, i).
+
+    Without a schedule example ``i`` draws its person from the rng seeded by (seed, i). With a
+    ``GroupSchedule`` the schedule picks a group (one person's rows in one shard) and the example is planned
+    from that group's rows alone, so a streaming reader that holds the group in memory (``with_samples``)
+    gives exactly what this sampler reads by byte span."""
 
     def __init__(self, manifest: Manifest | str, split: str | None = "train", seed: int = 0,
                  n_inputs: int = N_INPUTS, n_targets: int = N_TARGETS, n_candidates: int = N_CANDIDATES,
                  random_timesteps: bool = True, require_prior: bool = True, inputs_elsewhere: bool = False,
                  avoid_target_timestep: bool = False, novel_targets: bool = False,
-                 input_segments: Sequence[str] | None = None, reference_views: bool = False):
+                 input_segments: Sequence[str] | None = None, reference_views: bool = False,
+                 schedule: GroupSchedule | None = None):
         self.manifest = read_manifest(manifest) if not isinstance(manifest, Manifest) else manifest
         self.split, self.seed = split, int(seed)
         self.n_inputs, self.n_targets, self.n_candidates = n_inputs, n_targets, n_candidates
@@ -78,51 +141,90 @@ class ExampleSampler:
         self.avoid_target_timestep = bool(avoid_target_timestep) and random_timesteps
         self.novel_targets, self.reference_views = bool(novel_targets), bool(reference_views)
         self.input_segments = tuple(input_segments) if input_segments else None
+        self.schedule = schedule
+        self.samples: SampleReader = self.manifest  # where ``read`` gets samples: by byte span by default
         m = self.manifest
         rows = m.rows(split)
         eligible = np.ones(len(m), bool) if not require_prior else m["has_prior"].astype(bool)
         if self.input_segments is not None:
             eligible &= np.isin(np.asarray(m["segment"], dtype=object), self.input_segments)
-        # person → timestep → rows, and person → camera → input-eligible rows (in manifest order)
-        self._by_time: dict[str, dict[tuple[str, int], list[int]]] = defaultdict(lambda: defaultdict(list))
-        self._inputs_by_cam: dict[str, dict[str, list[int]]] = defaultdict(lambda: defaultdict(list))
+        # A *unit* is what an example is drawn from: a person, or with a schedule one person's rows in one shard
+        # (a group). unit → timestep → rows, and unit → camera → input-eligible rows (in manifest order)
+        self._by_time: dict = defaultdict(lambda: defaultdict(list))
+        self._inputs_by_cam: dict = defaultdict(lambda: defaultdict(list))
         for r in rows.tolist():
             p = m["person"][r]
-            self._by_time[p][(m["segment"][r], int(m["frame"][r]))].append(r)
+            unit = p if schedule is None else (str(m["shard"][r]), p)
+            self._by_time[unit][(m["segment"][r], int(m["frame"][r]))].append(r)
             if eligible[r]:
-                self._inputs_by_cam[p][m["camera"][r]].append(r)
+                self._inputs_by_cam[unit][m["camera"][r]].append(r)
         # plain dicts: the sampler is pickled into DataLoader workers, and lambdas do not pickle
-        self._by_time = {p: dict(v) for p, v in self._by_time.items()}
-        self._inputs_by_cam = {p: dict(v) for p, v in self._inputs_by_cam.items()}
-        self.persons = sorted(p for p in self._by_time if len(self._inputs_by_cam.get(p, {})) >= n_inputs)
-        if not self.persons:
+        self._by_time = {u: dict(v) for u, v in self._by_time.items()}
+        self._inputs_by_cam = {u: dict(v) for u, v in self._inputs_by_cam.items()}
+        units = sorted(u for u in self._by_time if len(self._inputs_by_cam.get(u, {})) >= n_inputs)
+        if not units:
             what = "with a prior (run `avat3r prior` first)" if require_prior else ""
-            raise ExampleError(f"no person of split {split!r} in {m.root} has {n_inputs} cameras {what}".strip())
-        self._timesteps = {p: sorted(self._by_time[p]) for p in self.persons}
-        self._timestep_of_row = {r: (m["segment"][r], int(m["frame"][r])) for p in self.persons
-                                 for rs in self._by_time[p].values() for r in rs}
-        self._eligible = {p: {r for rs in self._inputs_by_cam[p].values() for r in rs} for p in self.persons}
-        self._cam_cache: dict[tuple[str, str], Cameras] = {}
+            who = "person" if schedule is None else "group (one person's samples in one shard)"
+            raise ExampleError(f"no {who} of split {split!r} in {m.root} has {n_inputs} cameras {what}".strip())
+        # groups: (shard, person) in shard order; persons: those with at least one qualifying unit
+        self.groups: list[tuple[str, str]] = units if schedule is not None else []
+        self.persons = units if schedule is None else sorted({p for _, p in units})
+        self._units = units
+        self._timesteps = {u: sorted(self._by_time[u]) for u in units}
+        self._timestep_of_row = {r: (m["segment"][r], int(m["frame"][r])) for u in units
+                                 for rs in self._by_time[u].values() for r in rs}
+        self._eligible = {u: {r for rs in self._inputs_by_cam[u].values() for r in rs} for u in units}
+        self._cam_cache: dict[tuple, Cameras] = {}
 
-    def _reference_camera(self, person: str, camera: str) -> Cameras:
-        """The camera as seen in its first input-eligible sample (head pose varies little over a capture)."""
-        key = (person, camera)
+    def read(self, row: int, entries: Sequence[str] | None = None) -> dict:
+        """The decoded sample of one manifest row: every sample an example uses is read through here, so a
+        streaming reader only has to replace ``samples`` (see ``with_samples``)."""
+        return self.samples.read(row, entries=entries)
+
+    def with_samples(self, samples: SampleReader) -> ExampleSampler:
+        """A copy that reads its samples from ``samples`` (e.g. a group held in memory) instead."""
+        other = copy.copy(self)
+        other.samples = samples
+        return other
+
+    def group_rows(self, group: int) -> list[int]:
+        """Manifest rows of one group (scheduled samplers), in manifest order."""
+        return sorted(r for rs in self._by_time[self.groups[group]].values() for r in rs)
+
+    def _person(self, unit) -> str:
+        return unit if isinstance(unit, str) else unit[1]
+
+    def _reference_camera(self, unit, camera: str) -> Cameras:
+        """The camera as seen in its first input-eligible sample of the unit (head pose varies little over a
+        capture)."""
+        key = (unit, camera)
         if key not in self._cam_cache:
-            row = self._inputs_by_cam[person][camera][0]
-            self._cam_cache[key] = _camera_from_json(self.manifest.read(row, entries=["camera.json"])["camera"])
+            row = self._inputs_by_cam[unit][camera][0]
+            self._cam_cache[key] = _camera_from_json(self.read(row, entries=["camera.json"])["camera"])
         return self._cam_cache[key]
+
+    def unit_of(self, index: int):
+        """The person (or with a schedule, the group ``(shard, person)``) example ``index`` is drawn from."""
+        if self.schedule is None:
+            rng = np.random.default_rng([self.seed, int(index)])
+            return self.persons[int(rng.integers(len(self.persons)))]
+        return self._units[self.schedule.group(self.seed, index, len(self._units))]
 
     def plan(self, index: int) -> ExamplePlan:
         m = self.manifest
         rng = np.random.default_rng([self.seed, int(index)])
-        person = self.persons[int(rng.integers(len(self.persons)))]
-        timesteps = self._timesteps[person]
-        eligible = self._eligible[person]
+        if self.schedule is None:
+            unit = person = self.persons[int(rng.integers(len(self.persons)))]
+        else:  # the group comes from the schedule; the rest of the plan draws from the same rng as ever
+            unit = self.unit_of(index)
+            person = unit[1]
+        timesteps = self._timesteps[unit]
+        eligible = self._eligible[unit]
         t_input = None
         if not self.random_timesteps:
             # inputs share one timestep, so only timesteps with enough input-eligible views qualify for it
             qualifying = [t for t in timesteps
-                          if sum(r in eligible for r in self._by_time[person][t]) >= self.n_inputs] or timesteps
+                          if sum(r in eligible for r in self._by_time[unit][t]) >= self.n_inputs] or timesteps
             if self.inputs_elsewhere:
                 # a target timestep that has some other qualifying timestep for the inputs
                 targets = [t for t in timesteps if any(q != t for q in qualifying)] or timesteps
@@ -133,23 +235,23 @@ class ExampleSampler:
                 t_target = t_input = qualifying[int(rng.integers(len(qualifying)))]
         else:
             t_target = timesteps[int(rng.integers(len(timesteps)))]
-        at_target = self._by_time[person][t_target]
+        at_target = self._by_time[unit][t_target]
 
         if self.random_timesteps:
-            cams = sorted(self._inputs_by_cam[person])
+            cams = sorted(self._inputs_by_cam[unit])
         else:
-            row_of_cam = {m["camera"][r]: r for r in self._by_time[person][t_input] if r in eligible}
+            row_of_cam = {m["camera"][r]: r for r in self._by_time[unit][t_input] if r in eligible}
             cams = sorted(row_of_cam)
             if len(cams) < self.n_inputs:
                 raise ExampleError(f"{person} has only {len(cams)} input cameras at {t_input[0]}/{t_input[1]}")
-        cameras = Cameras.cat([self._reference_camera(person, c) for c in cams])
+        cameras = Cameras.cat([self._reference_camera(unit, c) for c in cams])
         gen = torch.Generator().manual_seed(int(rng.integers(2**62)))
         picked = k_farthest_viewpoints(cameras, k=self.n_inputs, n_candidates=self.n_candidates, generator=gen,
                                        exclude_back=True)
         inputs = []
         for i in picked:
             if self.random_timesteps:
-                cam_rows = self._inputs_by_cam[person][cams[i]]
+                cam_rows = self._inputs_by_cam[unit][cams[i]]
                 if self.avoid_target_timestep:
                     cam_rows = [r for r in cam_rows if self._timestep_of_row[r] != t_target] or cam_rows
                 inputs.append(cam_rows[int(rng.integers(len(cam_rows)))])
@@ -162,14 +264,15 @@ class ExampleSampler:
                 raise ExampleError(f"{person} has no camera at {t_target[0]}/{t_target[1]} besides the input cameras")
         replace = len(at_target) < self.n_targets  # small rigs repeat views rather than fail
         targets = rng.choice(np.asarray(at_target), size=self.n_targets, replace=replace)
-        return ExamplePlan(person, t_target, tuple(inputs), tuple(int(t) for t in targets))
+        return ExamplePlan(person, t_target, tuple(inputs), tuple(int(t) for t in targets),
+                           None if self.schedule is None else unit)
 
     def example(self, index: int) -> dict:
         """The example dict of DESIGN §4 (see module docstring); tensors float32."""
         plan = self.plan(index)
         m = self.manifest
-        ins = [m.read(r, entries=_INPUT_ENTRIES) for r in plan.inputs]
-        tgs = [m.read(r, entries=_TARGET_ENTRIES) for r in plan.targets]
+        ins = [self.read(r, entries=_INPUT_ENTRIES) for r in plan.inputs]
+        tgs = [self.read(r, entries=_TARGET_ENTRIES) for r in plan.targets]
         h, w = ins[0]["rgb"].shape[:2]
         for s in ins + tgs:
             if s["rgb"].shape[:2] != (h, w):
@@ -217,12 +320,13 @@ class ExampleSampler:
         ``target_ref_valid`` False where that camera has no sample at it)."""
         m = self.manifest
         t_ref = self._timestep_of_row[plan.inputs[0]]
-        row_of_cam = {m["camera"][r]: r for r in self._by_time[plan.person][t_ref]}
+        unit = plan.person if plan.group is None else plan.group
+        row_of_cam = {m["camera"][r]: r for r in self._by_time[unit][t_ref]}
         images, valid = [], []
         for r in plan.targets:
             ref_row = row_of_cam.get(m["camera"][r])
             valid.append(ref_row is not None)
-            images.append(m.read(ref_row, entries=("rgb.png",))["rgb"] if ref_row is not None
+            images.append(self.read(ref_row, entries=("rgb.png",))["rgb"] if ref_row is not None
                           else np.zeros((*hw, 3), np.uint8))
         return {"ref_expr": torch.from_numpy(m["expr"][plan.inputs[0]].astype(np.float32)),
                 "target_ref_rgb": torch.from_numpy(np.stack(images).astype(np.float32) / 255.0),

@@ -1,7 +1,8 @@
 """`prep synth`: render a SynthHeads set into shards + manifest, in parallel yet byte-identically.
 
 Workers render one frame (all cameras) per job; the parent writes the results in key order (person → segment →
-frame → camera), so the bytes never depend on the number of workers or their timing.
+frame → camera), so the bytes never depend on the number of workers or their timing. Each shard holds one
+person's samples (a person starts a new shard), the unit a streaming trainer reads (``data.streaming``).
 """
 
 from __future__ import annotations
@@ -158,7 +159,7 @@ def prep_synth(out: str | os.PathLike, persons: int, frames: int, cameras: int, 
             ShardWriter(stage.path, maxcount=maxcount, maxsize=maxsize) as writer:
         def consume(samples):
             for key, entries, row, expr in samples:
-                records.append(writer.write(key, entries))
+                records.append(writer.write(key, entries, group=row["person"]))
                 rows.append({**row, "split": splits[row["person"]]})
                 exprs.append(expr)
             if progress is not None:

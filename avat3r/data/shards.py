@@ -150,8 +150,10 @@ def _entry_sort_key(entry: str) -> tuple[int, str]:
 
 class ShardWriter(AbortOnError):
     """Writes samples into ``folder/shard-000000.tar``, … in the order given, starting a new shard when the
-    next sample would exceed ``maxsize`` bytes or ``maxcount`` samples. Each shard is written under a temp
-    name and renamed when complete. Use as a context manager; ``write`` returns the sample's SampleRecord."""
+    next sample would exceed ``maxsize`` bytes or ``maxcount`` samples, or belongs to another ``group`` than
+    the last one (prep passes the person, so a streaming reader that wants one person reads shards of that
+    person only). Each shard is written under a temp name and renamed when complete. Use as a context manager;
+    ``write`` returns the sample's SampleRecord."""
 
     def __init__(self, folder: str | os.PathLike, maxcount: int = DEFAULT_MAXCOUNT,
                  maxsize: int = DEFAULT_MAXSIZE, pattern: str = SHARD_PATTERN):
@@ -165,6 +167,7 @@ class ShardWriter(AbortOnError):
         self._offset = 0  # bytes written to the current shard
         self._count = 0
         self._last_key: str | None = None
+        self._group: str | None = None
 
     def _open_next(self) -> None:
         self._close_current()
@@ -180,7 +183,7 @@ class ShardWriter(AbortOnError):
         self._file.close()
         self._file = None
 
-    def write(self, key: str, members: Mapping[str, bytes]) -> SampleRecord:
+    def write(self, key: str, members: Mapping[str, bytes], group: str | None = None) -> SampleRecord:
         make_key(*split_key(key))  # validates the key
         if not members:
             raise ValueError(f"sample {key} has no entries")
@@ -189,8 +192,10 @@ class ShardWriter(AbortOnError):
         entries = sorted(members, key=_entry_sort_key)
         size = sum(512 + -(-len(members[e]) // 512) * 512 for e in entries)
         if (self._file is None or self._count >= self.maxcount
-                or (self._count > 0 and self._offset + size > self.maxsize)):
+                or (self._count > 0 and self._offset + size > self.maxsize)
+                or (self._count > 0 and group != self._group)):
             self._open_next()
+        self._group = group
         start = self._offset
         for entry in entries:
             self._offset += self._file.write(tar_member(f"{key}.{entry}", members[entry], mode=SHARD_MEMBER_MODE))
