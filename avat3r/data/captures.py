@@ -323,7 +323,8 @@ def select_part(captures: Sequence[str], part: tuple[int, int]) -> list[str]:
 
 
 def read_list(path: str | os.PathLike | None) -> list[str]:
-    """Names from a text file (one per line, ``#`` comments) or a CSV whose first column holds them."""
+    """Names from a text file (one per line, ``#`` comments) or a CSV: its ``sid``/``person``/``name`` column
+    when its header has one (Ava-256's ``mcd,sid,mct``), else its first column."""
     if path is None:
         return []
     path = Path(path)
@@ -331,12 +332,18 @@ def read_list(path: str | os.PathLike | None) -> list[str]:
         lines = path.read_text().splitlines()
     except OSError as err:
         raise CaptureError(f"{path}: cannot read the list ({err.strerror})") from None
-    out = []
-    for line in lines:
-        line = line.split("#", 1)[0].strip()
-        if line:
-            out.append(line.split(",")[0].strip())
-    return out
+    rows = [[c.strip() for c in line.split("#", 1)[0].split(",")] for line in lines]
+    rows = [r for r in rows if any(r)]
+    column = 0
+    if rows:
+        header = [c.lower() for c in rows[0]]
+        named = [k for k, c in enumerate(header) if c in ("sid", "person", "name")]
+        if named:
+            column, rows = named[0], rows[1:]
+    bad = [r for r in rows if len(r) <= column or not r[column]]
+    if bad:
+        raise CaptureError(f"{path}: line {','.join(bad[0])!r} has no name in column {column + 1}")
+    return [r[column] for r in rows]
 
 
 def merge_captures(out: str | os.PathLike, test_persons: Iterable[str] = (), val_persons: Iterable[str] = (),
