@@ -22,6 +22,10 @@ frame is written as soon as it is decoded, so a renderer on the other end of a p
 
   avat3r animate head.avt --video driving.mp4 | avat3r render --video out.mp4
 
+A linear rig (avat3r export head.avt -o head.rig.npz) animates in place of the avatar, without the network:
+
+  avat3r animate head.rig.npz expr.parquet | avat3r render --video out.mp4
+
 --video reads the expressions off a driving video with an extractor for the avatar's expression space:
 landmarks (default when the face tracker is installed: face-mesh landmarks measured against the video's most
 neutral frame, for spaces with ARKit-named parameters such as synthheads-v1) or regressor (the shipped
@@ -54,8 +58,9 @@ def _open_output(out: Path | None):
 def _sequence_from_video(video: Path, extractor: str, weights: Path | None, av, smooth: int, fps: float | None,
                          quiet: bool):
     from avat3r.driving import build_extractor, extract_sequence
+    from avat3r.stages.animate import animatable_device
 
-    ex = build_extractor(extractor, weights, device=av.state.tokens.device, space=av.expression_space)
+    ex = build_extractor(extractor, weights, device=animatable_device(av), space=av.expression_space)
     bar = LazyBar(desc="read expressions", disable=quiet)
     try:
         seq = extract_sequence(video, ex, expected_space=av.expression_space, smooth=smooth, fps=fps,
@@ -75,7 +80,8 @@ def _sequence_from_video(video: Path, extractor: str, weights: Path | None, av, 
 def register(app: typer.Typer) -> None:
     @app.command("animate", help=HELP)
     def animate(
-        avatar: Path = typer.Argument(..., help="The avatar (.avt) from reconstruct."),
+        avatar: Path = typer.Argument(..., help="The avatar (.avt) from reconstruct, or its rig (.rig.npz) from "
+                                      "export."),
         sequence: Path | None = typer.Argument(None, help="Expression sequence (expr.parquet)."),
         builtin: str | None = typer.Option(None, "--builtin", help="Use a built-in sequence instead: demo "
                                               "(neutral → smile → jaw open → tongue → blink) or neutral."),

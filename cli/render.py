@@ -12,8 +12,9 @@ from .common import LazyBar, check_fps, fail, fail_error, info
 HELP = """Render a frame stream, an .avt or a .ply along a camera path to MP4, PNG frames or PLY files.
 
 SOURCE is a frame stream (a file, or - / nothing for stdin, rendered as frames arrive), an avatar (.avt,
-shown with --expr) or a 3DGS .ply (static). Camera paths: frontal, orbit (one turn over the sequence),
-inputs (cycles the avatar's input cameras) or a cams.json (cycles its cameras).
+shown with --expr), its linear rig (.rig.npz from export, shown with --expr) or a 3DGS .ply (static).
+Camera paths: frontal, orbit (one turn over the sequence), inputs (cycles the avatar's input cameras) or a
+cams.json (cycles its cameras).
 
   avat3r animate head.avt expr.parquet | avat3r render --path orbit --video out.mp4
 
@@ -30,7 +31,8 @@ FLAGS = {"device": "--device", "checkpoint": "--checkpoint", "background": "--ba
 def register(app: typer.Typer) -> None:
     @app.command("render", help=HELP)
     def render(
-        source: str | None = typer.Argument(None, help="Frame stream file, - for stdin (default), .avt or .ply."),
+        source: str | None = typer.Argument(None, help="Frame stream file, - for stdin (default), .avt, .rig.npz "
+                                            "or .ply."),
         path: str = typer.Option("frontal", "--path", help="Camera path: frontal, orbit, inputs or a cams.json."),
         video: Path | None = typer.Option(None, "--video", help="Write an H.264 MP4 here."),
         frames: Path | None = typer.Option(None, "--frames", help="Write PNG frames (000000.png, …) into this "
@@ -46,8 +48,8 @@ def register(app: typer.Typer) -> None:
         n_frames: int | None = typer.Option(None, "--n-frames", min=1, help="Frames for a static source (.ply, "
                                                ".avt at neutral) (default: 60 for orbit, 1 for frontal, one "
                                                "pass over cycled cameras)."),
-        expr: str = typer.Option("neutral", "--expr", help="For .avt sources: neutral, a built-in sequence "
-                                 "(demo) or an expr.parquet."),
+        expr: str = typer.Option("neutral", "--expr", help="For .avt and .rig.npz sources: neutral, a built-in "
+                                 "sequence (demo) or an expr.parquet."),
         checkpoint: Path | None = typer.Option(None, "--checkpoint", "-c", help="For .avt sources without "
                                                   "decoder weights: the checkpoint they were made with."),
         backend: str = typer.Option("auto", "--backend", help="Rasterizer: auto, torch, gsplat or dense."),

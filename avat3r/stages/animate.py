@@ -1,5 +1,5 @@
-"""The animate stage: an avatar and a model that decodes it, expression codes → Gaussians per frame, written as
-a frame stream as they are decoded."""
+"""The animate stage: an avatar and a model that decodes it (or a linear rig fitted to one), expression codes →
+Gaussians per frame, written as a frame stream as they are decoded."""
 
 from __future__ import annotations
 
@@ -17,14 +17,19 @@ from .common import Progress, StageError, load_model, resolve_device
 
 if TYPE_CHECKING:  # the model code is imported only by the stages that decode
     from ..avatar import Avatar
+    from ..rig import Rig
 
 
 def load_animatable(avatar_path: str | os.PathLike, checkpoint: str | os.PathLike | None = None,
-                    device: str = "cpu") -> Avatar:
+                    device: str = "cpu") -> Avatar | Rig:
     """The avatar with a model that can decode it, on ``device``: the checkpoint it was made with when given
-    (its sha256 must match the one the avatar records), else the decoder weights the avatar carries."""
+    (its sha256 must match the one the avatar records), else the decoder weights the avatar carries.
+    A ``.rig.npz`` loads as its ``Rig`` (no network, no checkpoint; it runs on the CPU)."""
     from ..avatar import load_avatar
+    from ..rig import is_rig_path, load_rig
 
+    if is_rig_path(avatar_path):
+        return load_rig(avatar_path)
     dev = resolve_device(device)
     avatar = load_avatar(avatar_path)
     model = avatar.model
@@ -41,9 +46,18 @@ def load_animatable(avatar_path: str | os.PathLike, checkpoint: str | os.PathLik
     return dataclasses.replace(avatar, state=avatar.state.to(dev), model=model.to(dev).eval())
 
 
-def decode_frames(avatar: Avatar, codes: torch.Tensor, batch: int = 8) -> Iterator[Gaussians]:
-    """Decode ``codes`` (T,E) in batches of ``batch`` frames; yields each frame's valid Gaussians (CPU)."""
+def animatable_device(avatar: Avatar | Rig) -> torch.device:
+    """Where an animatable's frames are computed (a rig: always the CPU)."""
+    from ..rig import Rig
+
+    return torch.device("cpu") if isinstance(avatar, Rig) else avatar.state.tokens.device
+
+
+def decode_frames(avatar: Avatar | Rig, codes: torch.Tensor, batch: int = 8) -> Iterator[Gaussians]:
+    """Decode ``codes`` (T,E) in batches of ``batch`` frames; yields each frame's valid Gaussians (CPU). A rig
+    applies its deltas instead of running a network."""
     from ..expressions import ExpressionError, check_codes
+    from ..rig import Rig
 
     if batch < 1:
         raise StageError(f"batch must be at least 1, got {batch}", param="batch")
@@ -51,6 +65,10 @@ def decode_frames(avatar: Avatar, codes: torch.Tensor, batch: int = 8) -> Iterat
         check_codes(codes)
     except ExpressionError as err:
         raise StageError(f"{avatar.source}: {err}") from None
+    if isinstance(avatar, Rig):
+        for code in codes:
+            yield avatar(code)
+        return
     dev = avatar.state.tokens.device
     for start in range(0, codes.shape[0], batch):
         with torch.inference_mode():
@@ -64,16 +82,20 @@ def decode_frames(avatar: Avatar, codes: torch.Tensor, batch: int = 8) -> Iterat
             yield frame
 
 
-def check_sequence(avatar: Avatar, seq: ExpressionSequence) -> None:
-    """The sequence's codes must be in the avatar's expression space, of the model's size."""
-    check_space(seq, avatar.expression_space, avatar.model.config.expression_dim)
+def check_sequence(avatar: Avatar | Rig, seq: ExpressionSequence) -> None:
+    """The sequence's codes must be in the avatar's expression space, of the model's (or rig's) size."""
+    from ..rig import Rig
+
+    dim = avatar.dim if isinstance(avatar, Rig) else avatar.model.config.expression_dim
+    check_space(seq, avatar.expression_space, dim)
 
 
-def animate(avatar: Avatar, seq: ExpressionSequence, out: IO[bytes], batch: int = 8,
+def animate(avatar: Avatar | Rig, seq: ExpressionSequence, out: IO[bytes], batch: int = 8,
             progress: Progress = None) -> int:
     """Write one frame-stream sample per code of ``seq`` to ``out`` as frames are decoded; returns the count."""
     check_sequence(avatar, seq)
-    writer = FrameStreamWriter(out, seq.fps, seq.space, avatar.cameras.to("cpu"), n_frames=len(seq))
+    cams = avatar.cameras
+    writer = FrameStreamWriter(out, seq.fps, seq.space, None if cams is None else cams.to("cpu"), n_frames=len(seq))
     with writer:
         for i, g in enumerate(decode_frames(avatar, seq.codes, batch)):
             writer.write(i, g, seq.codes[i])

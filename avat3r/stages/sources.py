@@ -1,5 +1,5 @@
-"""What the render stage draws: a frame stream, an avatar (neutral, or decoded along a sequence) or a static
-``.ply``, as one sequence of frames."""
+"""What the render stage draws: a frame stream, an avatar or a rig (neutral, or decoded along a sequence) or a
+static ``.ply``, as one sequence of frames."""
 
 from __future__ import annotations
 
@@ -17,6 +17,7 @@ from .common import StageError
 
 if TYPE_CHECKING:
     from ..avatar import Avatar
+    from ..rig import Rig
 
 
 @dataclass
@@ -61,9 +62,11 @@ def stream_source(fileobj: IO[bytes], closer: Callable[[], None] | None = None) 
                   closer=closer)
 
 
-def avatar_source(avatar: Avatar, seq: ExpressionSequence | None, batch: int = 8) -> Source:
-    """Neutral (``seq`` None: decoded once, static) or a sequence, decoded in batches as frames are drawn."""
-    cams = avatar.cameras.to("cpu")
+def avatar_source(avatar: Avatar | Rig, seq: ExpressionSequence | None, batch: int = 8) -> Source:
+    """Neutral (``seq`` None: decoded once, static) or a sequence, decoded in batches as frames are drawn (an
+    avatar or a rig alike)."""
+    cams = avatar.cameras
+    cams = None if cams is None else cams.to("cpu")
     if seq is None:
         g = next(decode_frames(avatar, avatar.neutral[None], 1))
         return Source(None, cams, static=g)
@@ -75,7 +78,7 @@ def avatar_source(avatar: Avatar, seq: ExpressionSequence | None, batch: int = 8
 
 def open_render_source(src: str | None, expr: str = "neutral", checkpoint=None, device: str = "auto",
                        batch: int = 8, fps: float | None = None, stdin: IO[bytes] | None = None) -> Source:
-    """``src``: None/``-`` (a frame stream on stdin), a frame-stream file, an ``.avt`` or a ``.ply``."""
+    """``src``: None/``-`` (a frame stream on stdin), a frame-stream file, an ``.avt``, a ``.rig.npz`` or a ``.ply``."""
     import sys
 
     from ..gaussians import read_ply
@@ -87,7 +90,7 @@ def open_render_source(src: str | None, expr: str = "neutral", checkpoint=None, 
         raise StageError(f"{src}: no such file")
     if p.suffix.lower() == ".ply":
         return Source(None, None, static=read_ply(p))
-    if p.suffix.lower() == ".avt":
+    if p.suffix.lower() in (".avt", ".npz"):  # an avatar, or a rig of one: the same expression checks
         from ..expressions import load_sequence
 
         avatar = load_animatable(p, checkpoint, device)
