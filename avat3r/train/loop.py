@@ -8,6 +8,8 @@ runs in float32.
 Determinism: example ``(step · world + rank) · batch + j`` is a pure function of the data seed and that index,
 and every step reseeds torch from ``(run seed, step, rank)``; together with the optimizer state restored from
 the checkpoint, a resumed run continues exactly the example stream and the loss curve of an uninterrupted one.
+With ``data.loader = "stream"`` the same holds for batches streamed from WebDataset shards group by group
+(``avat3r.data.streaming``): the examples come from a GroupSchedule, a pure function of the step too.
 """
 
 from __future__ import annotations
@@ -110,7 +112,8 @@ def step_seed(seed: int, step: int, rank: int) -> int:
 
 
 # -- components ----------------------------------------------------------------------------------------
-def default_example_source(recipe: Recipe) -> ExampleSource:
+def default_example_source(recipe: Recipe, schedule=None) -> ExampleSource:
+    """The recipe's ExampleSampler; with a GroupSchedule (``data.loader = "stream"``) examples come from groups."""
     from ..data.examples import ExampleSampler
 
     if not recipe.data.manifest:
@@ -119,7 +122,8 @@ def default_example_source(recipe: Recipe) -> ExampleSource:
     if not Path(recipe.data.manifest).is_file():
         raise TrainError(f"manifest {recipe.data.manifest} does not exist (run `avat3r prep` and `avat3r prior`)")
     return ExampleSampler(recipe.data.manifest, recipe.data.split, recipe.data.seed,
-                          n_inputs=recipe.data.n_inputs, n_targets=recipe.data.n_targets, **recipe.data.options)
+                          n_inputs=recipe.data.n_inputs, n_targets=recipe.data.n_targets, schedule=schedule,
+                          **recipe.data.options)
 
 
 def data_info(source: ExampleSource, first_example: dict) -> DataInfo:
@@ -255,8 +259,20 @@ def train(recipe: Recipe, run_dir: str | Path, *, resume: bool = False, max_step
     device = accelerator.device
     loss_fn.to(device)
 
-    source = examples if examples is not None else default_example_source(recipe)
-    info = data_info(source, source.example(0))
+    streaming = recipe.data.loader == "stream"
+    if streaming:
+        from ..data.examples import ExampleSampler, GroupSchedule
+
+        schedule = GroupSchedule(world * recipe.optim.batch_size, recipe.data.stream_lanes, recipe.data.stream_block)
+        if examples is not None and not (isinstance(examples, ExampleSampler) and examples.schedule == schedule):
+            raise TrainError("data.loader = 'stream' needs an ExampleSampler with the recipe's group schedule",
+                             param="data.loader")
+        source = examples if examples is not None else default_example_source(recipe, schedule)
+        # the shards may live elsewhere (data.shard_url): the expression size comes from the manifest instead
+        info = data_info(source, {"expr": torch.from_numpy(source.manifest["expr"][0])})
+    else:
+        source = examples if examples is not None else default_example_source(recipe)
+        info = data_info(source, source.example(0))
 
     torch.manual_seed(recipe.run.seed)  # identical initial weights on every process
     model = model_factory(recipe, info)
@@ -292,10 +308,19 @@ def train(recipe: Recipe, run_dir: str | Path, *, resume: bool = False, max_step
         write_json(run_dir / "recipe.json", recipe.to_dict())
         writer = ScalarLog(run_dir / "logs", start)
 
+    if streaming:
+        from ..data.streaming import StreamingExamples, raise_failures
+
+        batches = StreamingExamples(source, start, stop, rank, world, recipe.optim.batch_size,
+                                    recipe.data.shard_url)
+        batches.check_workers(recipe.data.num_workers)
+    else:
+        batches = StepBatches(source, start, stop, rank, world, recipe.optim.batch_size)
     loader = torch.utils.data.DataLoader(
-        StepBatches(source, start, stop, rank, world, recipe.optim.batch_size), batch_size=None, shuffle=False,
-        num_workers=recipe.data.num_workers, collate_fn=lambda item: item,
+        batches, batch_size=None, shuffle=False, num_workers=recipe.data.num_workers, collate_fn=lambda item: item,
         persistent_workers=False, prefetch_factor=2 if recipe.data.num_workers > 0 else None)
+    if streaming:
+        loader = raise_failures(loader)  # a worker's error as its one line
 
     bar = None
     if progress and main:

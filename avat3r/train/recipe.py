@@ -3,7 +3,7 @@
 A recipe fixes everything a run needs except where it writes (the run directory) and whether it resumes::
 
     [model]  preset = "tiny", overrides = {...}     # Avat3rConfig.preset(preset, **overrides)
-    [data]   manifest, split, seed, n_inputs, n_targets, priors, loader workers
+    [data]   manifest, split, seed, n_inputs, n_targets, priors, loader (random or streamed) and its workers
     [optim]  Adam(W), learning rate, batch size per process, steps, gradient clipping
     [loss]   λ's of Eq. (18) and when LPIPS starts
     [run]    checkpoint / preview / log cadence, mixed precision, render backend
@@ -53,6 +53,12 @@ class DataSection:
     feature_prior: str = "none"  # "sapiens" for the paper model
     num_workers: int = 0  # DataLoader workers per process (example decoding/rendering)
     options: dict = field(default_factory=dict)  # extra keyword arguments for ExampleSampler
+    # "random": read each sample by byte span (shards on a local disk); "stream": read shards front to back
+    # with WebDataset, one group (a person's samples in one shard) per stream at a time (avat3r.data.streaming)
+    loader: str = "random"
+    stream_lanes: int = 4  # steps interleaved over lanes; num_workers must divide it
+    stream_block: int = 64  # steps a lane stays with one group
+    shard_url: str = ""  # "" = shards beside the manifest; else a template with {shard}, e.g. "pipe:cat /x/{shard}"
 
 
 @dataclass
@@ -129,6 +135,7 @@ class Recipe:
                             f"{self.data.n_inputs} and {self.data.n_targets}")
         if self.data.num_workers < 0:
             problems.append("data.num_workers must be ≥ 0")
+        problems += self._stream_problems()
         if self.optim.optimizer not in ("adam", "adamw"):
             problems.append(f"optim.optimizer must be 'adam' or 'adamw', not {self.optim.optimizer!r}")
         if not self.optim.lr > 0 or not 0 <= self.optim.min_lr <= self.optim.lr:
@@ -155,6 +162,20 @@ class Recipe:
         if problems:
             raise RecipeError(f"{self.source}: " + "; ".join(problems))
         return self
+
+    def _stream_problems(self) -> list[str]:
+        d = self.data
+        if d.loader not in ("random", "stream"):
+            return [f"data.loader must be 'random' or 'stream', not {d.loader!r}"]
+        problems = []
+        if d.stream_lanes < 1 or d.stream_block < 1:
+            problems.append(f"data.stream_lanes and data.stream_block must be ≥ 1, got {d.stream_lanes} and "
+                            f"{d.stream_block}")
+        elif d.loader == "stream" and d.num_workers > 1 and d.stream_lanes % d.num_workers:
+            problems.append(f"data.num_workers ({d.num_workers}) must divide data.stream_lanes ({d.stream_lanes})")
+        if d.shard_url and "{shard}" not in d.shard_url:
+            problems.append(f"data.shard_url {d.shard_url!r} must contain {{shard}} (or be empty)")
+        return problems
 
     def _model_config_problems(self) -> list[str]:
         """Build the model config the run would (the expression size comes from the data later; the preset's
