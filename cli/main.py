@@ -6,7 +6,7 @@ import sys
 
 import typer
 
-from . import animate, lift, prep, prior, reconstruct, render, train
+from . import animate, export, lift, prep, prior, reconstruct, render, train
 from . import eval as eval_
 
 app = typer.Typer(
@@ -20,7 +20,7 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
 )
 
-for module in (prep, prior, train, lift, reconstruct, animate, render, eval_):
+for module in (prep, prior, train, lift, reconstruct, animate, render, export, eval_):
     module.register(app)
 
 
