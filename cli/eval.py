@@ -67,10 +67,16 @@ def register(app: typer.Typer) -> None:
     def eval_stage(
         checkpoint: Path | None = typer.Option(None, "--checkpoint", "-c", help="Checkpoint folder, or a run "
                                                   "directory (its latest complete checkpoint)."),
-        manifest: Path = typer.Option(..., "--manifest", "-m", help="manifest.parquet with the held-out split."),
-        split: str = typer.Option("test", "--split", help="Manifest split to evaluate."),
-        examples: int = typer.Option(96, "--examples", "-n", help="Number of examples (4 inputs + targets each)."),
-        seed: int = typer.Option(0, "--seed", help="Example seed (same seed → same examples)."),
+        manifest: Path | None = typer.Option(None, "--manifest", "-m", help="manifest.parquet with the held-out "
+                                             "split (or the recipe's eval.manifest)."),
+        recipe: Path | None = typer.Option(None, "--recipe", help="Evaluation protocol (TOML: [eval] and an "
+                                           "optional [video]; e.g. recipes/eval-ava256.toml). Flags override it."),
+        overrides: list[str] | None = typer.Option(None, "--set", help="Override a recipe value, e.g. "
+                                                   "--set eval.manifest=/data/ava256/manifest.parquet."),
+        split: str | None = typer.Option(None, "--split", help="Manifest split to evaluate (default test)."),
+        examples: int | None = typer.Option(None, "--examples", "-n", help="Number of examples (4 inputs + "
+                                            "targets each; default 96)."),
+        seed: int | None = typer.Option(None, "--seed", help="Example seed (same seed → same examples; default 0)."),
         baseline: str | None = typer.Option(None, "--baseline", help="Evaluate a reference instead: "
                                                "'reprojection' (the untrained network: inputs splatted at the "
                                                "prior's positions; uses the checkpoint's config if given) or "
@@ -92,15 +98,35 @@ def register(app: typer.Typer) -> None:
         quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar."),
     ) -> None:
         from avat3r.errors import user_errors
+        from avat3r.eval.recipe import EvalRecipe, load_eval_recipe
         from avat3r.eval.runner import LABELS, evaluate, format_stat
 
-        options = _sampler_options(_input_mode(inputs, consistent, other), _segments(input_segments))
         try:
-            report = evaluate(out, checkpoint=checkpoint, manifest=manifest, split=split, n_examples=examples,
-                              seed=seed, baseline=baseline, device=device, progress=not quiet, log=info,
-                              sampler_options=options, lpips_weights=lpips_weights)
+            plan = load_eval_recipe(recipe, overrides) if recipe is not None else EvalRecipe()
+        except user_errors() as e:
+            fail_error(e, {**FLAGS, "recipe": "--recipe", "overrides": "--set"})
+        if overrides and recipe is None:
+            fail("--set changes a recipe's values; give --recipe too")
+        ev = plan.eval
+        manifest = manifest if manifest is not None else (Path(ev.manifest) if ev.manifest else None)
+        if manifest is None:
+            fail("give --manifest (or a recipe with eval.manifest)")
+        mode = _input_mode(inputs if inputs is not None or consistent is not None or other else ev.inputs,
+                           consistent, other)
+        segments = _segments(input_segments) if input_segments is not None else (tuple(ev.input_segments) or None)
+        options = _sampler_options(mode, segments)
+        weights = lpips_weights if lpips_weights is not None else (Path(ev.lpips_weights) if ev.lpips_weights
+                                                                   else None)
+        try:
+            report = evaluate(out, checkpoint=checkpoint, manifest=manifest, split=split or ev.split,
+                              n_examples=examples if examples is not None else ev.examples,
+                              seed=seed if seed is not None else ev.seed, baseline=baseline, device=device,
+                              progress=not quiet, log=info, sampler_options=options, lpips_weights=weights,
+                              video=plan.video.protocol() if plan.video is not None else None)
         except user_errors() as e:
             fail_error(e, FLAGS)
         info(f"{report.label}: " + ", ".join(f"{LABELS[k]} {format_stat(k, s)}" for k, s in report.overall().items()))
+        if report.videos:
+            info(f"{report.label}: frontal videos of {len(report.videos)} persons written to {out}/video.parquet")
         for path in report.files:
             info(f"wrote {path}")

@@ -56,7 +56,8 @@ class LpipsMetric:
 
 class JodMetric:
     """FovVideoVDP's JOD (10 = identical) via ``pyfvvdp``, which is optional and runs offline (its display
-    models ship with the package). Each example's target views are scored as images (no temporal axis).
+    models ship with the package). Each example's target views are scored as images; ``video`` scores a
+    video with the temporal model.
 
     Install it with ``pip install --no-deps pyfvvdp imageio``: its declared dependency on the PyPI package
     ``ffmpeg`` installs a module of the same name that shadows ffmpeg-python, which video writing needs."""
@@ -80,6 +81,13 @@ class JodMetric:
             q, _ = self.metric.predict(p.float().clamp(0, 1), t.float(), dim_order="HWC", frames_per_second=0)
             scores.append(float(q))
         return torch.tensor(scores)
+
+    @torch.no_grad()
+    def video(self, pred: torch.Tensor, target: torch.Tensor, fps: float) -> float:
+        """JOD of a video (F,H,W,3) against its truth, with the temporal model at ``fps`` frames per second."""
+        q, _ = self.metric.predict(pred.float().clamp(0, 1), target.float(), dim_order="FHWC",
+                                   frames_per_second=float(fps))
+        return float(q)
 
 
 # -- face metrics through pluggable models --------------------------------------------------------------

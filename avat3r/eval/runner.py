@@ -30,6 +30,7 @@ from ..sheet import comparison_rows
 from ..stages.common import resolve_device
 from ..train.checkpointing import TRAIN_JSON, resolve_checkpoint
 from .metrics import METRICS, REGION_TAU, MetricSet, build_metrics, example_scores, expression_group
+from .video import VideoProtocol, evaluate_videos
 
 BASELINES = ("reprojection", "nearest-view")
 # every evaluation scores novel views only and needs the reference images for the expression metrics
@@ -80,6 +81,7 @@ class EvalReport:
     label: str
     out_dir: Path
     files: list[Path] = field(default_factory=list)
+    videos: list[dict] = field(default_factory=list)  # the video protocol's rows, one per person
 
     def overall(self) -> dict[str, Stat]:
         """Every available score over the examples: mean ± standard error (n)."""
@@ -211,12 +213,13 @@ def evaluate(out_dir: str | Path, *, checkpoint: str | Path | None = None, manif
              model: torch.nn.Module | None = None, meta: dict | None = None, examples=None,
              metrics: MetricSet | None = None, sheet_examples: int = 4, render_backend: str = "auto",
              device: str = "cpu", progress: bool = True, sampler_options: dict | None = None,
-             lpips_weights: str | Path | None = None,
+             lpips_weights: str | Path | None = None, video: VideoProtocol | None = None,
              log: Callable[[str], None] = lambda message: None) -> EvalReport:
     """Evaluate a checkpoint (``checkpoint``), a baseline (``baseline``: "reprojection", with the checkpoint's
     config when one is given, or "nearest-view"), or a given ``model``; write the report files into
     ``out_dir``. ``sampler_options`` override the example sampler's (e.g. ``random_timesteps=False``: all inputs
-    at the target's expression); EVAL_SAMPLER_OPTIONS always apply. ``lpips_weights``: the LPIPS backbone file."""
+    at the target's expression); EVAL_SAMPLER_OPTIONS always apply. ``lpips_weights``: the LPIPS backbone file.
+    ``video``: also run the frontal-video protocol (``avat3r.eval.video``) on every person of the split."""
     if baseline is not None and baseline not in BASELINES:
         raise EvalError(f"unknown baseline {baseline!r}; choose one of {', '.join(BASELINES)}")
     if n_examples < 1:
@@ -234,7 +237,10 @@ def evaluate(out_dir: str | Path, *, checkpoint: str | Path | None = None, manif
             raise EvalError("a manifest is required", param="manifest")
         examples = default_examples(manifest, split, seed, {**_data_options(meta), **(sampler_options or {})})
     _check_space(meta, examples)
-    predictor, label = _predictor(model, baseline, label, examples, device, render_backend)
+    predictor, label, model = _predictor(model, baseline, label, examples, device, render_backend)
+    if video is not None and model is None:
+        raise EvalError(f"the video protocol needs an avatar model; the {baseline} baseline has none",
+                        param="checkpoint")
     metrics = metrics if metrics is not None else build_metrics(lpips_weights=lpips_weights, device=device)
     for name, why in metrics.unavailable.items():
         log(f"{name}: not available ({why})")
@@ -258,22 +264,78 @@ def evaluate(out_dir: str | Path, *, checkpoint: str | Path | None = None, manif
                 sheets.append(comparison_rows(batch["inputs_rgb"][0], pred, batch["target_rgb"][0].float()))
 
     report = EvalReport(rows, {k: portable_text(v) for k, v in metrics.unavailable.items()}, label, out_dir)
+    if video is not None:
+        report.videos = run_videos(model, examples.manifest, split, video, seed, device, render_backend, metrics,
+                                   out_dir, progress)
     report.files = [write_parquet(report, out_dir / "metrics.parquet", meta, split, seed),
                     write_markdown(report, out_dir / "metrics.md", split, seed),
                     write_sheet(sheets, out_dir / "comparison.png")]
+    if report.videos:
+        report.files.append(write_video_parquet(report.videos, out_dir / "video.parquet", label, split, seed))
     return report
+
+
+def run_videos(model, manifest, split: str, protocol: VideoProtocol, seed: int, device: str, backend: str,
+               metrics: MetricSet, out_dir: Path, progress: bool) -> list[dict]:
+    """The video protocol, with a side-by-side preview (truth | avatar) of the first person's video."""
+    from ..video import VideoWriter
+
+    jod = metrics.functions.get("jod")
+    bar = None
+    if progress:
+        from tqdm import tqdm
+
+        bar = tqdm(desc="eval videos", unit="frame", dynamic_ncols=True)
+    previews = []
+
+    def preview(person: str, pred: torch.Tensor, truth: torch.Tensor) -> None:
+        if previews:
+            return
+        path = out_dir / f"video_{person}.mp4"
+        with VideoWriter(path, fps=protocol.fps) as writer:
+            for t, p in zip(truth, pred):
+                writer.write(torch.cat([t, p], dim=1))
+        previews.append(path)
+
+    try:
+        return evaluate_videos(model, manifest, split, protocol, seed, device, backend,
+                               jod.video if jod is not None else None, on_video=preview,
+                               progress=bar.update if bar is not None else None)
+    finally:
+        if bar is not None:
+            bar.close()
+
+
+def write_video_parquet(videos: list[dict], path: Path, label: str, split: str, seed: int) -> Path:
+    import io
+
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    table = pa.table({
+        "person": pa.array([v["person"] for v in videos], pa.string()),
+        "camera": pa.array([v["camera"] for v in videos], pa.string()),
+        "segment": pa.array([v["segment"] for v in videos], pa.string()),
+        "frames": pa.array([v["frames"] for v in videos], pa.int32()),
+        **{k: pa.array([_finite(v[k]) for v in videos], pa.float64()) for k in ("psnr", "fg_psnr", "jod")},
+    }).replace_schema_metadata({"label": label, "split": split, "seed": str(seed)})
+    sink = io.BytesIO()
+    pq.write_table(table, sink)
+    atomic_write_bytes(path, sink.getvalue())
+    return path
 
 
 def _predictor(model, baseline: str | None, label: str, examples, device: str, backend: str):
     """The prediction function and the report's label for a model or a baseline."""
     if baseline == "nearest-view":
-        return nearest_view_predictor, baseline
+        return nearest_view_predictor, baseline, None
     if baseline == "reprojection":
         config = getattr(model, "config", None) or _tiny_config_for(examples)
         model, label = reprojection_baseline(config), baseline
     if model is None:
         raise EvalError("give a checkpoint, or a baseline: " + " or ".join(BASELINES), param="checkpoint")
-    return avatar_predictor(model.to(device).eval(), backend), label
+    model = model.to(device).eval()
+    return avatar_predictor(model, backend), label, model
 
 
 def _finite(value) -> float | None:
@@ -387,6 +449,16 @@ def write_markdown(report: EvalReport, path: Path, split: str, seed: int) -> Pat
         mine = [r for r in rows if r["person"] == person]
         lines.append(f"| {person} | {len(mine)} | "
                      + " | ".join(_mean_cell(n, mine, report.unavailable) for n in names) + " |")
+    if report.videos:
+        lines += ["", "## Frontal videos", "",
+                  f"One video per person from its frontal camera (never an input), {report.videos[0]['frames']} "
+                  "frames driven by each frame's code; PSNR pooled over the frames; JOD scores the video "
+                  "(FovVideoVDP, 10 = identical).", "",
+                  "| person | camera | segment | frames | PSNR | fg PSNR | JOD |", "|---|---|---|---|---|---|---|"]
+        lines += [f"| {v['person']} | {v['camera']} | {v['segment']} | {v['frames']} | {_fmt('psnr', v['psnr'])} | "
+                  f"{_fmt('psnr', v['fg_psnr'])} | {_fmt('jod', v['jod'])} |" for v in report.videos]
+        cells = [format_stat("psnr", summarize(v[k] for v in report.videos)) for k in ("psnr", "fg_psnr", "jod")]
+        lines.append(f"| **mean ± SE (n)** | | | | {' | '.join(cells)} |")
     if report.unavailable:
         lines += ["", "## Not available", ""]
         lines += [f"- {n.upper()}: {why}" for n, why in sorted(report.unavailable.items())]
