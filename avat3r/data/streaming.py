@@ -46,7 +46,7 @@ def shard_location(manifest: Manifest, shard: str, template: str = "") -> str:
     if not template:
         return str(manifest.root / shard)
     if SHARD_FIELD not in template:
-        raise StreamError(f"shard URL template {template!r} lacks {SHARD_FIELD}", param="shard_url")
+        raise StreamError(f"shard URL template {template!r} lacks {SHARD_FIELD}", param="data.shard_url")
     return template.replace(SHARD_FIELD, shard)
 
 
@@ -141,7 +141,7 @@ class StreamingExamples(torch.utils.data.IterableDataset):
             raise StreamError("streaming needs an ExampleSampler with a GroupSchedule")
         if schedule.slots != world * batch:
             raise StreamError(f"the group schedule has {schedule.slots} slots per step but world × batch is "
-                              f"{world} × {batch}", param="batch")
+                              f"{world} × {batch}")
         if not 0 <= rank < world:
             raise StreamError(f"rank {rank} outside a world of {world}")
         self.sampler, self.start, self.stop = sampler, int(start), int(stop)
@@ -155,7 +155,7 @@ class StreamingExamples(torch.utils.data.IterableDataset):
         lanes = self.sampler.schedule.lanes
         if num_workers > 1 and lanes % num_workers:
             raise StreamError(f"{num_workers} DataLoader workers do not divide the {lanes} stream lanes; use a "
-                              "worker count that divides data.stream_lanes", param="num_workers")
+                              "worker count that divides data.stream_lanes", param="data.num_workers")
 
     def example_indices(self, step: int) -> list[int]:
         return [(step * self.world + self.rank) * self.batch + j for j in range(self.batch)]
