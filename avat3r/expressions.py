@@ -63,9 +63,17 @@ def _ava256_space() -> ExpressionSpace:
     return ExpressionSpace("ava256", tuple(f"latent_{i:03d}" for i in range(256)), (0.0,) * 256)
 
 
+def _flame2023_space() -> ExpressionSpace:
+    # NeRSemble's FLAME 2023 tracking: 100 expression coefficients and the jaw pose (axis-angle, radians);
+    # all zero is FLAME's neutral face with the mouth closed.
+    names = tuple(f"expr{i:03d}" for i in range(100)) + ("jaw_x", "jaw_y", "jaw_z")
+    return ExpressionSpace("flame2023", names, (0.0,) * len(names))
+
+
 _SPACE_FACTORIES: dict[str, Callable[[], ExpressionSpace]] = {
     "synthheads-v1": _synthheads_space,
     "ava256": _ava256_space,
+    "flame2023": _flame2023_space,
 }
 _SPACE_CACHE: dict[str, ExpressionSpace] = {}
 
