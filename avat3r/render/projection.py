@@ -40,14 +40,36 @@ def covariances(quats: torch.Tensor, scales: torch.Tensor) -> torch.Tensor:
     return M @ M.transpose(-1, -2)
 
 
+def _screen_covariance(quats, scales, R, j00, j02, j11, j12):
+    """Entries a, b, c of the 2D covariance J·Rc·Σ·Rcᵀ·Jᵀ, (C, N) each.
+
+    Written out per entry rather than as (C, N, 3, 3) matrix products: with Σ = M·Mᵀ (M = R(q)·diag(s)) it is
+    (T·M)(T·M)ᵀ with the 2×3 matrix T = J·Rc, about 60 elementwise ops on (C, N) tensors, which is an order of
+    magnitude faster on CPU than batched 3×3 products and differentiates through autograd just as well."""
+    w, x, y, z = torch.nn.functional.normalize(quats, dim=-1).unbind(-1)
+    sx, sy, sz = scales.unbind(-1)
+    M = [[(1 - 2 * (y * y + z * z)) * sx, 2 * (x * y - w * z) * sy, 2 * (x * z + w * y) * sz],
+         [2 * (x * y + w * z) * sx, (1 - 2 * (x * x + z * z)) * sy, 2 * (y * z - w * x) * sz],
+         [2 * (x * z - w * y) * sx, 2 * (y * z + w * x) * sy, (1 - 2 * (x * x + y * y)) * sz]]
+    Rc = [[R[:, i, j, None] for j in range(3)] for i in range(3)]  # (C, 1) each
+    # J = [[j00, 0, j02], [0, j11, j12]]
+    T0 = [j00 * Rc[0][j] + j02 * Rc[2][j] for j in range(3)]
+    T1 = [j11 * Rc[1][j] + j12 * Rc[2][j] for j in range(3)]
+    U0 = [T0[0] * M[0][k] + T0[1] * M[1][k] + T0[2] * M[2][k] for k in range(3)]
+    U1 = [T1[0] * M[0][k] + T1[1] * M[1][k] + T1[2] * M[2][k] for k in range(3)]
+    a = U0[0] * U0[0] + U0[1] * U0[1] + U0[2] * U0[2]
+    b = U0[0] * U1[0] + U0[1] * U1[1] + U0[2] * U1[2]
+    c = U1[0] * U1[0] + U1[1] * U1[1] + U1[2] * U1[2]
+    return a, b, c
+
+
 def project(means: torch.Tensor, quats: torch.Tensor, scales: torch.Tensor, opacities: torch.Tensor,
             K: torch.Tensor, w2c: torch.Tensor, width: int, height: int, eps2d: float = 0.3,
             near: float = 0.01, far: float = 1e10) -> Projected:
     """Project N Gaussians into C cameras (K (C,3,3), w2c (C,4,4))."""
     R, t = w2c[:, :3, :3], w2c[:, :3, 3]
-    p = torch.einsum("cij,nj->cni", R, means) + t[:, None, :]  # (C, N, 3)
+    p = torch.matmul(means, R.transpose(1, 2)) + t[:, None, :]  # (C, N, 3)
     x, y, z = p.unbind(-1)
-    cov_c = R[:, None] @ covariances(quats, scales)[None] @ R.transpose(1, 2)[:, None]  # (C, N, 3, 3)
 
     fx, fy = K[:, 0, 0, None], K[:, 1, 1, None]
     cx, cy = K[:, 0, 2, None], K[:, 1, 2, None]
@@ -58,13 +80,10 @@ def project(means: torch.Tensor, quats: torch.Tensor, scales: torch.Tensor, opac
                                 torch.maximum(-(cx / fx + 0.3 * tan_x), x / z_safe))
     ty = z_safe * torch.minimum((height - cy) / fy + 0.3 * tan_y,
                                 torch.maximum(-(cy / fy + 0.3 * tan_y), y / z_safe))
-    zeros = torch.zeros_like(z)
-    J = torch.stack([fx / z_safe, zeros, -fx * tx / z_safe**2,
-                     zeros, fy / z_safe, -fy * ty / z_safe**2], dim=-1).reshape(z.shape + (2, 3))
-    cov2d = J @ cov_c @ J.transpose(-1, -2)
-    a = cov2d[..., 0, 0] + eps2d
-    b = cov2d[..., 0, 1]
-    c = cov2d[..., 1, 1] + eps2d
+    a, b, c = _screen_covariance(quats, scales, R, fx / z_safe, -fx * tx / z_safe**2, fy / z_safe,
+                                 -fy * ty / z_safe**2)
+    a = a + eps2d
+    c = c + eps2d
     det = a * c - b * b
     det_ok = det > 0
     det_safe = torch.where(det_ok, det, torch.ones_like(det))
