@@ -33,6 +33,7 @@ BACKGROUND_THRESHOLD = 25  # uint8 levels (≈10 %): above video + JPEG noise, b
 BLUR_FRACTION = 0.002  # Gaussian blur sigma before differencing, as a fraction of the shorter image side
 MORPH_FRACTION = 0.005  # radius of the opening/closing element, as a fraction of the shorter image side
 OPEN_VIDEOS = 32  # videos kept open per process (16 cameras + their alpha maps)
+SKIP_FORWARD = 32  # frames decoded and dropped rather than seeking (a seek decodes from the last keyframe)
 
 # Cheung et al. (2004) augmented RGB terms, by term count, as products of powers of (R, G, B); (0, 0, 0) is
 # the constant term. The order matters: it is the column order of the release's matrices.
@@ -126,7 +127,10 @@ def read_video_frame(path: str | Path, index: int) -> np.ndarray | None:
     cap, position, count = entry
     if index < 0 or index >= count:
         return None
-    if position != index:
+    if 0 < index - position <= SKIP_FORWARD:  # a few frames ahead (--every): decoding on beats a seek
+        for _ in range(index - position):
+            cap.grab()
+    elif position != index:
         cap.set(cv2.CAP_PROP_POS_FRAMES, index)
     ok, bgr = cap.read()
     if not ok or bgr is None:
@@ -159,11 +163,19 @@ def cheung_terms(rgb: np.ndarray, terms: int) -> np.ndarray:
     return np.stack([r ** i * g ** j * b ** k for i, j, k in CHEUNG_TERMS[terms]], axis=-1)
 
 
+_DECODE_LUT = srgb_decode(np.arange(256) / 255.0).astype(np.float32)  # uint8 level → linear
+# linear values where the rounded uint8 encoding steps from level n−1 to n (n = 1..255)
+_ENCODE_STEPS = srgb_decode((np.arange(1, 256) - 0.5) / 255.0).astype(np.float32)
+
+
 def correct_colour(rgb: np.ndarray, ccm: np.ndarray) -> np.ndarray:
-    """Apply a release colour-correction matrix (3, terms) to uint8 RGB → uint8 RGB (rounded, clipped)."""
-    linear = srgb_decode(np.asarray(rgb).astype(np.float64) / 255.0)
-    corrected = cheung_terms(linear, ccm.shape[1]) @ np.asarray(ccm, np.float64).T
-    return np.round(np.clip(srgb_encode(corrected), 0.0, 1.0) * 255.0).astype(np.uint8)
+    """Apply a release colour-correction matrix (3, terms) to uint8 RGB → uint8 RGB: the sRGB encoding of the
+    corrected linear colour, rounded to the nearest level and clipped. Decoding and the rounded encoding go
+    through tables (the input has 256 levels, the output too): a 7-megapixel frame then costs 2 s on one
+    core instead of 6."""
+    linear = _DECODE_LUT[np.asarray(rgb)]
+    corrected = cheung_terms(linear, ccm.shape[1]) @ np.asarray(ccm, np.float32).T
+    return np.searchsorted(_ENCODE_STEPS, corrected, side="right").astype(np.uint8)
 
 
 @file_cache(maxsize=8)
