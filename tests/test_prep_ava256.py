@@ -184,6 +184,9 @@ def test_held_out_persons_form_the_test_split(auto_out):
     m = read_manifest(auto_out / "manifest.parquet")
     assert m.persons("test") == ["ZEL435"] and m.persons("train") == ["AAN112"]
     assert m.expression_space == "none"
+    splits = {p.stem: json.loads(p.read_text())["info"]["participant_split"]
+              for p in (auto_out / "captures").glob("*.json")}
+    assert splits == {"20230512--1009--ZEL435": "test", "20230405--1635--AAN112": "train"}
 
 
 def test_parts_then_merge_equal_one_run_and_reruns_skip(release, auto_out, tmp_path):

@@ -724,7 +724,7 @@ def prep_ava256(root: str | os.PathLike, out: str | os.PathLike, captures: Seque
                                           opts.expression_space, CODE_DIM, SOURCE)
             else:
                 plan = plan_capture(root, name, opts)
-                plan.info["heldout"] = plan.person in test
+                plan.info["participant_split"] = "test" if plan.person in test else "train"
                 progress = on_capture(plan, name) if on_capture else None
                 summary = convert_capture(out, name, plan.person, plan.jobs, load_frame, opts.res,
                                           opts.expression_space, CODE_DIM, SOURCE, workers=opts.workers,
