@@ -16,9 +16,9 @@ Two on-disk layouts are read exactly as their download tools write them:
 (``EXP-1-head``), capture ``p{pid:03d}_{SEQ}`` (sequence names use letters, digits, ``-``, ``_`` and ``+`` only,
 so they are valid in sample keys and shard names). Frames are the videos' frame indices (the timesteps).
 
-**Units.** Metres. Neither release states its unit; FLAME, which the benchmark tracking aligns with the
-calibration (through a scale near 1), is metric, its visualisation draws 0.1-long axes beside a head, and the
-camera distances in the calibrations are about a metre. ``WORLD_UNIT_METRES`` records the assumption.
+**Units.** Metres, assumed: neither release states its unit, but FLAME, which the benchmark's tracking aligns
+with the same calibrations, is metric, and the benchmark's viewer draws 0.1-long axes beside the head.
+``WORLD_UNIT_METRES`` records the assumption.
 
 **Head frame.** With FLAME tracking, each frame's model→world transform (Euler ``XYZ`` of ``rotation``,
 intrinsic, as the benchmark's ``FlameProvider`` builds it; translation ``translation``; the 3×3 scaled by
