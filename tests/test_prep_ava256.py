@@ -207,6 +207,17 @@ def test_parts_then_merge_equal_one_run_and_reruns_skip(release, auto_out, tmp_p
     assert tree(out) == tree(auto_out)
 
 
+@pytest.mark.slow  # spawning the workers (each imports torch) costs ~10 s on two shared cores
+def test_worker_processes_write_the_same_bytes(release, auto_out, tmp_path):
+    root, _ = release
+    out = tmp_path / "workers"
+    r = prep(root, "-o", out, "--res", RES, "--captures", "AAN112", "--workers", "2")
+    assert r.exit_code == 0, r.output
+    name = "20230405--1635--AAN112"
+    for rel in (f"{name}-shard-000000.tar", f"captures/{name}.parquet", f"captures/{name}.json"):
+        assert (out / rel).read_bytes() == (auto_out / rel).read_bytes(), rel
+
+
 def test_codes_from_a_table_land_in_the_manifest(given_out, codes):
     _, table = codes
     m, rows = _rows(given_out)
@@ -276,7 +287,7 @@ def test_a_corrupt_image_member_is_one_line_naming_zip_and_member(release, tmp_p
     assert r.exit_code != 0
     assert len(error_lines(r.output)) == 1
     assert "cam401875.zip: member cam401875/000240.avif" in error_lines(r.output)[0]
-    assert "cannot decode the image" in error_lines(r.output)[0]
+    assert "cannot decode the image (not a format this Pillow reads" in error_lines(r.output)[0]
     assert not (tmp_path / "out" / "captures" / "20230405--1635--AAN112.parquet").exists()
 
 

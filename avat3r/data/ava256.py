@@ -317,11 +317,14 @@ def read_vertices(decoder: Path, frame: int) -> np.ndarray | None:
 
 def decode_rgb(data: bytes, where: str) -> np.ndarray:
     """AVIF (or any Pillow format) bytes → uint8 H×W×3."""
-    from PIL import Image
+    from PIL import Image, UnidentifiedImageError
 
     try:
         with Image.open(io.BytesIO(data)) as im:
             return np.asarray(im.convert("RGB"))
+    except UnidentifiedImageError:
+        raise CaptureError(f"{where}: cannot decode the image (not a format this Pillow reads; AVIF needs "
+                           "Pillow 11.3 or later)") from None
     except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as err:
         raise CaptureError(f"{where}: cannot decode the image ({err})") from None
 
