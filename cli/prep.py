@@ -12,7 +12,8 @@ from avat3r.errors import user_errors
 from .common import LazyBar, check_fps, fail, fail_error, info
 
 HELP = ("Prepare data as WebDataset shards + manifest.parquet: `synth` (procedural SynthHeads), "
-        "`images` (your photos + cams.json); `synth-photos` / `synth-video` film one SynthHeads person as "
+        "`images` (your photos + cams.json), `ava256` / `nersemble` (multi-view captures as released; `merge` "
+        "joins the parts of a cluster array job); `synth-photos` / `synth-video` film one SynthHeads person as "
         "input photos for `reconstruct` / a driving video for `animate --video`.")
 
 
@@ -168,6 +169,32 @@ def register(app: typer.Typer) -> None:
         except (*user_errors(), ValueError) as err:
             fail_error(err)
         info(f"avat3r prep synth-video: {len(seq)} frames of person {person} at {seq.fps:g} fps → {out}")
+
+    @prep_app.command("merge")
+    def merge(
+        out: Path = typer.Argument(..., help="Output folder of `prep ava256` / `prep nersemble` runs (--part)."),
+        holdout: Path | None = typer.Option(None, "--holdout", help="Persons held out as `test` (one per line, "
+                                            "or a CSV whose first or `sid` column names them); default: the "
+                                            "split each capture's conversion recorded."),
+        val: Path | None = typer.Option(None, "--val", help="Persons held out as `val` (same format)."),
+    ) -> None:
+        """Join the captures converted by `--part i/n` runs into one manifest.parquet (+ prep.json counts).
+
+        The result equals that of one run over all captures, byte for byte."""
+        from avat3r.data.captures import merge_captures, read_list, recorded_holdout
+
+        try:
+            test_persons, val_persons = recorded_holdout(out)
+            if holdout is not None:
+                test_persons = read_list(holdout)
+            if val is not None:
+                val_persons = read_list(val)
+            manifest = merge_captures(out, test_persons, val_persons)
+        except user_errors() as err:
+            fail_error(err)
+        counts = {s: len(manifest.persons(s)) for s in ("train", "val", "test")}
+        info(f"merged {len(manifest)} samples of {len(set(manifest['person'].tolist()))} persons into "
+             f"{out}/manifest.parquet; persons train/val/test = {counts['train']}/{counts['val']}/{counts['test']}")
 
     @prep_app.command("images")
     def images(

@@ -191,3 +191,29 @@ def test_read_list_formats(tmp_path):
     assert read_list(tmp_path / "b.csv") == ["AAA111", "BBB222"]
     with pytest.raises(CaptureError, match="cannot read"):
         read_list(tmp_path / "none.txt")
+
+
+def test_prep_merge_uses_the_recorded_splits(tmp_path):
+    import subprocess
+    import sys
+
+    from avat3r.data.captures import recorded_holdout
+
+    _convert(tmp_path / "parts", "capA", "P1", info={"participant_split": "train"})
+    _convert(tmp_path / "parts", "capB", "P2", info={"participant_split": "test"})
+    assert recorded_holdout(tmp_path / "parts") == (["P2"], [])
+    run = subprocess.run([sys.executable, "-m", "avat3r.cli.main", "prep", "merge", str(tmp_path / "parts")],
+                         capture_output=True, text=True)
+    assert run.returncode == 0, run.stderr
+    assert "persons train/val/test = 1/0/1" in run.stderr
+    _convert(tmp_path / "one", "capA", "P1")
+    _convert(tmp_path / "one", "capB", "P2")
+    merge_captures(tmp_path / "one", test_persons=["P2"])
+    assert (tmp_path / "one/manifest.parquet").read_bytes() == (tmp_path / "parts/manifest.parquet").read_bytes()
+    (tmp_path / "list.txt").write_text("P1\n")
+    run = subprocess.run([sys.executable, "-m", "avat3r.cli.main", "prep", "merge", str(tmp_path / "parts"),
+                          "--holdout", str(tmp_path / "list.txt")], capture_output=True, text=True)
+    assert run.returncode == 0 and read_manifest(tmp_path / "parts").persons("test") == ["P1"]
+    bad = subprocess.run([sys.executable, "-m", "avat3r.cli.main", "prep", "merge", str(tmp_path / "empty")],
+                         capture_output=True, text=True)
+    assert bad.returncode != 0 and len(bad.stderr.strip().splitlines()) == 1 and "no converted capture" in bad.stderr

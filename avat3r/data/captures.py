@@ -346,6 +346,21 @@ def read_list(path: str | os.PathLike | None) -> list[str]:
     return [r[column] for r in rows]
 
 
+def recorded_holdout(out: str | os.PathLike) -> tuple[list[str], list[str]]:
+    """(test persons, val persons) as the conversions recorded them (``info.participant_split`` of each
+    ``captures/{capture}.json``), so ``prep merge`` after ``--part`` runs splits like one run would."""
+    folder = Path(out) / CAPTURES_DIR
+    test, val = set(), set()
+    for path in sorted(folder.glob("*.json")) if folder.is_dir() else []:
+        try:
+            rec = json.loads(path.read_text())
+        except (OSError, ValueError):
+            raise CaptureError(f"{path}: unreadable capture record; rerun its part") from None
+        split = rec.get("info", {}).get("participant_split")
+        (test if split == "test" else val if split == "val" else set()).add(rec.get("person"))
+    return sorted(test), sorted(val)
+
+
 def merge_captures(out: str | os.PathLike, test_persons: Iterable[str] = (), val_persons: Iterable[str] = (),
                    captures: Sequence[str] | None = None) -> Manifest:
     """Join ``captures/*.parquet`` (or the named ``captures``; sorted) into ``out/manifest.parquet`` with
