@@ -17,6 +17,7 @@ avat3r animate "$out/head.avt" --builtin demo --quiet | \
     avat3r render --path orbit --size 256 --video "$out/orbit.mp4" --quiet
 avat3r render "$out/head.avt" --expr neutral --ply "$out/head.ply" --quiet
 python "$(dirname "$0")/demo.py" sheet "$out/head.avt" --photos "$out/inputs" -o "$out/sheet.png"
+avat3r export "$out/head.avt" -o "$out/head.rig.npz" --html "$out/viewer.html" --quiet
 
 driver=${DEMO_DRIVER:-212}   # another held-out person
 avat3r prep synth-video --person "$driver" --frames 60 --fps 12.5 -o "$out/driving.mp4" --quiet
@@ -24,5 +25,5 @@ avat3r animate "$out/head.avt" --video "$out/driving.mp4" --extractor regressor 
     avat3r render --path frontal --size 256 --video "$out/driven.mp4" --quiet
 python "$(dirname "$0")/demo.py" reenact "$out/head.avt" --video "$out/driving.mp4" --photos "$out/inputs" \
     -o "$out/reenact.mp4"
-echo "demo: wrote $out/orbit.mp4, $out/head.ply, $out/sheet.png, $out/driven.mp4 and $out/reenact.mp4" \
+echo "demo: wrote $out/orbit.mp4, $out/head.ply, $out/sheet.png, $out/viewer.html, $out/driven.mp4 and $out/reenact.mp4" \
      "(driving video | truth | avatar; inputs in $out/inputs)" >&2
