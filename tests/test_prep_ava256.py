@@ -205,6 +205,9 @@ def test_parts_then_merge_equal_one_run_and_reruns_skip(release, auto_out, tmp_p
     assert r.output.count("already converted, skipped") == 2
     assert {p: p.stat().st_mtime_ns for p in out.rglob("*.tar")} == before
     assert tree(out) == tree(auto_out)
+    r = prep(root, "-o", out, "--res", 32)
+    assert r.exit_code != 0 and "was converted into" in error_lines(r.output)[0]
+    assert tree(out) == tree(auto_out)
 
 
 @pytest.mark.slow  # spawning the workers (each imports torch) costs ~10 s on two shared cores

@@ -58,6 +58,7 @@ from .captures import (
     FrameViews,
     View,
     camera_centres_and_ups,
+    capture_manifest_path,
     check_capture_name,
     convert_capture,
     estimate_head_frame,
@@ -459,7 +460,10 @@ class CodeTable:
             raise CaptureError(f"{self.path}: row {row} has a non-finite expression code", param="codes")
         self.keys = np.asarray(table.column(self.by).to_pylist(), dtype=object)
         self.segments = np.asarray(table.column("segment").to_pylist(), dtype=object)
-        self.frames = np.asarray(table.column("frame").to_pylist(), dtype=np.int64)
+        try:
+            self.frames = np.asarray(table.column("frame").to_pylist(), dtype=np.int64)
+        except (TypeError, ValueError):
+            raise CaptureError(f"{self.path}: column frame must hold integer frame numbers", param="codes") from None
 
     def for_capture(self, capture: str) -> dict[tuple[str, int], np.ndarray]:
         key = capture if self.by == "capture" else person_of(capture)
@@ -703,6 +707,19 @@ class Ava256Result:
     test_persons: list[str] = field(default_factory=list)
 
 
+def _check_done(out: Path, capture: str, opts: Options) -> None:
+    """A capture converted earlier is skipped only if it was converted the way this run would: the merged
+    manifest could not mix resolutions or expression spaces."""
+    from .manifest import read_manifest
+
+    done = read_manifest(capture_manifest_path(out, capture))
+    size = int(done["width"][0]) if len(done) else opts.res
+    if done.expression_space != opts.expression_space or size != opts.res:
+        raise CaptureError(f"{capture} was converted into {out} at {size}² with expression space "
+                           f"{done.expression_space!r}, this run asks for {opts.res}² and "
+                           f"{opts.expression_space!r}; convert into another folder")
+
+
 def prep_ava256(root: str | os.PathLike, out: str | os.PathLike, captures: Sequence[str] | None = None,
                 opts: Options | None = None, part: tuple[int, int] | None = None,
                 heldout: Iterable[str] | None = None,
@@ -722,6 +739,7 @@ def prep_ava256(root: str | os.PathLike, out: str | os.PathLike, captures: Seque
     try:
         for name in mine:
             if is_capture_done(out, name):
+                _check_done(out, name, opts)
                 progress = on_capture(None, name) if on_capture else None
                 summary = convert_capture(out, name, person_of(name), [], load_frame, opts.res,
                                           opts.expression_space, CODE_DIM, SOURCE)
