@@ -72,18 +72,22 @@ def _intersections(means2d, radii, depths, cam, n_cameras, width, height, tile_s
     counts = nx * (y1 - y0).clamp_min(0)
     # expand each projected Gaussian (in depth order) into its tiles, then group stably by tile. Pair j of a
     # Gaussian whose pairs start at f lies at local = j − f in its box, row local // nx: tile = first tile of
-    # the box + local + row·(tiles_x − nx). Float64 arithmetic is exact here and much faster than int64.
+    # the box + local + row·(tiles_x − nx). Everything per pair is int32 except the division, done in float32:
+    # local and nx are small (a box has at most tiles_x·tiles_y tiles), so floor(local / nx) is exact.
     by_depth = torch.argsort(depths)
-    counts_d = counts[by_depth]
-    first_tile = (cam * ty_n + y0) * tx_n + x0
-    per = torch.stack([by_depth.double(), (torch.cumsum(counts_d, 0) - counts_d).double(),
-                       nx[by_depth].double().clamp_min(1), first_tile[by_depth].double()], dim=-1)
-    gid, first, nx_r, t0 = torch.repeat_interleave(per, counts_d, dim=0).unbind(-1)
-    local = torch.arange(gid.shape[0], device=dev, dtype=torch.float64) - first
-    tile = (t0 + local + torch.floor(local / nx_r) * (tx_n - nx_r)).int()
+    counts_d = counts.index_select(0, by_depth)
+    pair = torch.repeat_interleave(counts_d)  # (M,) position of each pair's Gaussian in depth order
+    first = (torch.cumsum(counts_d, 0) - counts_d).int()
+    nx_d = nx.index_select(0, by_depth).int().clamp_min(1)
+    t0 = ((cam * ty_n + y0) * tx_n + x0).index_select(0, by_depth).int()
+    local = torch.arange(pair.shape[0], device=dev, dtype=torch.int32) - first.index_select(0, pair)
+    nx_p = nx_d.index_select(0, pair)
+    row = torch.floor(local.float() / nx_p.float()).int()
+    tile = local.add_(t0.index_select(0, pair)).add_(row.mul_(tx_n - nx_p))
     tile, order = torch.sort(tile, stable=True)
     tile_count = torch.bincount(tile, minlength=n_cameras * ty_n * tx_n)
-    return _Plan(gid[order].long(), torch.cumsum(tile_count, 0) - tile_count, tile_count, tx_n, ty_n, n_cameras)
+    gid = by_depth.index_select(0, pair.index_select(0, order))
+    return _Plan(gid, torch.cumsum(tile_count, 0) - tile_count, tile_count, tx_n, ty_n, n_cameras)
 
 
 def _pixel_basis(tile_size, dtype, device):
