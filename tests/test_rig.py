@@ -6,8 +6,6 @@ from __future__ import annotations
 
 import io
 import json
-import subprocess
-import sys
 import zipfile
 
 import numpy as np
@@ -146,7 +144,7 @@ def _rewrite(src, dst, drop=(), replace=None):
     return dst
 
 
-def test_bad_rig_files_fail_with_one_line(shipped, tmp_path):
+def test_bad_rig_files_fail_with_one_line(shipped, tmp_path, capsys):
     _, path, _, _ = shipped
     with np.load(path, allow_pickle=False) as npz:
         meta = json.loads(str(npz["meta"]))
@@ -176,42 +174,48 @@ def test_bad_rig_files_fail_with_one_line(shipped, tmp_path):
         assert "\n" not in str(err.value)
     with pytest.raises(RigError, match="no such rig"):
         load_rig(tmp_path / "absent.rig.npz")
-    out = subprocess.run([sys.executable, "-m", "cli.main", "render", str(tmp_path / "nan.rig.npz"), "--video",
-                          str(tmp_path / "x.mp4")], capture_output=True, text=True)
-    assert out.returncode != 0 and out.stderr.strip().count("\n") == 0
-    assert out.stderr.startswith("avat3r: error:") and "non-finite" in out.stderr
+    code, err = _cli(["render", tmp_path / "nan.rig.npz", "--video", tmp_path / "x.mp4"], capsys)
+    lines = [ln for ln in err.splitlines() if ln.strip()]
+    assert code != 0 and len(lines) == 1 and lines[0].startswith("avat3r: error:") and "non-finite" in lines[0]
 
 
-def test_animate_and_render_take_a_rig_with_the_avatars_space_checks(shipped, tmp_path):
+def _cli(argv, capsys) -> tuple[int, str]:
+    """Run the console script in this process: (exit code, stderr)."""
+    from avat3r.cli.main import main
+
+    with pytest.raises(SystemExit) as exit_info:
+        main([str(a) for a in argv])
+    return exit_info.value.code, capsys.readouterr().err
+
+
+def test_animate_and_render_take_a_rig_with_the_avatars_space_checks(shipped, tmp_path, capsys):
+    from avat3r.stream import read_frame_stream
+
     _, path, _, rig = shipped
-    seq = builtin_sequence("demo", "synthheads-v1", 25.0, n_frames=6)
-    write_sequence(tmp_path / "expr.parquet", seq)
+    write_sequence(tmp_path / "expr.parquet", builtin_sequence("demo", "synthheads-v1", 25.0, n_frames=6))
     write_sequence(tmp_path / "other.parquet", torch.zeros(3, 256), fps=25.0, space="ava256")
-    cli = [sys.executable, "-m", "cli.main"]
-    anim = subprocess.run(cli + ["animate", str(path), str(tmp_path / "expr.parquet"), "-o",
-                                 str(tmp_path / "frames.tar"), "-q"], capture_output=True, text=True)
-    assert anim.returncode == 0, anim.stderr
-    out = subprocess.run(cli + ["render", str(tmp_path / "frames.tar"), "--frames", str(tmp_path / "png"),
-                                "--size", "32", "-q"], capture_output=True, text=True)
-    assert out.returncode == 0, out.stderr
+    code, err = _cli(["animate", path, tmp_path / "expr.parquet", "-o", tmp_path / "frames.tar", "-q"], capsys)
+    assert code == 0, err
+    with open(tmp_path / "frames.tar", "rb") as f:
+        frames = list(read_frame_stream(f))
+    assert len(frames) == 6 and all(len(g) == len(rig) for _, g in frames)
+    assert frames[0][0]["expression_space"] == "synthheads-v1"
+    code, err = _cli(["render", path, "--expr", tmp_path / "expr.parquet", "--path", "inputs", "--frames",
+                      tmp_path / "png", "--size", "32", "-q"], capsys)
+    assert code == 0, err
     assert len(list((tmp_path / "png").glob("*.png"))) == 6
-    direct = subprocess.run(cli + ["render", str(path), "--expr", str(tmp_path / "expr.parquet"), "--path", "inputs",
-                                   "--frames", str(tmp_path / "png2"), "--size", "32", "-q"],
-                            capture_output=True, text=True)
-    assert direct.returncode == 0, direct.stderr
-    for args in (["animate", str(path), str(tmp_path / "other.parquet"), "-o", str(tmp_path / "bad.tar")],
-                 ["render", str(path), "--expr", str(tmp_path / "other.parquet"), "--video", str(tmp_path / "b.mp4")]):
-        bad = subprocess.run(cli + args, capture_output=True, text=True)
-        assert bad.returncode != 0 and "'ava256'" in bad.stderr and "'synthheads-v1'" in bad.stderr, bad.stderr
-        assert bad.stderr.strip().count("\n") == 0
+    for args in (["animate", path, tmp_path / "other.parquet", "-o", tmp_path / "bad.tar"],
+                 ["render", path, "--expr", tmp_path / "other.parquet", "--video", tmp_path / "b.mp4"]):
+        code, err = _cli(args, capsys)
+        lines = [ln for ln in err.splitlines() if ln.strip()]
+        assert code != 0 and len(lines) == 1 and "'ava256'" in err and "'synthheads-v1'" in err, err
 
 
-def test_export_cli_writes_the_rig_and_reports_the_fit(shipped, tmp_path):
-    avt = shipped[0]
-    out = subprocess.run([sys.executable, "-m", "cli.main", "export", str(avt), "-o", str(tmp_path / "h.rig.npz"),
-                          "--samples", "32", "--held-out", "2", "--prune", "1e-4", "-q"], capture_output=True, text=True)
-    assert out.returncode == 0, out.stderr
-    assert "PSNR mean" in out.stderr
+def test_export_cli_writes_the_rig_and_reports_the_fit(shipped, tmp_path, capsys):
+    code, err = _cli(["export", shipped[0], "-o", tmp_path / "h.rig.npz", "--samples", "32", "--held-out", "2",
+                      "--prune", "1e-4", "-q"], capsys)
+    assert code == 0, err
+    assert "PSNR mean" in err
     rig = load_rig(tmp_path / "h.rig.npz")
     assert rig.meta["fit"]["samples"] == 32 and rig.meta["fit"]["pruned_fraction"] > 0
     assert isinstance(rig, Rig) and rig.meta["source_avatar"] == "head.avt"
