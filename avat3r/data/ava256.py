@@ -477,7 +477,8 @@ class MeshEncoder:
     Interface: ``forward(offsets: Tensor) -> Tensor`` with ``offsets`` float32 (B, V, 3), the tracked mesh's
     vertices of B frames minus those of the capture's neutral frame (the first ``EXP_neutral_peak`` frame),
     in the head-pose frame and in millimetres as ``registration_vertices.zip`` stores them (V = 7306 in the
-    release), on the CPU; it returns float32 (B, 256), one Ava-256 expression code per frame."""
+    face topology the release's repository ships), on the CPU; it returns float32 (B, 256), one Ava-256
+    expression code per frame."""
 
     def __init__(self, path: str | os.PathLike):
         import torch
