@@ -11,7 +11,10 @@ Plan (the same as gsplat's CUDA kernels, expressed as tensor ops):
 
 Alpha is evaluated as a polynomial in tile-local pixel coordinates, σ = k·[u², v², uv, u, v, 1], so one
 matrix product replaces the per-pair arithmetic; the origin at the tile centre keeps float32 cancellation
-small. Colours, depth and alpha are accumulated with one batched matrix product as well.
+small. Colours, depth and alpha are accumulated with one batched matrix product as well. Per-pair tensors are
+laid out (tiles, segment, pixels): the coefficient product is then a single (A·S, 6) × (6, P) matrix product
+and the accumulation a (5, S) × (S, P) one per tile, which BLAS runs several times faster than the
+(P, 6) × (6, S) and (P, S) × (S, 5) shapes of the transposed layout.
 """
 
 from __future__ import annotations
@@ -107,7 +110,7 @@ def _tile_centers(tiles, plan, tile_size, dtype):
 def _neg_sigma_coeffs(mx, my, a, b, c):
     """Coefficients of −σ(u, v) = −½[a(u−mx)² + c(v−my)² + 2b(u−mx)(v−my)] on the monomial basis, (..., 6)."""
     return -torch.stack([0.5 * a, 0.5 * c, b, -(a * mx + b * my), -(c * my + b * mx),
-                         0.5 * a * mx * mx + 0.5 * c * my * my + b * mx * my], dim=-2)
+                         0.5 * a * mx * mx + 0.5 * c * my * my + b * mx * my], dim=-1)
 
 
 class _Segments:
@@ -126,6 +129,8 @@ class _Segments:
         steps = torch.arange(S, device=plan.tile_count.device)
         for start in range(0, longest, S):
             active = ((plan.tile_count > start) & self.alive).nonzero()[:, 0]
+            if active.numel() == 0:
+                break
             for tiles in active.split(self.tiles_per_batch):
                 pos = start + steps
                 real = pos < plan.tile_count.index_select(0, tiles)[:, None]  # (A, S) padding mask
@@ -147,43 +152,44 @@ def _pack(means2d, conics, opac, depths, colors):
 
 
 def _gather(table, tiles, idx, plan, tile_size):
-    """Per block: coefficients of log(raw alpha) = −σ + log o on the pixel basis (A,6,S), the blended
+    """Per block: coefficients of log(raw alpha) = −σ + log o on the pixel basis (A,S,6), the blended
     features (A,S,5) and the tile-local geometry (for backward)."""
     g = table.index_select(0, idx.reshape(-1)).reshape(idx.shape + (table.shape[-1],))
     ox, oy = _tile_centers(tiles, plan, tile_size, table.dtype)
     mx, my = g[..., _MX] - ox[:, None], g[..., _MY] - oy[:, None]
     a, b, c = g[..., _CA], g[..., _CB], g[..., _CC]
     k = _neg_sigma_coeffs(mx, my, a, b, c)
-    k[:, 5] += g[..., _LOGO]  # the opacity rides in the constant term (−inf on padding)
+    k[..., 5] += g[..., _LOGO]  # the opacity rides in the constant term (−inf on padding)
     f = torch.cat([g[..., _COL], g[..., _DEPTH, None], torch.ones_like(mx)[..., None]], dim=-1)
     return k, f, (mx, my, a, b, c)
 
 
 def _transmittance(basis, k, alpha_min):
-    """(A,P,S) raw alpha o·exp(−σ), 1 − alpha (alpha clamped to 0.999 and zeroed below ``alpha_min``) and
+    """(A,S,P) raw alpha o·exp(−σ), 1 − alpha (alpha clamped to 0.999 and zeroed below ``alpha_min``) and
     its running product over the segment; the stop rule is applied by the caller."""
-    a_raw = torch.matmul(basis, k).exp_()
+    A, S = k.shape[:2]
+    a_raw = torch.mm(k.reshape(A * S, 6), basis.T).exp_().view(A, S, basis.shape[0])
     alpha = torch.nn.functional.threshold(a_raw, alpha_min * (1 - 1e-7), 0.0).clamp_max_(ALPHA_MAX)
-    one_minus = alpha.neg_().add_(1)
-    return a_raw, one_minus, torch.cumprod(one_minus, dim=-1)
+    one_minus = torch.sub(1, alpha, out=alpha)
+    return a_raw, one_minus, torch.cumprod(one_minus, dim=1)
 
 
 def _weights(cp, T_in, t_min):
-    """Blend weights wᵢ = T_in·(cpᵢ₋₁ − cpᵢ) (= alphaᵢ·Tᵢ), with the stop rule: a pixel whose transmittance
-    would fall to ≤ t_min drops that Gaussian and all after it; its T_out becomes 0 so later segments skip it."""
-    S = cp.shape[-1]
+    """Blend weights wᵢ = T_in·(cpᵢ₋₁ − cpᵢ) (= alphaᵢ·Tᵢ), (A,S,P), with the stop rule: a pixel whose
+    transmittance would fall to ≤ t_min drops that Gaussian and all after it; its T_out becomes 0 so later
+    segments skip it."""
     w = torch.empty_like(cp)
-    w[..., 0] = 1 - cp[..., 0]
-    torch.sub(cp[..., :-1], cp[..., 1:], out=w[..., 1:])
-    T_out = T_in * cp[..., -1]
-    stop = ((T_in > 0) & (T_out <= t_min)).reshape(-1)
-    if stop.any():  # few rows: only these pay for the per-Gaussian test
-        rows = stop.nonzero()[:, 0]
-        w_rows = w.view(-1, S).index_select(0, rows)
-        keep = T_in.reshape(-1).index_select(0, rows)[:, None] * cp.view(-1, S).index_select(0, rows) > t_min
-        w.view(-1, S).index_copy_(0, rows, w_rows * keep)
-        T_out = T_out.masked_fill(stop.view(T_out.shape), 0.0)
-    return w.mul_(T_in[..., None]), T_out
+    torch.sub(1, cp[:, 0], out=w[:, 0])
+    torch.sub(cp[:, :-1], cp[:, 1:], out=w[:, 1:])
+    T_out = T_in * cp[:, -1]
+    stop = (T_in > 0) & (T_out <= t_min)  # (A,P)
+    if stop.any():
+        # T_in·cpᵢ ≤ t_min ⇔ cpᵢ ≤ t_min / T_in: one per-pixel bound (−1, never met, where no stop) makes the
+        # per-Gaussian test a single comparison pass
+        bound = torch.where(stop, t_min / T_in.clamp_min(1e-38), -1.0)
+        w.masked_fill_(cp <= bound[:, None], 0.0)
+        T_out = T_out.masked_fill(stop, 0.0)
+    return w.mul_(T_in[:, None]), T_out
 
 
 class _TiledComposite(torch.autograd.Function):
@@ -196,13 +202,13 @@ class _TiledComposite(torch.autograd.Function):
         basis = _pixel_basis(ts, dtype, dev)
         # transmittance per pixel, 0 once stopped; pixels beyond the image border never blend
         T = _inside_mask(plan, ts, width, height, dtype)
-        out = torch.zeros(n_tiles, P, 5, dtype=dtype, device=dev)
+        out = torch.zeros(n_tiles, 5, P, dtype=dtype, device=dev)
         segs = _Segments(plan, S, P, max_pairs, spare=means2d.shape[0])
         for tiles, idx in segs:
             k, f, _ = _gather(table, tiles, idx, plan, ts)
             _, _, cp = _transmittance(basis, k, alpha_min)
             w, T_out = _weights(cp, T.index_select(0, tiles), t_min)
-            out.index_add_(0, tiles, w @ f)
+            out.index_add_(0, tiles, torch.bmm(f.transpose(1, 2), w))
             T.index_copy_(0, tiles, T_out)
             segs.alive[tiles] = (T_out > 0).any(-1)
         ctx.save_for_backward(table, opac, out)
@@ -218,8 +224,8 @@ class _TiledComposite(torch.autograd.Function):
         dtype, dev = table.dtype, table.device
         P, E = ts * ts, table.shape[0] - 1
         basis = _pixel_basis(ts, dtype, dev)
-        G = _tile_grads(g_rgb, g_alpha, g_depth, plan, ts, width, height, out)  # (T, P, 5)
-        total = (G * out).sum(-1)
+        G = _tile_grads(g_rgb, g_alpha, g_depth, plan, ts, width, height, out)  # (T, 5, P)
+        total = (G * out).sum(1)
         T = _inside_mask(plan, ts, width, height, dtype)
         prefix = torch.zeros_like(T)
         d_geo = torch.zeros(E + 1, 6, dtype=dtype, device=dev)  # mx, my, a, b, c, log o (+ the spare row)
@@ -230,17 +236,18 @@ class _TiledComposite(torch.autograd.Function):
             a_raw, one_minus, cp = _transmittance(basis, k, alpha_min)
             T_in = T.index_select(0, tiles)
             w, T_out = _weights(cp, T_in, t_min)
-            Gt = G.index_select(0, tiles)
-            s = Gt @ f.transpose(1, 2)  # (A,P,S): dL/dwᵢ
-            pre = torch.cumsum(w * s, dim=-1).add_(prefix.index_select(0, tiles)[..., None])
-            behind = total.index_select(0, tiles)[..., None] - pre
-            T_before = torch.cat([T_in[..., None], T_in[..., None] * cp[..., :-1]], dim=-1)
+            Gt = G.index_select(0, tiles)  # (A,5,P)
+            s = torch.bmm(f, Gt)  # (A,S,P): dL/dwᵢ
+            pre = torch.cumsum(w * s, dim=1).add_(prefix.index_select(0, tiles)[:, None])
+            behind = total.index_select(0, tiles)[:, None] - pre
+            T_before = torch.cat([T_in[:, None], T_in[:, None] * cp[:, :-1]], dim=1)
             d_alpha = T_before.mul_(s).sub_(behind.div_(one_minus))
             # alpha depends on the Gaussian only between the 1/255 skip and the 0.999 clamp, and while kept
             live = (w != 0) & (a_raw < ALPHA_MAX)
             d_x = d_alpha.mul_(a_raw).mul_(live)  # gradient of −σ + log o per pair
-            dk = basis.T @ d_x  # (A,6,S) gradient of the log-alpha coefficients
-            g0, g1, g2, g3, g4, g5 = (-dk).unbind(1)  # σ-coefficient gradients (−g5 is also d log o)
+            A = d_x.shape[0]
+            dk = torch.mm(d_x.view(A * S, P), basis).view(A, S, 6)  # gradient of the log-alpha coefficients
+            g0, g1, g2, g3, g4, g5 = (-dk).unbind(-1)  # σ-coefficient gradients (−g5 is also d log o)
             rows = idx.reshape(-1)
             d_geo.index_add_(0, rows, torch.stack([
                 -a * g3 - b * g4 + (a * mx + b * my) * g5,
@@ -249,9 +256,9 @@ class _TiledComposite(torch.autograd.Function):
                 g2 - my * g3 - mx * g4 + mx * my * g5,
                 0.5 * g1 - my * g4 + 0.5 * my * my * g5,
                 -g5], dim=-1).reshape(-1, 6))
-            d_f.index_add_(0, rows, (w.transpose(1, 2) @ Gt).reshape(-1, 5))
+            d_f.index_add_(0, rows, torch.bmm(w, Gt.transpose(1, 2)).reshape(-1, 5))
             T.index_copy_(0, tiles, T_out)
-            prefix.index_copy_(0, tiles, pre[..., -1])
+            prefix.index_copy_(0, tiles, pre[:, -1])
             segs.alive[tiles] = (T_out > 0).any(-1)
         d_opac = torch.where(opac > 0, d_geo[:E, 5] / opac.clamp_min(1e-30), torch.zeros_like(opac))
         return d_geo[:E, :2], d_geo[:E, 2:5], d_opac, d_f[:E, _Z], d_f[:E, _RGB], None, None
@@ -268,7 +275,7 @@ def _inside_mask(plan, ts, width, height, dtype):
 
 def _untile(out, plan, ts, width, height):
     C, ty, tx = plan.n_cameras, plan.tiles_y, plan.tiles_x
-    img = out.reshape(C, ty, tx, ts, ts, 5).permute(0, 1, 3, 2, 4, 5).reshape(C, ty * ts, tx * ts, 5)
+    img = out.reshape(C, ty, tx, 5, ts, ts).permute(0, 1, 4, 2, 5, 3).reshape(C, ty * ts, tx * ts, 5)
     img = img[:, :height, :width]
     return img[..., _RGB].contiguous(), img[..., _A].contiguous(), img[..., _Z].contiguous()
 
@@ -282,4 +289,4 @@ def _tile_grads(g_rgb, g_alpha, g_depth, plan, ts, width, height, like):
         G[:, :height, :width, _Z] = g_depth
     if g_alpha is not None:
         G[:, :height, :width, _A] = g_alpha
-    return G.reshape(C, ty, ts, tx, ts, 5).permute(0, 1, 3, 2, 4, 5).reshape(-1, ts * ts, 5)
+    return G.reshape(C, ty, ts, tx, ts, 5).permute(0, 1, 3, 5, 2, 4).reshape(-1, 5, ts * ts)
