@@ -218,7 +218,9 @@ class _TiledComposite(torch.autograd.Function):
     @staticmethod
     def backward(ctx, g_rgb, g_alpha, g_depth):
         """out = Σᵢ wᵢ fᵢ with wᵢ = alphaᵢ Tᵢ. With sᵢ = G·fᵢ, dL/dalphaᵢ = Tᵢ sᵢ − (Σ_{j>i} wⱼ sⱼ)/(1 − alphaᵢ),
-        and Σ_{j>i} = G·out − Σ_{j≤i}: one running prefix per pixel, carried across segments."""
+        and Σ_{j>i} = G·out − Σ_{j≤i}: one running prefix per pixel, carried across segments. With
+        Tᵢ = T_in·cpᵢ/(1 − alphaᵢ) (cp: the running product of 1 − alpha within the segment) this is
+        (T_in·cpᵢ·sᵢ + Σ_{j≤i} wⱼ sⱼ − G·out)/(1 − alphaᵢ): a few in-place passes over the block."""
         table, opac, out = ctx.saved_tensors
         plan, (width, height, ts, S, max_pairs, alpha_min, t_min) = ctx.plan, ctx.cfg
         dtype, dev = table.dtype, table.device
@@ -228,8 +230,8 @@ class _TiledComposite(torch.autograd.Function):
         total = (G * out).sum(1)
         T = _inside_mask(plan, ts, width, height, dtype)
         prefix = torch.zeros_like(T)
-        d_geo = torch.zeros(E + 1, 6, dtype=dtype, device=dev)  # mx, my, a, b, c, log o (+ the spare row)
-        d_f = torch.zeros(E + 1, 5, dtype=dtype, device=dev)
+        # per Gaussian (+ the spare row): mx, my, a, b, c, log o, then the 5 blended features
+        d_all = torch.zeros(E + 1, 11, dtype=dtype, device=dev)
         segs = _Segments(plan, S, P, max_pairs, spare=E)
         for tiles, idx in segs:
             k, f, (mx, my, a, b, c) = _gather(table, tiles, idx, plan, ts)
@@ -238,30 +240,31 @@ class _TiledComposite(torch.autograd.Function):
             w, T_out = _weights(cp, T_in, t_min)
             Gt = G.index_select(0, tiles)  # (A,5,P)
             s = torch.bmm(f, Gt)  # (A,S,P): dL/dwᵢ
-            pre = torch.cumsum(w * s, dim=1).add_(prefix.index_select(0, tiles)[:, None])
-            behind = total.index_select(0, tiles)[:, None] - pre
-            T_before = torch.cat([T_in[:, None], T_in[:, None] * cp[:, :-1]], dim=1)
-            d_alpha = T_before.mul_(s).sub_(behind.div_(one_minus))
+            prefix_t = prefix.index_select(0, tiles)
+            pre = torch.mul(w, s).cumsum_(dim=1)  # Σ_{j≤i} wⱼ sⱼ within the segment
+            prefix.index_copy_(0, tiles, pre[:, -1] + prefix_t)
+            pre.add_((prefix_t - total.index_select(0, tiles))[:, None])
+            d_alpha = pre.addcmul_(s.mul_(T_in[:, None]), cp).div_(one_minus)
             # alpha depends on the Gaussian only between the 1/255 skip and the 0.999 clamp, and while kept
             live = (w != 0) & (a_raw < ALPHA_MAX)
             d_x = d_alpha.mul_(a_raw).mul_(live)  # gradient of −σ + log o per pair
             A = d_x.shape[0]
             dk = torch.mm(d_x.view(A * S, P), basis).view(A, S, 6)  # gradient of the log-alpha coefficients
             g0, g1, g2, g3, g4, g5 = (-dk).unbind(-1)  # σ-coefficient gradients (−g5 is also d log o)
-            rows = idx.reshape(-1)
-            d_geo.index_add_(0, rows, torch.stack([
+            d_geo = torch.stack([
                 -a * g3 - b * g4 + (a * mx + b * my) * g5,
                 -c * g4 - b * g3 + (c * my + b * mx) * g5,
                 0.5 * g0 - mx * g3 + 0.5 * mx * mx * g5,
                 g2 - my * g3 - mx * g4 + mx * my * g5,
                 0.5 * g1 - my * g4 + 0.5 * my * my * g5,
-                -g5], dim=-1).reshape(-1, 6))
-            d_f.index_add_(0, rows, torch.bmm(w, Gt.transpose(1, 2)).reshape(-1, 5))
+                -g5], dim=-1)
+            d_f = torch.bmm(w, Gt.transpose(1, 2))
+            d_all.index_add_(0, idx.reshape(-1), torch.cat([d_geo, d_f], dim=-1).reshape(-1, 11))
             T.index_copy_(0, tiles, T_out)
-            prefix.index_copy_(0, tiles, pre[:, -1])
             segs.alive[tiles] = (T_out > 0).any(-1)
-        d_opac = torch.where(opac > 0, d_geo[:E, 5] / opac.clamp_min(1e-30), torch.zeros_like(opac))
-        return d_geo[:E, :2], d_geo[:E, 2:5], d_opac, d_f[:E, _Z], d_f[:E, _RGB], None, None
+        d_geo, d_f = d_all[:E, :6], d_all[:E, 6:]
+        d_opac = torch.where(opac > 0, d_geo[:, 5] / opac.clamp_min(1e-30), torch.zeros_like(opac))
+        return d_geo[:, :2], d_geo[:, 2:5], d_opac, d_f[:, _Z], d_f[:, _RGB], None, None
 
 
 def _inside_mask(plan, ts, width, height, dtype):
