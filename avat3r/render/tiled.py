@@ -164,20 +164,24 @@ def _gather(table, tiles, idx, plan, tile_size):
     return k, f, (mx, my, a, b, c)
 
 
-def _transmittance(basis, k, alpha_min):
+def _transmittance(basis, k, alpha_min, keep_raw=True):
     """(A,S,P) raw alpha o·exp(−σ), 1 − alpha (alpha clamped to 0.999 and zeroed below ``alpha_min``) and
-    its running product over the segment; the stop rule is applied by the caller."""
+    its running product over the segment; the stop rule is applied by the caller. Without ``keep_raw`` (the
+    forward pass) the raw alpha is overwritten in place and None is returned for it."""
     A, S = k.shape[:2]
     a_raw = torch.mm(k.reshape(A * S, 6), basis.T).exp_().view(A, S, basis.shape[0])
-    alpha = torch.nn.functional.threshold(a_raw, alpha_min * (1 - 1e-7), 0.0).clamp_max_(ALPHA_MAX)
+    alpha = torch.nn.functional.threshold(a_raw, alpha_min * (1 - 1e-7), 0.0, inplace=not keep_raw)
+    alpha = alpha.clamp_max_(ALPHA_MAX)
+    if not keep_raw:
+        a_raw = None
     one_minus = torch.sub(1, alpha, out=alpha)
     return a_raw, one_minus, torch.cumprod(one_minus, dim=1)
 
 
 def _weights(cp, T_in, t_min):
-    """Blend weights wᵢ = T_in·(cpᵢ₋₁ − cpᵢ) (= alphaᵢ·Tᵢ), (A,S,P), with the stop rule: a pixel whose
+    """Blend weights wᵢ/T_in = cpᵢ₋₁ − cpᵢ (wᵢ = alphaᵢ·Tᵢ), (A,S,P), with the stop rule: a pixel whose
     transmittance would fall to ≤ t_min drops that Gaussian and all after it; its T_out becomes 0 so later
-    segments skip it."""
+    segments skip it. The factor T_in is left to the caller, which can apply it to a smaller tensor."""
     w = torch.empty_like(cp)
     torch.sub(1, cp[:, 0], out=w[:, 0])
     torch.sub(cp[:, :-1], cp[:, 1:], out=w[:, 1:])
@@ -189,7 +193,7 @@ def _weights(cp, T_in, t_min):
         bound = torch.where(stop, t_min / T_in.clamp_min(1e-38), -1.0)
         w.masked_fill_(cp <= bound[:, None], 0.0)
         T_out = T_out.masked_fill(stop, 0.0)
-    return w.mul_(T_in[:, None]), T_out
+    return w, T_out
 
 
 class _TiledComposite(torch.autograd.Function):
@@ -206,9 +210,10 @@ class _TiledComposite(torch.autograd.Function):
         segs = _Segments(plan, S, P, max_pairs, spare=means2d.shape[0])
         for tiles, idx in segs:
             k, f, _ = _gather(table, tiles, idx, plan, ts)
-            _, _, cp = _transmittance(basis, k, alpha_min)
-            w, T_out = _weights(cp, T.index_select(0, tiles), t_min)
-            out.index_add_(0, tiles, torch.bmm(f.transpose(1, 2), w))
+            _, _, cp = _transmittance(basis, k, alpha_min, keep_raw=False)
+            T_in = T.index_select(0, tiles)
+            w, T_out = _weights(cp, T_in, t_min)
+            out.index_add_(0, tiles, torch.bmm(f.transpose(1, 2), w).mul_(T_in[:, None]))
             T.index_copy_(0, tiles, T_out)
             segs.alive[tiles] = (T_out > 0).any(-1)
         ctx.save_for_backward(table, opac, out)
@@ -238,6 +243,7 @@ class _TiledComposite(torch.autograd.Function):
             a_raw, one_minus, cp = _transmittance(basis, k, alpha_min)
             T_in = T.index_select(0, tiles)
             w, T_out = _weights(cp, T_in, t_min)
+            w.mul_(T_in[:, None])
             Gt = G.index_select(0, tiles)  # (A,5,P)
             s = torch.bmm(f, Gt)  # (A,S,P): dL/dwᵢ
             prefix_t = prefix.index_select(0, tiles)
