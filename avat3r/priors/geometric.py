@@ -137,49 +137,67 @@ class GeometricPrior:
             cams_j = cameras[others]
             ref = img[i:i + 1].expand(len(others), -1, -1, -1)
             mu_a, var_a = _box_stats(ref, self.window)
-            costs, nvis = [], []
             step = (span[i] + self.front) / (self.sweep_steps - 1)  # (H,W)
-            for k in range(self.sweep_steps):
-                t = t_hull[i] - self.front + k * step
-                X = (o[i] + t[..., None] * d[i]).reshape(1, H * W, 3).expand(len(others), -1, -1)
+            J = len(others)
+            costs, nvis = [], []
+            # all depths of a chunk in one batch of calls: the per-call overhead of ~10 small ops per depth
+            # dominated the sweep at training resolutions
+            chunk = max(1, _SWEEP_POINTS // (J * H * W))
+            for k0 in range(0, self.sweep_steps, chunk):
+                ks = torch.arange(k0, min(k0 + chunk, self.sweep_steps), dtype=torch.float32)
+                n_k = ks.numel()
+                t = t_hull[i] - self.front + ks[:, None, None] * step  # (k,H,W)
+                X = (o[i] + t[..., None] * d[i]).reshape(1, n_k * H * W, 3).expand(J, -1, -1)
                 uv, z = _project(cams_j, X)
-                warped = _sample(img[others], uv, W, H).reshape(len(others), 3, H, W)
-                m = _sample(fg[others][:, None], uv, W, H).reshape(len(others), H, W)
-                zj = _sample(occluder_z[others][:, None], uv, W, H, mode="nearest").reshape(len(others), H, W)
-                inimg = _in_image(uv, W, H).reshape(len(others), H, W)
-                z = z.reshape(len(others), H, W)
+                warped = _sample(img[others], uv, W, H).reshape(J, 3, n_k, H, W)
+                m = _sample(fg[others][:, None], uv, W, H).reshape(J, n_k, H, W)
+                zj = _sample(occluder_z[others][:, None], uv, W, H, mode="nearest").reshape(J, n_k, H, W)
+                inimg = _in_image(uv, W, H).reshape(J, n_k, H, W)
+                z = z.reshape(J, n_k, H, W)
                 vis = inimg & (z > 1e-4) & (m > 0.5) & (z <= zj + tolerance)
-                cost = self._match_cost(ref, warped, mu_a, var_a)  # (J,H,W)
-                n = vis.to(torch.float32).sum(0)
-                agg = _best_views_mean(cost, vis, self.best_views)
-                costs.append(agg + ramp[k])
-                nvis.append(n)
-            C = torch.stack(costs)  # (K,H,W)
+                # (J·k, 3, H, W) image stacks for the windowed statistics, reference repeated per depth
+                warped = warped.permute(0, 2, 1, 3, 4).reshape(J * n_k, 3, H, W)
+                ref_k, mu_k, var_k = (x.repeat_interleave(n_k, 0) for x in (ref, mu_a, var_a))
+                cost = self._match_cost(ref_k, warped, mu_k, var_k).reshape(J, n_k, H, W)
+                costs.append(_best_views_mean(cost, vis, self.best_views) + ramp[k0:k0 + n_k, None, None])
+                nvis.append(vis.to(torch.float32).sum(0))
+            C = torch.cat(costs)  # (K,H,W)
             best = torch.argmin(C, dim=0)
             offset = _parabola_offset(C, best)
             t_out[i] = t_hull[i] - self.front + (best + offset) * step
             c_best = C.gather(0, best[None])[0] - ramp[best]
             score_out[i] = (1 - 2 * c_best).clamp(0, 1)  # cost 0 → 1; cost ≥ 0.5 (no better than chance) → 0
-            nvis_out[i] = torch.stack(nvis).gather(0, best[None])[0]
+            nvis_out[i] = torch.cat(nvis).gather(0, best[None])[0]
         return t_out, score_out, nvis_out
 
     def _match_cost(self, a, b, mu_a, var_a):
         """(J,H,W) in [0,1]: windowed NCC over the RGB window (channels as extra samples) + colour difference."""
-        # one pooling call for all windowed moments: b, b², a·b, |a − b|
-        pooled = _box(torch.cat([b, b * b, a * b, (a - b).abs().mean(1, keepdim=True)], 1), self.window)
-        mu_b, mu_bb, mu_ab, sad = pooled[:, 0:3], pooled[:, 3:6], pooled[:, 6:9], pooled[:, 9]
-        var_b = (mu_bb - mu_b * mu_b).sum(1).clamp_min(0)
-        cov = (mu_ab - mu_a * mu_b).sum(1)
+        # one pooling call for all windowed moments: b per channel; Σ_c b², Σ_c a·b and |a − b| (channel sums
+        # pooled, since the window mean is linear: 6 channels to pool instead of 10)
+        pooled = _box(torch.cat([b, (b * b).sum(1, keepdim=True), (a * b).sum(1, keepdim=True),
+                                 (a - b).abs().mean(1, keepdim=True)], 1), self.window)
+        mu_b, mu_bb, mu_ab, sad = pooled[:, 0:3], pooled[:, 3], pooled[:, 4], pooled[:, 5]
+        var_b = (mu_bb - (mu_b * mu_b).sum(1)).clamp_min(0)
+        cov = mu_ab - (mu_a * mu_b).sum(1)
         ncc = cov / torch.sqrt(var_a * var_b + 1e-6)
         colour = (sad / self.colour_scale).clamp(0, 1)
         return self.ncc_weight * (1 - ncc.clamp(-1, 1)) / 2 + (1 - self.ncc_weight) * colour
 
 
 # -- small tensor helpers ---------------------------------------------------------------------------
+_SWEEP_POINTS = 1 << 20  # sweep points (views × depths × pixels) evaluated per batch: bounds memory at high res
+
 def _project(cameras: Cameras, pts: torch.Tensor):
-    p = torch.einsum("nij,npj->npi", cameras.w2c[:, :3, :3], pts) + cameras.w2c[:, None, :3, 3]
+    """(J,P,3) world points → pixel coordinates (J,P,2) and camera z (J,P). Points shared by all cameras
+    (an ``expand``-ed batch) go through one matrix product against the stacked rotations."""
+    R, t = cameras.w2c[:, :3, :3], cameras.w2c[:, :3, 3]
+    J, P = pts.shape[:2]
+    if J > 1 and pts.stride(0) == 0:
+        p = (pts[0] @ R.reshape(J * 3, 3).T).reshape(P, J, 3).transpose(0, 1) + t[:, None]
+    else:
+        p = torch.bmm(pts, R.transpose(1, 2)) + t[:, None]
     z = p[..., 2]
-    uv = torch.einsum("nij,npj->npi", cameras.K, p)[..., :2] / z.clamp_min(1e-6)[..., None]
+    uv = torch.bmm(p, cameras.K.transpose(1, 2))[..., :2] / z.clamp_min(1e-6)[..., None]
     return uv, z
 
 
@@ -195,7 +213,25 @@ def _sample(maps: torch.Tensor, uv: torch.Tensor, W: int, H: int, mode: str = "b
 
 
 def _box(x: torch.Tensor, k: int) -> torch.Tensor:
-    return F.avg_pool2d(x, k, stride=1, padding=k // 2, count_include_pad=False)
+    """k×k window mean over (…, H, W), windows clipped at the border (``avg_pool2d`` without counting the
+    padding). Written as k shifted adds per axis of a zero-padded copy and one division by the clipped window
+    size: the clipped window is a rectangle, so the sums factor. CPU ``avg_pool2d`` was the sweep's largest
+    cost (it reads k² values per output); this reads 2k."""
+    r = k // 2
+    H, W = x.shape[-2:]
+    xp = F.pad(x, (r, r, r, r))
+    rows = xp[..., :, 0:W].clone()
+    for j in range(1, k):
+        rows += xp[..., :, j:j + W]
+    out = rows[..., 0:H, :].clone()
+    for j in range(1, k):
+        out += rows[..., j:j + H, :]
+    return out.div_(_window_count(H, r, x)[:, None] * _window_count(W, r, x)[None, :])
+
+
+def _window_count(n: int, r: int, like: torch.Tensor) -> torch.Tensor:
+    i = torch.arange(n, dtype=like.dtype, device=like.device)
+    return (i + r).clamp_max(n - 1) - (i - r).clamp_min(0) + 1
 
 
 def _box_stats(x: torch.Tensor, k: int):
