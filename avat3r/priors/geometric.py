@@ -135,8 +135,9 @@ class GeometricPrior:
         for i in range(V):
             others = [j for j in range(V) if j != i]
             cams_j = cameras[others]
-            ref = img[i:i + 1].expand(len(others), -1, -1, -1)
+            ref = img[i:i + 1, None]  # (1,1,3,H,W): broadcast over views and depths
             mu_a, var_a = _box_stats(ref, self.window)
+            img_fg = torch.cat([img[others], fg[others][:, None]], 1)  # colour and silhouette: one bilinear lookup
             step = (span[i] + self.front) / (self.sweep_steps - 1)  # (H,W)
             J = len(others)
             costs, nvis = [], []
@@ -149,16 +150,13 @@ class GeometricPrior:
                 t = t_hull[i] - self.front + ks[:, None, None] * step  # (k,H,W)
                 X = (o[i] + t[..., None] * d[i]).reshape(1, n_k * H * W, 3).expand(J, -1, -1)
                 uv, z = _project(cams_j, X)
-                warped = _sample(img[others], uv, W, H).reshape(J, 3, n_k, H, W)
-                m = _sample(fg[others][:, None], uv, W, H).reshape(J, n_k, H, W)
+                looked = _sample(img_fg, uv, W, H).reshape(J, 4, n_k, H, W)
+                warped, m = looked[:, :3].transpose(1, 2), looked[:, 3]  # (J,k,3,H,W), (J,k,H,W)
                 zj = _sample(occluder_z[others][:, None], uv, W, H, mode="nearest").reshape(J, n_k, H, W)
                 inimg = _in_image(uv, W, H).reshape(J, n_k, H, W)
                 z = z.reshape(J, n_k, H, W)
                 vis = inimg & (z > 1e-4) & (m > 0.5) & (z <= zj + tolerance)
-                # (J·k, 3, H, W) image stacks for the windowed statistics, reference repeated per depth
-                warped = warped.permute(0, 2, 1, 3, 4).reshape(J * n_k, 3, H, W)
-                ref_k, mu_k, var_k = (x.repeat_interleave(n_k, 0) for x in (ref, mu_a, var_a))
-                cost = self._match_cost(ref_k, warped, mu_k, var_k).reshape(J, n_k, H, W)
+                cost = self._match_cost(ref, warped, mu_a, var_a)  # (J,k,H,W)
                 costs.append(_best_views_mean(cost, vis, self.best_views) + ramp[k0:k0 + n_k, None, None])
                 nvis.append(vis.to(torch.float32).sum(0))
             C = torch.cat(costs)  # (K,H,W)
@@ -171,14 +169,19 @@ class GeometricPrior:
         return t_out, score_out, nvis_out
 
     def _match_cost(self, a, b, mu_a, var_a):
-        """(J,H,W) in [0,1]: windowed NCC over the RGB window (channels as extra samples) + colour difference."""
+        """(…,H,W) in [0,1]: windowed NCC over the RGB window (channels as extra samples) + colour difference.
+        ``a``, ``b``: (…,3,H,W) images, broadcast against each other; ``mu_a``, ``var_a`` from ``_box_stats(a)``."""
         # one pooling call for all windowed moments: b per channel; Σ_c b², Σ_c a·b and |a − b| (channel sums
         # pooled, since the window mean is linear: 6 channels to pool instead of 10)
-        pooled = _box(torch.cat([b, (b * b).sum(1, keepdim=True), (a * b).sum(1, keepdim=True),
-                                 (a - b).abs().mean(1, keepdim=True)], 1), self.window)
-        mu_b, mu_bb, mu_ab, sad = pooled[:, 0:3], pooled[:, 3], pooled[:, 4], pooled[:, 5]
-        var_b = (mu_bb - (mu_b * mu_b).sum(1)).clamp_min(0)
-        cov = mu_ab - (mu_a * mu_b).sum(1)
+        stack = torch.empty(b.shape[:-3] + (6,) + b.shape[-2:], dtype=b.dtype)
+        stack[..., 0:3, :, :] = b
+        torch.sum(b * b, -3, out=stack[..., 3, :, :])
+        torch.sum(a * b, -3, out=stack[..., 4, :, :])
+        torch.mean((a - b).abs_(), -3, out=stack[..., 5, :, :])
+        pooled = _box(stack, self.window)
+        mu_b, mu_bb, mu_ab, sad = pooled[..., 0:3, :, :], pooled[..., 3, :, :], pooled[..., 4, :, :], pooled[..., 5, :, :]
+        var_b = (mu_bb - (mu_b * mu_b).sum(-3)).clamp_min(0)
+        cov = mu_ab - (mu_a * mu_b).sum(-3)
         ncc = cov / torch.sqrt(var_a * var_b + 1e-6)
         colour = (sad / self.colour_scale).clamp(0, 1)
         return self.ncc_weight * (1 - ncc.clamp(-1, 1)) / 2 + (1 - self.ncc_weight) * colour
@@ -196,8 +199,11 @@ def _project(cameras: Cameras, pts: torch.Tensor):
         p = (pts[0] @ R.reshape(J * 3, 3).T).reshape(P, J, 3).transpose(0, 1) + t[:, None]
     else:
         p = torch.bmm(pts, R.transpose(1, 2)) + t[:, None]
-    z = p[..., 2]
-    uv = torch.bmm(p, cameras.K.transpose(1, 2))[..., :2] / z.clamp_min(1e-6)[..., None]
+    x, y, z = p.unbind(-1)
+    K = cameras.K[:, :, :, None]  # pinhole: bottom row (0, 0, 1), so K·p / z needs no third row
+    iz = 1 / z.clamp_min(1e-6)
+    uv = torch.stack([(K[:, 0, 0] * x + K[:, 0, 1] * y + K[:, 0, 2] * z) * iz,
+                      (K[:, 1, 0] * x + K[:, 1, 1] * y + K[:, 1, 2] * z) * iz], dim=-1)
     return uv, z
 
 
@@ -237,7 +243,7 @@ def _window_count(n: int, r: int, like: torch.Tensor) -> torch.Tensor:
 def _box_stats(x: torch.Tensor, k: int):
     """Windowed per-channel means (J,3,H,W) and the RGB-window variance summed over channels (J,H,W)."""
     mu = _box(x, k)
-    var = (_box(x * x, k) - mu * mu).sum(1).clamp_min(0)
+    var = (_box(x * x, k) - mu * mu).sum(-3).clamp_min(0)
     return mu, var
 
 
