@@ -64,7 +64,8 @@ class GeometricPrior:
         occluder_z = t_hull * cos  # pass 1: the hull depths bound each view's visible surface from the front
         tolerance = self.band
         for _ in range(max(1, self.passes)):
-            t_cur, score, n_vis = self._sweep(images, fg, o, d, t_hull, span, occluder_z, tolerance, cameras, H, W)
+            t_cur, score, n_vis = self._sweep(images, fg, o, d, t_hull, span, occluder_z, tolerance, cameras, H, W,
+                                              hull_hit)
             occluder_z = torch.where(hull_hit, t_cur * cos, t_hull * cos)
             tolerance = self.occlusion_tolerance
 
@@ -124,7 +125,11 @@ class GeometricPrior:
         return inside.all(0).reshape(P, N)
 
     # -- 2. plane sweep ---------------------------------------------------------------------------
-    def _sweep(self, images, fg, o, d, t_hull, span, occluder_z, tolerance, cameras, H, W):
+    def _sweep(self, images, fg, o, d, t_hull, span, occluder_z, tolerance, cameras, H, W, hull_hit):
+        """Depth, agreement score and visible-view count per pixel. Only pixels whose ray hit the hull use
+        them, so each reference view is swept over the bounding box of those pixels, widened by the matching
+        window's radius so that their windows see the same pixels as on the whole image (heads cover about
+        40 % of a training crop); outside it the hull depth, score 0 and count 0 are returned."""
         V = images.shape[0]
         img = images.permute(0, 3, 1, 2)  # (V,3,H,W)
         fractions = torch.linspace(0, 1, self.sweep_steps)  # depth k of pixel p: hull − front + f_k (span + front)
@@ -133,39 +138,45 @@ class GeometricPrior:
         score_out = torch.zeros(V, H, W)
         nvis_out = torch.zeros(V, H, W)
         for i in range(V):
+            box = _bounding_box(hull_hit[i], self.window // 2)
+            if box is None:
+                continue
+            crop = (slice(box[0], box[1]), slice(box[2], box[3]))
+            h, w = box[1] - box[0], box[3] - box[2]
+            o_i, d_i, t_hull_i = o[i][crop], d[i][crop], t_hull[i][crop]
             others = [j for j in range(V) if j != i]
             cams_j = cameras[others]
-            ref = img[i:i + 1, None]  # (1,1,3,H,W): broadcast over views and depths
+            ref = img[i:i + 1, None, :, crop[0], crop[1]]  # (1,1,3,h,w): broadcast over views and depths
             mu_a, var_a = _box_stats(ref, self.window)
             img_fg = torch.cat([img[others], fg[others][:, None]], 1)  # colour and silhouette: one bilinear lookup
-            step = (span[i] + self.front) / (self.sweep_steps - 1)  # (H,W)
+            step = (span[i][crop] + self.front) / (self.sweep_steps - 1)  # (h,w)
             J = len(others)
             costs, nvis = [], []
             # all depths of a chunk in one batch of calls: the per-call overhead of ~10 small ops per depth
             # dominated the sweep at training resolutions
-            chunk = max(1, _SWEEP_POINTS // (J * H * W))
+            chunk = max(1, _SWEEP_POINTS // (J * h * w))
             for k0 in range(0, self.sweep_steps, chunk):
                 ks = torch.arange(k0, min(k0 + chunk, self.sweep_steps), dtype=torch.float32)
                 n_k = ks.numel()
-                t = t_hull[i] - self.front + ks[:, None, None] * step  # (k,H,W)
-                X = (o[i] + t[..., None] * d[i]).reshape(1, n_k * H * W, 3).expand(J, -1, -1)
+                t = t_hull_i - self.front + ks[:, None, None] * step  # (k,h,w)
+                X = (o_i + t[..., None] * d_i).reshape(1, n_k * h * w, 3).expand(J, -1, -1)
                 uv, z = _project(cams_j, X)
-                looked = _sample(img_fg, uv, W, H).reshape(J, 4, n_k, H, W)
-                warped, m = looked[:, :3].transpose(1, 2), looked[:, 3]  # (J,k,3,H,W), (J,k,H,W)
-                zj = _sample(occluder_z[others][:, None], uv, W, H, mode="nearest").reshape(J, n_k, H, W)
-                inimg = _in_image(uv, W, H).reshape(J, n_k, H, W)
-                z = z.reshape(J, n_k, H, W)
+                looked = _sample(img_fg, uv, W, H).reshape(J, 4, n_k, h, w)
+                warped, m = looked[:, :3].transpose(1, 2), looked[:, 3]  # (J,k,3,h,w), (J,k,h,w)
+                zj = _sample(occluder_z[others][:, None], uv, W, H, mode="nearest").reshape(J, n_k, h, w)
+                inimg = _in_image(uv, W, H).reshape(J, n_k, h, w)
+                z = z.reshape(J, n_k, h, w)
                 vis = inimg & (z > 1e-4) & (m > 0.5) & (z <= zj + tolerance)
-                cost = self._match_cost(ref, warped, mu_a, var_a)  # (J,k,H,W)
+                cost = self._match_cost(ref, warped, mu_a, var_a)  # (J,k,h,w)
                 costs.append(_best_views_mean(cost, vis, self.best_views) + ramp[k0:k0 + n_k, None, None])
                 nvis.append(vis.to(torch.float32).sum(0))
-            C = torch.cat(costs)  # (K,H,W)
+            C = torch.cat(costs)  # (K,h,w)
             best = torch.argmin(C, dim=0)
             offset = _parabola_offset(C, best)
-            t_out[i] = t_hull[i] - self.front + (best + offset) * step
+            t_out[i][crop] = t_hull_i - self.front + (best + offset) * step
             c_best = C.gather(0, best[None])[0] - ramp[best]
-            score_out[i] = (1 - 2 * c_best).clamp(0, 1)  # cost 0 → 1; cost ≥ 0.5 (no better than chance) → 0
-            nvis_out[i] = torch.cat(nvis).gather(0, best[None])[0]
+            score_out[i][crop] = (1 - 2 * c_best).clamp(0, 1)  # cost 0 → 1; cost ≥ 0.5 (no better than chance) → 0
+            nvis_out[i][crop] = torch.cat(nvis).gather(0, best[None])[0]
         return t_out, score_out, nvis_out
 
     def _match_cost(self, a, b, mu_a, var_a):
@@ -205,6 +216,17 @@ def _project(cameras: Cameras, pts: torch.Tensor):
     uv = torch.stack([(K[:, 0, 0] * x + K[:, 0, 1] * y + K[:, 0, 2] * z) * iz,
                       (K[:, 1, 0] * x + K[:, 1, 1] * y + K[:, 1, 2] * z) * iz], dim=-1)
     return uv, z
+
+
+def _bounding_box(mask: torch.Tensor, margin: int):
+    """(y0, y1, x0, x1) of the true pixels of an (H,W) mask widened by ``margin`` (clipped to the image), or
+    None when there are none."""
+    rows, cols = mask.any(1).nonzero()[:, 0], mask.any(0).nonzero()[:, 0]
+    if rows.numel() == 0:
+        return None
+    H, W = mask.shape
+    return (max(int(rows[0]) - margin, 0), min(int(rows[-1]) + margin + 1, H),
+            max(int(cols[0]) - margin, 0), min(int(cols[-1]) + margin + 1, W))
 
 
 def _in_image(uv, W, H):
