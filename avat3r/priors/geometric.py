@@ -93,7 +93,7 @@ class GeometricPrior:
             oi, di = o[i][sel], d[i][sel]  # (P,3)
             a, b = t0[i][sel], t1[i][sel]
             ts = a[:, None] + (b - a)[:, None] * steps  # (P,N)
-            occ = self._inside_all(oi[:, None] + ts[..., None] * di[:, None], carve, cameras, i, H, W)
+            occ = self._inside_all(oi, di, ts, carve, cameras, i, H, W)
             anyocc = occ.any(-1)
             first = torch.argmax(occ.to(torch.uint8), dim=-1)
             last = self.hull_samples - 1 - torch.argmax(occ.flip(-1).to(torch.uint8), dim=-1)
@@ -102,7 +102,7 @@ class GeometricPrior:
             lo = ts.gather(1, (first - 1).clamp_min(0)[:, None])[:, 0]
             for _ in range(self.hull_bisections):  # invariant: lo outside (or the entry point), hi inside
                 mid = 0.5 * (lo + hi)
-                inside = self._inside_all((oi + mid[:, None] * di)[:, None], carve, cameras, i, H, W)[:, 0]
+                inside = self._inside_all(oi, di, mid[:, None], carve, cameras, i, H, W)[:, 0]
                 hi = torch.where(inside, mid, hi)
                 lo = torch.where(inside, lo, mid)
             t_sel = t_hull[i][sel]
@@ -112,17 +112,17 @@ class GeometricPrior:
             hull_hit[i] = h
         return t_hull, t_exit, hull_hit
 
-    def _inside_all(self, pts, carve, cameras, ref, H, W):
-        """(P,N) bool: inside the silhouette of every view other than ``ref``."""
-        P, N, _ = pts.shape
+    def _inside_all(self, o, d, t, carve, cameras, ref, H, W):
+        """(P,N) bool: the points o + t·d (rays (P,3), depths (P,N)) inside the silhouette of every view other
+        than ``ref``."""
+        P, N = t.shape
         others = [j for j in range(len(cameras)) if j != ref]
-        flat = pts.reshape(1, P * N, 3).expand(len(others), -1, -1)
-        uv, z = _project(cameras[others], flat)
+        uv, z = _ray_project(cameras[others], o, d, t.T.contiguous())  # (J, N·P): depth-major
         m = _sample(carve[others][:, None], uv, W, H)[:, 0]  # (J, P·N)
         # Off-image points read the silhouette's border pixel: carved unless the silhouette runs off the image
         # there (a crop that cuts hair or neck cannot carve what lies beyond it).
         inside = (m > 0.5) | (z <= 1e-4)
-        return inside.all(0).reshape(P, N)
+        return inside.all(0).reshape(N, P).T
 
     # -- 2. plane sweep ---------------------------------------------------------------------------
     def _sweep(self, images, fg, o, d, t_hull, span, occluder_z, tolerance, cameras, H, W, hull_hit):
@@ -159,8 +159,7 @@ class GeometricPrior:
                 ks = torch.arange(k0, min(k0 + chunk, self.sweep_steps), dtype=torch.float32)
                 n_k = ks.numel()
                 t = t_hull_i - self.front + ks[:, None, None] * step  # (k,h,w)
-                X = (o_i + t[..., None] * d_i).reshape(1, n_k * h * w, 3).expand(J, -1, -1)
-                uv, z = _project(cams_j, X)
+                uv, z = _ray_project(cams_j, o_i.reshape(-1, 3), d_i.reshape(-1, 3), t.reshape(n_k, h * w))
                 looked = _sample(img_fg, uv, W, H).reshape(J, 4, n_k, h, w)
                 warped, m = looked[:, :3].transpose(1, 2), looked[:, 3]  # (J,k,3,h,w), (J,k,h,w)
                 zj = _sample(occluder_z[others][:, None], uv, W, H, mode="nearest").reshape(J, n_k, h, w)
@@ -201,21 +200,21 @@ class GeometricPrior:
 # -- small tensor helpers ---------------------------------------------------------------------------
 _SWEEP_POINTS = 1 << 20  # sweep points (views × depths × pixels) evaluated per batch: bounds memory at high res
 
-def _project(cameras: Cameras, pts: torch.Tensor):
-    """(J,P,3) world points → pixel coordinates (J,P,2) and camera z (J,P). Points shared by all cameras
-    (an ``expand``-ed batch) go through one matrix product against the stacked rotations."""
-    R, t = cameras.w2c[:, :3, :3], cameras.w2c[:, :3, 3]
-    J, P = pts.shape[:2]
-    if J > 1 and pts.stride(0) == 0:
-        p = (pts[0] @ R.reshape(J * 3, 3).T).reshape(P, J, 3).transpose(0, 1) + t[:, None]
-    else:
-        p = torch.bmm(pts, R.transpose(1, 2)) + t[:, None]
-    x, y, z = p.unbind(-1)
-    K = cameras.K[:, :, :, None]  # pinhole: bottom row (0, 0, 1), so K·p / z needs no third row
+def _ray_project(cameras: Cameras, o: torch.Tensor, d: torch.Tensor, t: torch.Tensor):
+    """Points o + t·d on R rays (o, d (R,3); depths t (N,R)) → pixel coordinates (J, N·R, 2) and camera z
+    (J, N·R) in each of J cameras, depth-major. In camera j the point is A + t·B with A = Rⱼo + tⱼ and
+    B = Rⱼd, and K(A + tB) = KA + t·KB: per ray two small products, then per point only multiply-adds and
+    one division, instead of materialising and transforming every 3D point."""
+    Rot, tr = cameras.w2c[:, :3, :3], cameras.w2c[:, :3, 3]
+    J, R = len(cameras), o.shape[0]
+    A = (o @ Rot.reshape(J * 3, 3).T).reshape(R, J, 3).permute(1, 2, 0) + tr[:, :, None]  # (J,3,R)
+    B = (d @ Rot.reshape(J * 3, 3).T).reshape(R, J, 3).permute(1, 2, 0)
+    KA, KB = torch.bmm(cameras.K, A), torch.bmm(cameras.K, B)  # pinhole: row 3 of K is (0, 0, 1)
+    z = torch.addcmul(A[:, 2, None], t, B[:, 2, None])  # (J,N,R)
     iz = 1 / z.clamp_min(1e-6)
-    uv = torch.stack([(K[:, 0, 0] * x + K[:, 0, 1] * y + K[:, 0, 2] * z) * iz,
-                      (K[:, 1, 0] * x + K[:, 1, 1] * y + K[:, 1, 2] * z) * iz], dim=-1)
-    return uv, z
+    uv = torch.stack([torch.addcmul(KA[:, 0, None], t, KB[:, 0, None]).mul_(iz),
+                      torch.addcmul(KA[:, 1, None], t, KB[:, 1, None]).mul_(iz)], dim=-1)
+    return uv.reshape(J, -1, 2), z.reshape(J, -1)
 
 
 def _bounding_box(mask: torch.Tensor, margin: int):
