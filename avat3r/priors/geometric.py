@@ -146,7 +146,7 @@ class GeometricPrior:
             o_i, d_i, t_hull_i = o[i][crop], d[i][crop], t_hull[i][crop]
             others = [j for j in range(V) if j != i]
             cams_j = cameras[others]
-            ref = img[i:i + 1, None, :, crop[0], crop[1]]  # (1,1,3,h,w): broadcast over views and depths
+            ref = img[i:i + 1, :, None, crop[0], crop[1]]  # (1,3,1,h,w): broadcast over views and depths
             mu_a, var_a = _box_stats(ref, self.window)
             img_fg = torch.cat([img[others], fg[others][:, None]], 1)  # colour and silhouette: one bilinear lookup
             step = (span[i][crop] + self.front) / (self.sweep_steps - 1)  # (h,w)
@@ -161,7 +161,7 @@ class GeometricPrior:
                 t = t_hull_i - self.front + ks[:, None, None] * step  # (k,h,w)
                 uv, z = _ray_project(cams_j, o_i.reshape(-1, 3), d_i.reshape(-1, 3), t.reshape(n_k, h * w))
                 looked = _sample(img_fg, uv, W, H).reshape(J, 4, n_k, h, w)
-                warped, m = looked[:, :3].transpose(1, 2), looked[:, 3]  # (J,k,3,h,w), (J,k,h,w)
+                warped, m = looked[:, :3], looked[:, 3]  # (J,3,k,h,w), (J,k,h,w)
                 zj = _sample(occluder_z[others][:, None], uv, W, H, mode="nearest").reshape(J, n_k, h, w)
                 inimg = _in_image(uv, W, H).reshape(J, n_k, h, w)
                 z = z.reshape(J, n_k, h, w)
@@ -179,19 +179,27 @@ class GeometricPrior:
         return t_out, score_out, nvis_out
 
     def _match_cost(self, a, b, mu_a, var_a):
-        """(…,H,W) in [0,1]: windowed NCC over the RGB window (channels as extra samples) + colour difference.
-        ``a``, ``b``: (…,3,H,W) images, broadcast against each other; ``mu_a``, ``var_a`` from ``_box_stats(a)``."""
+        """(J,…,H,W) in [0,1]: windowed NCC over the RGB window (channels as extra samples) + colour difference.
+        ``a``, ``b``: (J,3,…,H,W) images (channels in dim 1), broadcast against each other; ``mu_a``, ``var_a``
+        from ``_box_stats(a)``."""
         # one pooling call for all windowed moments: b per channel; Σ_c b², Σ_c a·b and |a − b| (channel sums
-        # pooled, since the window mean is linear: 6 channels to pool instead of 10)
-        stack = torch.empty(b.shape[:-3] + (6,) + b.shape[-2:], dtype=b.dtype)
-        stack[..., 0:3, :, :] = b
-        torch.sum(b * b, -3, out=stack[..., 3, :, :])
-        torch.sum(a * b, -3, out=stack[..., 4, :, :])
-        torch.mean((a - b).abs_(), -3, out=stack[..., 5, :, :])
+        # pooled, since the window mean is linear: 6 channels to pool instead of 10), summed channel by channel
+        # so that no 3-channel temporaries are made
+        stack = torch.empty((b.shape[0], 6) + b.shape[2:], dtype=b.dtype)
+        stack[:, 0:3] = b
+        bb, ab, sad = stack[:, 3], stack[:, 4], stack[:, 5]
+        torch.mul(b[:, 0], b[:, 0], out=bb)
+        torch.mul(a[:, 0], b[:, 0], out=ab)
+        torch.sub(a[:, 0], b[:, 0], out=sad).abs_()
+        for c in (1, 2):
+            bb.addcmul_(b[:, c], b[:, c])
+            ab.addcmul_(a[:, c], b[:, c])
+            sad.add_((a[:, c] - b[:, c]).abs_())
+        sad.div_(3)
         pooled = _box(stack, self.window)
-        mu_b, mu_bb, mu_ab, sad = pooled[..., 0:3, :, :], pooled[..., 3, :, :], pooled[..., 4, :, :], pooled[..., 5, :, :]
-        var_b = (mu_bb - (mu_b * mu_b).sum(-3)).clamp_min(0)
-        cov = mu_ab - (mu_a * mu_b).sum(-3)
+        mu_b, mu_bb, mu_ab, sad = pooled[:, 0:3], pooled[:, 3], pooled[:, 4], pooled[:, 5]
+        var_b = (mu_bb - (mu_b * mu_b).sum(1)).clamp_min(0)
+        cov = mu_ab - (mu_a * mu_b).sum(1)
         ncc = cov / torch.sqrt(var_a * var_b + 1e-6)
         colour = (sad / self.colour_scale).clamp(0, 1)
         return self.ncc_weight * (1 - ncc.clamp(-1, 1)) / 2 + (1 - self.ncc_weight) * colour
@@ -241,18 +249,19 @@ def _sample(maps: torch.Tensor, uv: torch.Tensor, W: int, H: int, mode: str = "b
 
 def _box(x: torch.Tensor, k: int) -> torch.Tensor:
     """k×k window mean over (…, H, W), windows clipped at the border (``avg_pool2d`` without counting the
-    padding). Written as k shifted adds per axis of a zero-padded copy and one division by the clipped window
-    size: the clipped window is a rectangle, so the sums factor. CPU ``avg_pool2d`` was the sweep's largest
-    cost (it reads k² values per output); this reads 2k."""
+    padding). Written as shifted in-place adds along rows, then along columns, and one division by the clipped
+    window size: the clipped window is a rectangle, so the sums factor. CPU ``avg_pool2d`` was the sweep's
+    largest cost (it reads k² values per output); this reads 2k and needs no padded copy."""
     r = k // 2
     H, W = x.shape[-2:]
-    xp = F.pad(x, (r, r, r, r))
-    rows = xp[..., :, 0:W].clone()
-    for j in range(1, k):
-        rows += xp[..., :, j:j + W]
-    out = rows[..., 0:H, :].clone()
-    for j in range(1, k):
-        out += rows[..., j:j + H, :]
+    rows = x.clone()
+    for s in range(1, r + 1):
+        rows[..., s:] += x[..., :-s]
+        rows[..., :-s] += x[..., s:]
+    out = rows.clone()
+    for s in range(1, r + 1):
+        out[..., s:, :] += rows[..., :-s, :]
+        out[..., :-s, :] += rows[..., s:, :]
     return out.div_(_window_count(H, r, x)[:, None] * _window_count(W, r, x)[None, :])
 
 
@@ -262,9 +271,9 @@ def _window_count(n: int, r: int, like: torch.Tensor) -> torch.Tensor:
 
 
 def _box_stats(x: torch.Tensor, k: int):
-    """Windowed per-channel means (J,3,H,W) and the RGB-window variance summed over channels (J,H,W)."""
+    """Windowed per-channel means (J,3,…,H,W) and the RGB-window variance summed over channels (J,…,H,W)."""
     mu = _box(x, k)
-    var = (_box(x * x, k) - mu * mu).sum(-3).clamp_min(0)
+    var = (_box(x * x, k) - mu * mu).sum(1).clamp_min(0)
     return mu, var
 
 
