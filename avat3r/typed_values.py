@@ -31,3 +31,24 @@ def coerce_like(value: Any, default: Any) -> Any:
     if not ok:
         raise TypeError(f"must be {_KINDS.get(type(default).__name__, type(default).__name__)}, got {value!r}")
     return value
+
+
+def table_to_dataclass(cls, values: Any, name: str, source: str, error: type[Exception]):
+    """``cls(**values)`` for a TOML table ``[name]`` of ``source``: a non-table, an unknown key or a value of
+    the wrong type raises ``error`` with one line naming ``name.key`` (recipes of training and evaluation)."""
+    from dataclasses import fields
+
+    if not isinstance(values, dict):
+        raise error(f"{source}: [{name}] must be a table")
+    known = [f.name for f in fields(cls)]
+    unknown = sorted(set(values) - set(known))
+    if unknown:
+        raise error(f"{source}: unknown key {name}.{unknown[0]} (known in [{name}]: {', '.join(known)})")
+    defaults = cls()
+    kwargs = {}
+    for key, value in values.items():
+        try:
+            kwargs[key] = coerce_like(value, getattr(defaults, key))
+        except TypeError as err:
+            raise error(f"{source}: {name}.{key} {err}") from None
+    return cls(**kwargs)

@@ -16,7 +16,7 @@ from pathlib import Path
 import tomllib
 
 from ..errors import Avat3rError
-from ..typed_values import coerce_like
+from ..typed_values import table_to_dataclass
 from .video import VideoProtocol
 
 INPUT_MODES = ("mixed", "consistent", "other")
@@ -57,28 +57,12 @@ class EvalRecipe:
     source: str = "<recipe>"
 
 
-def _section(name: str, cls, values, source: str):
-    if not isinstance(values, dict):
-        raise EvalRecipeError(f"{source}: [{name}] must be a table")
-    known = [f for f in cls.__dataclass_fields__]
-    unknown = sorted(set(values) - set(known))
-    if unknown:
-        raise EvalRecipeError(f"{source}: unknown key {name}.{unknown[0]} (known in [{name}]: {', '.join(known)})")
-    kwargs = {}
-    for key, value in values.items():
-        try:
-            kwargs[key] = coerce_like(value, getattr(cls(), key))
-        except TypeError as err:
-            raise EvalRecipeError(f"{source}: {name}.{key} {err}") from None
-    return cls(**kwargs)
-
-
 def eval_recipe_from_dict(doc: dict, source: str = "<recipe>") -> EvalRecipe:
     unknown = sorted(set(doc) - {"eval", "video"})
     if unknown:
         raise EvalRecipeError(f"{source}: unknown section [{unknown[0]}] (known: eval, video)")
-    ev = _section("eval", EvalSection, doc.get("eval", {}), source)
-    video = _section("video", VideoSection, doc["video"], source) if "video" in doc else None
+    ev = table_to_dataclass(EvalSection, doc.get("eval", {}), "eval", source, EvalRecipeError)
+    video = table_to_dataclass(VideoSection, doc["video"], "video", source, EvalRecipeError) if "video" in doc else None
     problems = []
     if ev.inputs not in INPUT_MODES:
         problems.append(f"eval.inputs must be one of {', '.join(INPUT_MODES)}, got {ev.inputs!r}")

@@ -24,7 +24,7 @@ from typing import Any
 import tomllib
 
 from ..errors import Avat3rError
-from ..typed_values import coerce_like
+from ..typed_values import table_to_dataclass
 
 MAX_VIEWS = 64  # input or target views per example: the paper uses 4 and 8; more only exhausts memory
 
@@ -194,24 +194,7 @@ class Recipe:
 
 
 def _section(name: str, cls, values: dict, source: str):
-    if not isinstance(values, dict):
-        raise RecipeError(f"{source}: [{name}] must be a table")
-    known = {f.name: f for f in fields(cls)}
-    unknown = sorted(set(values) - set(known))
-    if unknown:
-        raise RecipeError(f"{source}: unknown key {name}.{unknown[0]} (known in [{name}]: {', '.join(known)})")
-    kwargs = {}
-    for key, value in values.items():
-        default = getattr(cls(), key)
-        kwargs[key] = _coerce(f"{name}.{key}", value, default, source)
-    return cls(**kwargs)
-
-
-def _coerce(key: str, value: Any, default: Any, source: str):
-    try:
-        return coerce_like(value, default)
-    except TypeError as err:
-        raise RecipeError(f"{source}: {key} {err}") from None
+    return table_to_dataclass(cls, values, name, source, RecipeError)
 
 
 def recipe_from_dict(doc: dict, source: str = "<recipe>") -> Recipe:
