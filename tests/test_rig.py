@@ -128,6 +128,17 @@ def test_the_rig_file_round_trips_bit_exactly(shipped, tmp_path):
     assert len(back.cameras) == 4  # the avatar's input cameras travel with the rig
 
 
+OBJECT_ARRAY = object()  # stands for a member claiming an object (pickled) dtype
+
+
+def _object_npy() -> bytes:
+    """An .npy member whose header claims dtype object, as a pickled array's would, with a payload that is not a
+    pickle: the loader must refuse it from the header alone, and nothing here ever pickles."""
+    buf = io.BytesIO()
+    np.lib.format.write_array_header_1_0(buf, {"descr": "|O", "fortran_order": False, "shape": (1,)})
+    return buf.getvalue() + b"not a pickle"
+
+
 def _rewrite(src, dst, drop=(), replace=None):
     members = {}
     with zipfile.ZipFile(src) as zf:
@@ -135,8 +146,11 @@ def _rewrite(src, dst, drop=(), replace=None):
             if name[:-4] not in drop:
                 members[name] = zf.read(name)
     for name, arr in (replace or {}).items():
+        if arr is OBJECT_ARRAY:
+            members[f"{name}.npy"] = _object_npy()
+            continue
         buf = io.BytesIO()
-        np.lib.format.write_array(buf, arr, allow_pickle=True)
+        np.lib.format.write_array(buf, arr, allow_pickle=False)
         members[f"{name}.npy"] = buf.getvalue()
     with zipfile.ZipFile(dst, "w") as zf:
         for name, data in members.items():
@@ -162,7 +176,7 @@ def test_bad_rig_files_fail_with_one_line(shipped, tmp_path, capsys):
         "names.rig.npz": "meta neutral must be",
     }
     _rewrite(path, tmp_path / "missing.rig.npz", drop=("deltas",))
-    _rewrite(path, tmp_path / "pickle.rig.npz", replace={"base": np.array([{"a": 1}], dtype=object)})
+    _rewrite(path, tmp_path / "pickle.rig.npz", replace={"base": OBJECT_ARRAY})
     _rewrite(path, tmp_path / "shape.rig.npz", replace={"base": base[:-1]})
     _rewrite(path, tmp_path / "nan.rig.npz", replace={"base": bad_base})
     _rewrite(path, tmp_path / "format.rig.npz", replace={"meta": np.array(json.dumps({**meta, "format": "x"}))})
