@@ -45,16 +45,20 @@ def info(message: str) -> None:
 
 class LazyBar:
     """A tqdm progress bar (on stderr) that appears with the first finished item, so an error raised before
-    any work was done prints only its one line."""
+    any work was done prints only its one line; ``announce`` (the plan of the work) is printed just before it."""
 
-    def __init__(self, total: int | None = None, desc: str = "", unit: str = "frame", disable: bool = False):
+    def __init__(self, total: int | None = None, desc: str = "", unit: str = "frame", disable: bool = False,
+                 announce: str | None = None):
         self._kw = {"total": total, "desc": desc, "unit": unit, "file": sys.stderr, "disable": disable}
         self._bar = None
+        self._announce = announce
 
     def update(self, n: int = 1) -> None:
         if self._bar is None:
             from tqdm import tqdm
 
+            if self._announce:
+                info(self._announce)
             self._bar = tqdm(**self._kw)
         self._bar.update(n)
 

@@ -80,20 +80,15 @@ def register(app: typer.Typer) -> None:
         total = persons * n_seg * frames * cameras
         # the plan and the bar appear with the first frame done: a request refused before that (segments,
         # held-out counts, the output folder) prints its error line only
-        plan = [f"avat3r prep synth: {persons} persons × {n_seg} segments × {frames} frames × {cameras} cameras "
-                f"at {res}² = {total} samples → {out}"]
-        bar = LazyBar(total=total, unit="sample", desc="prep synth")
-
-        def progress(n: int) -> None:
-            if plan:
-                info(plan.pop())
-            bar.update(n)
+        bar = LazyBar(total=total, unit="sample", desc="prep synth", announce=(
+            f"avat3r prep synth: {persons} persons × {n_seg} segments × {frames} frames × {cameras} cameras "
+            f"at {res}² = {total} samples → {out}"))
 
         try:
             summary = prep_synth(out, persons, frames, cameras, res, seed=seed, segments=segments,
                                  workers=workers, n_val=val_persons, n_test=test_persons, depth=depth, source=source,
                                  maxsize=max(1, int(maxsize_mb * 1e6)), person_rig=rig == "person",
-                                 progress=progress)
+                                 progress=bar.update)
         except ValueError as err:
             bar.close()
             fail_error(err, {"person_rig": "--rig shared"})

@@ -61,17 +61,11 @@ def register(prep_app: typer.Typer) -> None:
         captures, space = plan
         total = sum(len(jobs) for _, jobs in captures)
         where = "" if part is None else f" (part {part})"
-        lines = [f"avat3r prep nersemble: {len(captures)} capture(s){where}, {total} frames at {res}² → {out}"]
-        bar = LazyBar(total=total, unit="frame", desc="prep nersemble")
-
-        def progress(n: int) -> None:
-            if lines:
-                info(lines.pop())
-            bar.update(n)
-
+        bar = LazyBar(total=total, unit="frame", desc="prep nersemble", announce=(
+            f"avat3r prep nersemble: {len(captures)} capture(s){where}, {total} frames at {res}² → {out}"))
         try:
             result = prep_nersemble(root, layout, out, res=res, workers=workers, part=part_, split=split,
-                                    progress=progress, plan=plan)
+                                    progress=bar.update, plan=plan)
         except user_errors() as err:
             bar.close()
             fail_error(err, FLAGS)
