@@ -1,4 +1,4 @@
-"""Renderer benchmark: the pure-PyTorch tiled backend on a head-like scene (DESIGN §7).
+"""Renderer benchmark: the CPU tiled backend on a head-like scene (DESIGN §7).
 
 For each image size and Gaussian count it reports renders/s and peak memory of forward and forward+backward,
 the yardstick (one elementwise ``exp`` pass over as many floats as there are Gaussian–pixel pairs inside the
@@ -7,6 +7,7 @@ Each configuration runs in a fresh process so that its peak resident memory (ru_
 
     python bench/render.py            # 128² and 256² × 10k, 50k, 100k Gaussians
     python bench/render.py --quick    # 128² × 10k only
+    python bench/render.py --path tensor   # the tensor-op compositor instead of the fused kernels
 """
 
 from __future__ import annotations
@@ -94,14 +95,17 @@ def main(argv=None) -> None:
     ap.add_argument("--quick", action="store_true", help="one small configuration (128², 10k Gaussians)")
     ap.add_argument("--min-time", type=float, default=2.0, help="seconds of timing per measurement")
     ap.add_argument("--threads", type=int, default=2, help="torch CPU threads (DESIGN §7 uses 2)")
+    ap.add_argument("--path", choices=["fused", "tensor"], default="fused",
+                    help="CPU compositor: the fused numba kernels (default) or the tensor-op walk")
     args = ap.parse_args(argv)
     os.environ["BENCH_THREADS"] = str(args.threads)
+    os.environ["AVAT3R_RASTERIZER"] = args.path
     sizes, counts = ([128], [10_000]) if args.quick else ([128, 256], [10_000, 50_000, 100_000])
     min_time = 0.5 if args.quick else args.min_time
 
     print(f"# torch {torch.__version__}, {os.cpu_count()} CPUs, {args.threads} threads, "
           f"{platform.processor() or platform.machine()}, python {sys.version.split()[0]}, "
-          f"load average {os.getloadavg()[0]:.1f}")
+          f"load average {os.getloadavg()[0]:.1f}, {args.path} compositor")
     print("| size | Gaussians | box pairs | exp pass ms | fwd ms | fwd renders/s | fwd peak MB | fwd+bwd ms "
           "| fwd+bwd renders/s | fwd+bwd peak MB | fwd / exp | fwd+bwd / exp |")
     print("|---|---|---|---|---|---|---|---|---|---|---|---|")

@@ -37,9 +37,16 @@ def psnr(a, b):
     return float(-10 * torch.log10(((a - b) ** 2).mean().clamp_min(1e-20)))
 
 
+@pytest.fixture(params=["fused", "tensor"])
+def tiled_path(request, monkeypatch):
+    """Both CPU implementations of the tiled compositor: the fused numba kernels and the tensor-op walk."""
+    monkeypatch.setenv("AVAT3R_RASTERIZER", request.param)
+    return request.param
+
+
 # -- tiled == dense ------------------------------------------------------------------------------
 @pytest.mark.parametrize("seed,n,size", [(0, 200, (37, 29)), (2, 60, (20, 33))])
-def test_tiled_matches_dense(seed, n, size):
+def test_tiled_matches_dense(seed, n, size, tiled_path):
     W, H = size
     scene = random_scene(n, seed, torch.float32, opacity=(0.05, 0.99))
     K, w2c = two_cameras(W, H, torch.float32)
@@ -53,7 +60,7 @@ def test_tiled_matches_dense(seed, n, size):
             assert psnr(a, b) > 40
 
 
-def test_tiled_gradients_match_dense_with_stop_rule():
+def test_tiled_gradients_match_dense_with_stop_rule(tiled_path):
     """Nearly opaque layers make pixels hit T ≤ 1e-4; the stop rule and clamp must agree in backward too."""
     W, H = 17, 15
     scene = random_scene(40, 3, opacity=(0.9, 0.999), spread=0.01)
@@ -76,7 +83,7 @@ def test_tiled_gradients_match_dense_with_stop_rule():
 
 
 # -- finite differences --------------------------------------------------------------------------
-def test_tiled_gradients_finite_differences():
+def test_tiled_gradients_finite_differences(tiled_path):
     """float64, opacities 0.2–0.8, with the 1/255 skip and the radius cut-off switched off (discontinuities):
     central differences along random directions of every attribute, and along single coordinates."""
     W, H = 11, 9

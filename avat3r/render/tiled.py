@@ -19,6 +19,8 @@ and the accumulation a (5, S) × (S, P) one per tile, which BLAS runs several ti
 
 from __future__ import annotations
 
+import os
+
 import torch
 
 from .projection import ALPHA_MAX, ALPHA_MIN, T_MIN, project
@@ -199,6 +201,8 @@ def _weights(cp, T_in, t_min):
 class _TiledComposite(torch.autograd.Function):
     @staticmethod
     def forward(ctx, means2d, conics, opac, depths, colors, plan, cfg):
+        if _use_fused(means2d):
+            return _FusedCPU.forward(ctx, means2d, conics, opac, depths, colors, plan, cfg)
         width, height, ts, S, max_pairs, alpha_min, t_min = cfg
         dtype, dev = means2d.dtype, means2d.device
         table = _pack(means2d, conics, opac, depths, colors)
@@ -217,7 +221,7 @@ class _TiledComposite(torch.autograd.Function):
             T.index_copy_(0, tiles, T_out)
             segs.alive[tiles] = (T_out > 0).any(-1)
         ctx.save_for_backward(table, opac, out)
-        ctx.plan, ctx.cfg = plan, cfg
+        ctx.plan, ctx.cfg, ctx.fused = plan, cfg, False
         return _untile(out, plan, ts, width, height)
 
     @staticmethod
@@ -226,6 +230,8 @@ class _TiledComposite(torch.autograd.Function):
         and Σ_{j>i} = G·out − Σ_{j≤i}: one running prefix per pixel, carried across segments. With
         Tᵢ = T_in·cpᵢ/(1 − alphaᵢ) (cp: the running product of 1 − alpha within the segment) this is
         (T_in·cpᵢ·sᵢ + Σ_{j≤i} wⱼ sⱼ − G·out)/(1 − alphaᵢ): a few in-place passes over the block."""
+        if ctx.fused:
+            return _FusedCPU.backward(ctx, g_rgb, g_alpha, g_depth)
         table, opac, out = ctx.saved_tensors
         plan, (width, height, ts, S, max_pairs, alpha_min, t_min) = ctx.plan, ctx.cfg
         dtype, dev = table.dtype, table.device
@@ -271,6 +277,57 @@ class _TiledComposite(torch.autograd.Function):
         d_geo, d_f = d_all[:E, :6], d_all[:E, 6:]
         d_opac = torch.where(opac > 0, d_geo[:, 5] / opac.clamp_min(1e-30), torch.zeros_like(opac))
         return d_geo[:, :2], d_geo[:, 2:5], d_opac, d_f[:, _Z], d_f[:, _RGB], None, None
+
+
+def _use_fused(t: torch.Tensor) -> bool:
+    """The fused numba kernels serve CPU tensors unless AVAT3R_RASTERIZER=tensor asks for the tensor-op walk
+    (the device-agnostic path, kept as a second implementation under test)."""
+    return t.device.type == "cpu" and os.environ.get("AVAT3R_RASTERIZER", "fused") != "tensor"
+
+
+class _FusedCPU:
+    """Forward and backward of ``_TiledComposite`` with the per-pixel kernels of ``cpu_kernels``."""
+
+    @staticmethod
+    def _threads() -> int:
+        import numba
+
+        n = max(1, min(torch.get_num_threads(), numba.config.NUMBA_NUM_THREADS))
+        numba.set_num_threads(n)
+        return n
+
+    @staticmethod
+    def forward(ctx, means2d, conics, opac, depths, colors, plan, cfg):
+        from .cpu_kernels import composite_forward
+
+        width, height, ts, _, _, alpha_min, t_min = cfg
+        gauss = torch.cat([means2d, conics, opac[:, None], colors, depths[:, None]], dim=-1).contiguous()
+        n_tiles, P = plan.tile_count.numel(), ts * ts
+        out = torch.zeros(n_tiles, 5, P, dtype=means2d.dtype)
+        n_used = torch.zeros(n_tiles, P, dtype=torch.int32)
+        _FusedCPU._threads()
+        composite_forward(gauss.numpy(), plan.entries.numpy(), plan.tile_start.numpy(), plan.tile_count.numpy(),
+                          plan.tiles_x, plan.tiles_y, ts, width, height, alpha_min, ALPHA_MAX, t_min,
+                          out.numpy(), n_used.numpy())
+        ctx.save_for_backward(gauss, out, n_used)
+        ctx.plan, ctx.cfg, ctx.fused = plan, cfg, True
+        return _untile(out, plan, ts, width, height)
+
+    @staticmethod
+    def backward(ctx, g_rgb, g_alpha, g_depth):
+        from .cpu_kernels import composite_backward
+
+        gauss, out, n_used = ctx.saved_tensors
+        plan, (width, height, ts, _, _, alpha_min, _) = ctx.plan, ctx.cfg
+        G = _tile_grads(g_rgb, g_alpha, g_depth, plan, ts, width, height, out).contiguous()
+        grads = torch.zeros(_FusedCPU._threads(), gauss.shape[0], 10, dtype=gauss.dtype)
+        composite_backward(gauss.numpy(), plan.entries.numpy(), plan.tile_start.numpy(), plan.tile_count.numpy(),
+                           plan.tiles_x, plan.tiles_y, ts, width, height, alpha_min, ALPHA_MAX, G.numpy(),
+                           out.numpy(), n_used.numpy(), grads.numpy())
+        d = grads.sum(0)
+        opac = gauss[:, 5]
+        d_opac = torch.where(opac > 0, d[:, 5] / opac.clamp_min(1e-30), torch.zeros_like(opac))
+        return d[:, :2], d[:, 2:5], d_opac, d[:, 9], d[:, 6:9], None, None
 
 
 def _inside_mask(plan, ts, width, height, dtype):
