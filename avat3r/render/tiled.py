@@ -20,6 +20,7 @@ and the accumulation a (5, S) × (S, P) one per tile, which BLAS runs several ti
 from __future__ import annotations
 
 import os
+from concurrent.futures import ThreadPoolExecutor
 
 import torch
 
@@ -286,15 +287,23 @@ def _use_fused(t: torch.Tensor) -> bool:
 
 
 class _FusedCPU:
-    """Forward and backward of ``_TiledComposite`` with the per-pixel kernels of ``cpu_kernels``."""
+    """Forward and backward of ``_TiledComposite`` with the per-pixel kernels of ``cpu_kernels``, one chunk of
+    tiles per torch CPU thread (Python threads: the kernels release the GIL)."""
 
-    @staticmethod
-    def _threads() -> int:
-        import numba
+    _pool: ThreadPoolExecutor | None = None
 
-        n = max(1, min(torch.get_num_threads(), numba.config.NUMBA_NUM_THREADS))
-        numba.set_num_threads(n)
-        return n
+    @classmethod
+    def _run(cls, kernel, *args, buffers=None):
+        """kernel(*args, [buffers[c],] c, n) for c < n = torch's thread count, on n threads."""
+        n = torch.get_num_threads() if buffers is None else len(buffers)
+        calls = [args + ((buffers[c],) if buffers is not None else ()) + (c, n) for c in range(n)]
+        if n == 1:
+            kernel(*calls[0])
+            return
+        if cls._pool is None or cls._pool._max_workers < n:
+            cls._pool = ThreadPoolExecutor(max_workers=n, thread_name_prefix="avat3r-raster")
+        for f in [cls._pool.submit(kernel, *call) for call in calls]:
+            f.result()
 
     @staticmethod
     def forward(ctx, means2d, conics, opac, depths, colors, plan, cfg):
@@ -305,10 +314,9 @@ class _FusedCPU:
         n_tiles, P = plan.tile_count.numel(), ts * ts
         out = torch.zeros(n_tiles, 5, P, dtype=means2d.dtype)
         n_used = torch.zeros(n_tiles, P, dtype=torch.int32)
-        _FusedCPU._threads()
-        composite_forward(gauss.numpy(), plan.entries.numpy(), plan.tile_start.numpy(), plan.tile_count.numpy(),
-                          plan.tiles_x, plan.tiles_y, ts, width, height, alpha_min, ALPHA_MAX, t_min,
-                          out.numpy(), n_used.numpy())
+        _FusedCPU._run(composite_forward, gauss.numpy(), plan.entries.numpy(), plan.tile_start.numpy(),
+                       plan.tile_count.numpy(), plan.tiles_x, plan.tiles_y, ts, width, height, alpha_min, ALPHA_MAX,
+                       t_min, out.numpy(), n_used.numpy())
         ctx.save_for_backward(gauss, out, n_used)
         ctx.plan, ctx.cfg, ctx.fused = plan, cfg, True
         return _untile(out, plan, ts, width, height)
@@ -320,10 +328,10 @@ class _FusedCPU:
         gauss, out, n_used = ctx.saved_tensors
         plan, (width, height, ts, _, _, alpha_min, _) = ctx.plan, ctx.cfg
         G = _tile_grads(g_rgb, g_alpha, g_depth, plan, ts, width, height, out).contiguous()
-        grads = torch.zeros(_FusedCPU._threads(), gauss.shape[0], 10, dtype=gauss.dtype)
-        composite_backward(gauss.numpy(), plan.entries.numpy(), plan.tile_start.numpy(), plan.tile_count.numpy(),
-                           plan.tiles_x, plan.tiles_y, ts, width, height, alpha_min, ALPHA_MAX, G.numpy(),
-                           out.numpy(), n_used.numpy(), grads.numpy())
+        grads = torch.zeros(torch.get_num_threads(), gauss.shape[0], 10, dtype=gauss.dtype)
+        _FusedCPU._run(composite_backward, gauss.numpy(), plan.entries.numpy(), plan.tile_start.numpy(),
+                       plan.tile_count.numpy(), plan.tiles_x, plan.tiles_y, ts, width, height, alpha_min, ALPHA_MAX,
+                       G.numpy(), out.numpy(), n_used.numpy(), buffers=list(grads.numpy()))
         d = grads.sum(0)
         opac = gauss[:, 5]
         d_opac = torch.where(opac > 0, d[:, 5] / opac.clamp_min(1e-30), torch.zeros_like(opac))
