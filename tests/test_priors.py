@@ -45,6 +45,32 @@ def test_geometric_prior_recovers_known_geometry_at_64():
     _check_geometric(64, 6.0)  # 4.4 mm per pixel
 
 
+def test_geometric_window_means_match_avg_pool():
+    from avat3r.priors.geometric import _box
+
+    for shape in [(2, 6, 3, 9, 7), (1, 3, 1, 2, 5), (1, 1, 1, 1, 1)]:  # also windows wider than the image
+        x = torch.rand(shape)
+        flat = x.reshape(-1, 1, *shape[-2:])
+        want = torch.nn.functional.avg_pool2d(flat, 5, stride=1, padding=2, count_include_pad=False)
+        assert torch.allclose(_box(x, 5), want.reshape(shape), atol=1e-6)
+
+
+def test_geometric_best_views_mean_matches_topk():
+    from avat3r.priors.geometric import _best_views_mean
+
+    g = torch.Generator().manual_seed(0)
+    cost = torch.rand(3, 4, 50, generator=g)
+    vis = torch.rand(3, 4, 50, generator=g) > 0.4  # 0, 1, 2 and 3 visible views all occur
+    n_vis = vis.sum(0, dtype=torch.float32)
+    c = torch.where(vis, cost, torch.full_like(cost, float("inf")))
+    low = torch.topk(c, 2, dim=0, largest=False).values
+    ok = torch.isfinite(low)
+    n = ok.sum(0)
+    want = torch.where(n > 0, torch.where(ok, low, 0).sum(0) / n.clamp_min(1), torch.full_like(low[0], 0.5))
+    assert torch.equal(_best_views_mean(cost.clone(), vis, n_vis, 2), want)
+    assert set(n_vis.unique().tolist()) == {0.0, 1.0, 2.0, 3.0}
+
+
 def test_none_prior_meets_the_head_ellipsoid():
     cams = hemisphere_rig(3, 16)
     pos, conf = get_position_prior("none")(torch.zeros(3, 16, 16, 3), cams, None)

@@ -16,6 +16,7 @@ Per input view and pixel ray (all views at once, vectorised):
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 
 import torch
@@ -90,19 +91,22 @@ class GeometricPrior:
             sel = (fg[i] > 0.5) & hit[i]
             if not sel.any():
                 continue
-            oi, di = o[i][sel], d[i][sel]  # (P,3)
+            others = [j for j in range(V) if j != i]
+            # per ray, the other views' projection coefficients: every sample below is a few multiply-adds
+            coef = _ray_coefficients(cameras[others], o[i][sel], d[i][sel], W, H)
+            silhouettes = carve[others][:, None]
             a, b = t0[i][sel], t1[i][sel]
-            ts = a[:, None] + (b - a)[:, None] * steps  # (P,N)
-            occ = self._inside_all(oi, di, ts, carve, cameras, i, H, W)
-            anyocc = occ.any(-1)
-            first = torch.argmax(occ.to(torch.uint8), dim=-1)
-            last = self.hull_samples - 1 - torch.argmax(occ.flip(-1).to(torch.uint8), dim=-1)
-            t_exit[i][sel] = ts.gather(1, last[:, None])[:, 0]
-            hi = ts.gather(1, first[:, None])[:, 0]
-            lo = ts.gather(1, (first - 1).clamp_min(0)[:, None])[:, 0]
+            ts = a[None] + (b - a)[None] * steps[:, None]  # (N,P): depth-major, as the lookups want it
+            occ = self._inside_all(coef, ts, silhouettes)
+            anyocc = occ.any(0)
+            first = torch.argmax(occ.to(torch.uint8), dim=0)
+            last = self.hull_samples - 1 - torch.argmax(occ.flip(0).to(torch.uint8), dim=0)
+            t_exit[i][sel] = ts.gather(0, last[None])[0]
+            hi = ts.gather(0, first[None])[0]
+            lo = ts.gather(0, (first - 1).clamp_min(0)[None])[0]
             for _ in range(self.hull_bisections):  # invariant: lo outside (or the entry point), hi inside
                 mid = 0.5 * (lo + hi)
-                inside = self._inside_all(oi, di, mid[:, None], carve, cameras, i, H, W)[:, 0]
+                inside = self._inside_all(coef, mid[None], silhouettes)[0]
                 hi = torch.where(inside, mid, hi)
                 lo = torch.where(inside, lo, mid)
             t_sel = t_hull[i][sel]
@@ -112,17 +116,22 @@ class GeometricPrior:
             hull_hit[i] = h
         return t_hull, t_exit, hull_hit
 
-    def _inside_all(self, o, d, t, carve, cameras, ref, H, W):
-        """(P,N) bool: the points o + t·d (rays (P,3), depths (P,N)) inside the silhouette of every view other
-        than ``ref``."""
-        P, N = t.shape
-        others = [j for j in range(len(cameras)) if j != ref]
-        uv, z = _ray_project(cameras[others], o, d, t.T.contiguous())  # (J, N·P): depth-major
-        m = _sample(carve[others][:, None], uv, W, H)[:, 0]  # (J, P·N)
-        # Off-image points read the silhouette's border pixel: carved unless the silhouette runs off the image
-        # there (a crop that cuts hair or neck cannot carve what lies beyond it).
-        inside = (m > 0.5) | (z <= 1e-4)
-        return inside.all(0).reshape(N, P).T
+    @staticmethod
+    def _inside_all(coef, t, silhouettes):
+        """(N,P) bool: the points at depths t (N,P) on the rays of ``coef`` (see ``_ray_coefficients``) inside
+        every silhouette (J,1,H,W) of those cameras. Evaluated in batches of a few depths: the lookups' buffers
+        then stay in cache."""
+        N, P = t.shape
+        out = torch.empty(N, P, dtype=torch.bool)
+        step = max(1, _BATCH_POINTS // (coef[0].shape[0] * P))
+        for n0 in range(0, N, step):
+            grid, z = _grid_at(coef, t[n0:n0 + step])
+            m = F.grid_sample(silhouettes, grid, mode="bilinear", padding_mode="border", align_corners=False)
+            # Off-image points read the silhouette's border pixel: carved unless the silhouette runs off the
+            # image there (a crop that cuts hair or neck cannot carve what lies beyond it).
+            inside = (m.view(z.shape) > 0.5).logical_or_(z <= 1e-4)
+            out[n0:n0 + step] = inside.all(0)
+        return out
 
     # -- 2. plane sweep ---------------------------------------------------------------------------
     def _sweep(self, images, fg, o, d, t_hull, span, occluder_z, tolerance, cameras, H, W, hull_hit):
@@ -143,32 +152,33 @@ class GeometricPrior:
                 continue
             crop = (slice(box[0], box[1]), slice(box[2], box[3]))
             h, w = box[1] - box[0], box[3] - box[2]
-            o_i, d_i, t_hull_i = o[i][crop], d[i][crop], t_hull[i][crop]
+            t_hull_i = t_hull[i][crop]
             others = [j for j in range(V) if j != i]
-            cams_j = cameras[others]
+            coef = _ray_coefficients(cameras[others], o[i][crop].reshape(-1, 3), d[i][crop].reshape(-1, 3), W, H)
             ref = img[i:i + 1, :, None, crop[0], crop[1]]  # (1,3,1,h,w): broadcast over views and depths
             mu_a, var_a = _box_stats(ref, self.window)
             img_fg = torch.cat([img[others], fg[others][:, None]], 1)  # colour and silhouette: one bilinear lookup
+            occluders = occluder_z[others][:, None]
             step = (span[i][crop] + self.front) / (self.sweep_steps - 1)  # (h,w)
             J = len(others)
             costs, nvis = [], []
-            # all depths of a chunk in one batch of calls: the per-call overhead of ~10 small ops per depth
-            # dominated the sweep at training resolutions
-            chunk = max(1, _SWEEP_POINTS // (J * h * w))
+            # a few depths per batch: few enough that the window statistics' buffers stay in cache, enough that
+            # the per-call overhead of the ~40 small ops per batch does not dominate
+            chunk = max(1, _BATCH_POINTS // (J * h * w))
             for k0 in range(0, self.sweep_steps, chunk):
                 ks = torch.arange(k0, min(k0 + chunk, self.sweep_steps), dtype=torch.float32)
                 n_k = ks.numel()
                 t = t_hull_i - self.front + ks[:, None, None] * step  # (k,h,w)
-                uv, z = _ray_project(cams_j, o_i.reshape(-1, 3), d_i.reshape(-1, 3), t.reshape(n_k, h * w))
-                looked = _sample(img_fg, uv, W, H).reshape(J, 4, n_k, h, w)
-                warped, m = looked[:, :3], looked[:, 3]  # (J,3,k,h,w), (J,k,h,w)
-                zj = _sample(occluder_z[others][:, None], uv, W, H, mode="nearest").reshape(J, n_k, h, w)
-                inimg = _in_image(uv, W, H).reshape(J, n_k, h, w)
-                z = z.reshape(J, n_k, h, w)
-                vis = inimg & (z > 1e-4) & (m > 0.5) & (z <= zj + tolerance)
-                cost = self._match_cost(ref, warped, mu_a, var_a)  # (J,k,h,w)
-                costs.append(_best_views_mean(cost, vis, self.best_views) + ramp[k0:k0 + n_k, None, None])
-                nvis.append(vis.to(torch.float32).sum(0))
+                grid, z = _grid_at(coef, t.reshape(n_k, h * w))
+                looked = F.grid_sample(img_fg, grid, mode="bilinear", padding_mode="border", align_corners=False)
+                looked = looked.view(J, 4, n_k, h, w)
+                zj = F.grid_sample(occluders, grid, mode="nearest", padding_mode="border", align_corners=False)
+                vis = self._visible(grid, z, looked[:, 3], zj, tolerance).view(J, n_k, h, w)
+                cost = self._match_cost(ref, looked[:, :3], mu_a, var_a)  # (J,k,h,w)
+                n_vis = vis.sum(0, dtype=torch.float32)
+                best2 = _best_views_mean(cost, vis, n_vis, self.best_views)
+                costs.append(best2.add_(ramp[k0:k0 + n_k, None, None]))
+                nvis.append(n_vis)
             C = torch.cat(costs)  # (K,h,w)
             best = torch.argmin(C, dim=0)
             offset = _parabola_offset(C, best)
@@ -178,13 +188,23 @@ class GeometricPrior:
             nvis_out[i][crop] = torch.cat(nvis).gather(0, best[None])[0]
         return t_out, score_out, nvis_out
 
+    @staticmethod
+    def _visible(grid, z, m, zj, tolerance):
+        """(J,…) bool: the point is on the image, in front of the camera, inside the silhouette and not
+        behind the occluding surface by more than ``tolerance``."""
+        vis = grid.abs().le_(1).all(-1).view(z.shape)  # on the image: |normalised coordinate| ≤ 1
+        vis &= z > 1e-4
+        vis &= m.reshape(z.shape) > 0.5
+        vis &= z <= zj.view(z.shape).add_(tolerance)
+        return vis
+
     def _match_cost(self, a, b, mu_a, var_a):
         """(J,…,H,W) in [0,1]: windowed NCC over the RGB window (channels as extra samples) + colour difference.
         ``a``, ``b``: (J,3,…,H,W) images (channels in dim 1), broadcast against each other; ``mu_a``, ``var_a``
         from ``_box_stats(a)``."""
-        # one pooling call for all windowed moments: b per channel; Σ_c b², Σ_c a·b and |a − b| (channel sums
-        # pooled, since the window mean is linear: 6 channels to pool instead of 10), summed channel by channel
-        # so that no 3-channel temporaries are made
+        # one pooling call for all windowed moments: b per channel; Σ_c b², Σ_c a·b and Σ_c |a − b| (channel
+        # sums pooled, since the window mean is linear: 6 channels to pool instead of 10), summed channel by
+        # channel so that no 3-channel temporaries are made
         stack = torch.empty((b.shape[0], 6) + b.shape[2:], dtype=b.dtype)
         stack[:, 0:3] = b
         bb, ab, sad = stack[:, 3], stack[:, 4], stack[:, 5]
@@ -195,34 +215,55 @@ class GeometricPrior:
             bb.addcmul_(b[:, c], b[:, c])
             ab.addcmul_(a[:, c], b[:, c])
             sad.add_((a[:, c] - b[:, c]).abs_())
-        sad.div_(3)
         pooled = _box(stack, self.window)
-        mu_b, mu_bb, mu_ab, sad = pooled[:, 0:3], pooled[:, 3], pooled[:, 4], pooled[:, 5]
-        var_b = (mu_bb - (mu_b * mu_b).sum(1)).clamp_min(0)
-        cov = mu_ab - (mu_a * mu_b).sum(1)
-        ncc = cov / torch.sqrt(var_a * var_b + 1e-6)
-        colour = (sad / self.colour_scale).clamp(0, 1)
-        return self.ncc_weight * (1 - ncc.clamp(-1, 1)) / 2 + (1 - self.ncc_weight) * colour
+        # the rest in place on the pooled channels: var_b in Σb², cov in Σab, the colour term in Σ|a − b|
+        var_b, cov, colour = pooled[:, 3], pooled[:, 4], pooled[:, 5]
+        for c in range(3):
+            mu_b = pooled[:, c]
+            var_b.addcmul_(mu_b, mu_b, value=-1)
+            cov.addcmul_(mu_a[:, c], mu_b, value=-1)
+        denom = var_b.clamp_min_(0).mul_(var_a).add_(1e-6).sqrt_()
+        ncc = cov.div_(denom).clamp_(-1, 1)
+        colour.mul_(1 / (3 * self.colour_scale)).clamp_(0, 1)  # mean over channels, then the scale
+        # w·(1 − ncc)/2 + (1 − w)·colour
+        w = self.ncc_weight
+        return colour.mul_(1 - w).add_(ncc, alpha=-w / 2).add_(w / 2)
 
 
 # -- small tensor helpers ---------------------------------------------------------------------------
-_SWEEP_POINTS = 1 << 20  # sweep points (views × depths × pixels) evaluated per batch: bounds memory at high res
+_BATCH_POINTS = 1 << 17  # points (views × depths × pixels) per batch: the buffers of a batch stay in cache
 
-def _ray_project(cameras: Cameras, o: torch.Tensor, d: torch.Tensor, t: torch.Tensor):
-    """Points o + t·d on R rays (o, d (R,3); depths t (N,R)) → pixel coordinates (J, N·R, 2) and camera z
-    (J, N·R) in each of J cameras, depth-major. In camera j the point is A + t·B with A = Rⱼo + tⱼ and
-    B = Rⱼd, and K(A + tB) = KA + t·KB: per ray two small products, then per point only multiply-adds and
-    one division, instead of materialising and transforming every 3D point."""
+
+def _ray_coefficients(cameras: Cameras, o: torch.Tensor, d: torch.Tensor, W: int, H: int):
+    """Per-ray coefficients A, B (each (J,3,R)) of the points o + t·d (rays o, d (R,3)) in J cameras, such that a
+    point's camera z is A₂ + t·B₂ and its normalised image coordinates (``grid_sample``'s, −1…1 across the
+    image) are (Aₓ + t·Bₓ)/z. In camera j the point is Rⱼo + tⱼ + t·Rⱼd; the pixel scale and the shift to
+    −1…1 are folded into rows 0 and 1, so that every point costs a few multiply-adds and one division."""
     Rot, tr = cameras.w2c[:, :3, :3], cameras.w2c[:, :3, 3]
     J, R = len(cameras), o.shape[0]
-    A = (o @ Rot.reshape(J * 3, 3).T).reshape(R, J, 3).permute(1, 2, 0) + tr[:, :, None]  # (J,3,R)
+    A = (o @ Rot.reshape(J * 3, 3).T).reshape(R, J, 3).permute(1, 2, 0) + tr[:, :, None]  # (J,3,R) camera frame
     B = (d @ Rot.reshape(J * 3, 3).T).reshape(R, J, 3).permute(1, 2, 0)
-    KA, KB = torch.bmm(cameras.K, A), torch.bmm(cameras.K, B)  # pinhole: row 3 of K is (0, 0, 1)
+    # normalised x = (2/W)·u − 1 with u = (K(A + tB))ₓ / z: pinhole K, row 3 is (0, 0, 1)
+    scale = torch.tensor([2.0 / W, 2.0 / H, 1.0])[:, None]
+    shift = torch.tensor([1.0, 1.0, 0.0])[:, None]
+    KA = torch.bmm(cameras.K, A) * scale - shift * A[:, 2:3]
+    KB = torch.bmm(cameras.K, B) * scale - shift * B[:, 2:3]
+    return KA.contiguous(), KB.contiguous()
+
+
+def _grid_at(coef, t: torch.Tensor):
+    """The points at depths t (N,R) on the rays of ``coef`` → normalised coordinates (J, N·R, 1, 2), ready for
+    ``grid_sample``, and camera z (J,N,R). Off-image and behind-camera points get coordinates outside −1…1."""
+    A, B = coef
+    J, R = A.shape[0], A.shape[2]
+    N = t.shape[0]
     z = torch.addcmul(A[:, 2, None], t, B[:, 2, None])  # (J,N,R)
-    iz = 1 / z.clamp_min(1e-6)
-    uv = torch.stack([torch.addcmul(KA[:, 0, None], t, KB[:, 0, None]).mul_(iz),
-                      torch.addcmul(KA[:, 1, None], t, KB[:, 1, None]).mul_(iz)], dim=-1)
-    return uv.reshape(J, -1, 2), z.reshape(J, -1)
+    iz = z.clamp_min(1e-6).reciprocal_()
+    grid = torch.empty(J, N, R, 2)
+    torch.addcmul(A[:, 0, None], t, B[:, 0, None], out=grid[..., 0])
+    torch.addcmul(A[:, 1, None], t, B[:, 1, None], out=grid[..., 1])
+    grid.mul_(iz[..., None]).nan_to_num_(nan=-2.0, posinf=-2.0, neginf=-2.0)
+    return grid.view(J, N * R, 1, 2), z
 
 
 def _bounding_box(mask: torch.Tensor, margin: int):
@@ -236,37 +277,43 @@ def _bounding_box(mask: torch.Tensor, margin: int):
             max(int(cols[0]) - margin, 0), min(int(cols[-1]) + margin + 1, W))
 
 
-def _in_image(uv, W, H):
-    return (uv[..., 0] >= 0) & (uv[..., 0] <= W) & (uv[..., 1] >= 0) & (uv[..., 1] <= H)
-
-
-def _sample(maps: torch.Tensor, uv: torch.Tensor, W: int, H: int, mode: str = "bilinear") -> torch.Tensor:
-    """Sample (J,C,H,W) maps at continuous pixel coordinates (J,P,2) (centres at +.5) → (J,C,P)."""
-    grid = torch.stack([uv[..., 0] / W * 2 - 1, uv[..., 1] / H * 2 - 1], dim=-1)[:, :, None, :]
-    grid = torch.nan_to_num(grid, nan=-2.0, posinf=-2.0, neginf=-2.0)
-    return F.grid_sample(maps, grid, mode=mode, padding_mode="border", align_corners=False)[..., 0]
-
-
 def _box(x: torch.Tensor, k: int) -> torch.Tensor:
     """k×k window mean over (…, H, W), windows clipped at the border (``avg_pool2d`` without counting the
-    padding). Written as shifted in-place adds along rows, then along columns, and one division by the clipped
-    window size: the clipped window is a rectangle, so the sums factor. CPU ``avg_pool2d`` was the sweep's
+    padding). Written as shifted adds along rows, then along columns, and one multiplication by the inverse
+    clipped window size: the clipped window is a rectangle, so the sums factor. CPU ``avg_pool2d`` was the sweep's
     largest cost (it reads k² values per output); this reads 2k and needs no padded copy."""
     r = k // 2
     H, W = x.shape[-2:]
-    rows = x.clone()
-    for s in range(1, r + 1):
-        rows[..., s:] += x[..., :-s]
-        rows[..., :-s] += x[..., s:]
-    out = rows.clone()
-    for s in range(1, r + 1):
-        out[..., s:, :] += rows[..., :-s, :]
-        out[..., :-s, :] += rows[..., s:, :]
-    return out.div_(_window_count(H, r, x)[:, None] * _window_count(W, r, x)[None, :])
+    rows = _shifted_sum(x, r, -1)
+    out = _shifted_sum(rows, r, -2)
+    return out.mul_(_inverse_window_size(H, W, r))
 
 
-def _window_count(n: int, r: int, like: torch.Tensor) -> torch.Tensor:
-    i = torch.arange(n, dtype=like.dtype, device=like.device)
+def _shifted_sum(x: torch.Tensor, r: int, dim: int) -> torch.Tensor:
+    """Sum of x shifted by −r…r along ``dim`` (shifts past the border dropped), added in the order x[i],
+    x[i−1], x[i+1], x[i−2], … The first add writes a new tensor (no copy of x to add into)."""
+    def sl(a, b):
+        return (slice(None),) * (x.ndim + dim) + (slice(a, b),)
+    out = torch.empty_like(x)
+    if r == 0 or x.shape[dim] == 1:
+        return out.copy_(x)
+    torch.add(x[sl(1, None)], x[sl(None, -1)], out=out[sl(1, None)])
+    out[sl(0, 1)] = x[sl(0, 1)]
+    out[sl(None, -1)] += x[sl(1, None)]
+    for s in range(2, r + 1):
+        out[sl(s, None)] += x[sl(None, -s)]
+        out[sl(None, -s)] += x[sl(s, None)]
+    return out
+
+
+@functools.lru_cache(maxsize=64)
+def _inverse_window_size(H: int, W: int, r: int) -> torch.Tensor:
+    """(H,W) 1 / the number of pixels in each border-clipped window (the same for every batch of a view)."""
+    return 1 / (_window_count(H, r)[:, None] * _window_count(W, r)[None, :])
+
+
+def _window_count(n: int, r: int) -> torch.Tensor:
+    i = torch.arange(n, dtype=torch.float32)
     return (i + r).clamp_max(n - 1) - (i - r).clamp_min(0) + 1
 
 
@@ -281,13 +328,27 @@ def _dilate(mask: torch.Tensor, r: int) -> torch.Tensor:
     return F.max_pool2d(mask[:, None], 2 * r + 1, stride=1, padding=r)[:, 0]
 
 
-def _best_views_mean(cost: torch.Tensor, vis: torch.Tensor, k: int) -> torch.Tensor:
-    """(H,W) mean of the ``k`` lowest costs among visible views (fewer where fewer see it; 0.5 where none do)."""
-    c = torch.where(vis, cost, torch.full_like(cost, float("inf")))
+def _best_views_mean(cost: torch.Tensor, vis: torch.Tensor, n_vis: torch.Tensor, k: int) -> torch.Tensor:
+    """(…) mean of the ``k`` lowest costs (J,…) among visible views (fewer where fewer see it; 0.5 where none
+    do); ``n_vis`` (…) counts the visible views. Overwrites ``cost``."""
+    c = cost.masked_fill_(~vis, float("inf"))
+    if c.shape[0] == 3 and k == 2:  # the default: 4 views, best 2
+        lowest, second = _two_lowest_of_three(c)
+        mean = torch.where(n_vis >= 2, (lowest + second).mul_(0.5), lowest)
+        return mean.masked_fill_(n_vis == 0, 0.5)
     low = torch.topk(c, min(k, c.shape[0]), dim=0, largest=False).values
     ok = torch.isfinite(low)
     n = ok.sum(0)
     return torch.where(n > 0, torch.where(ok, low, 0).sum(0) / n.clamp_min(1), torch.full_like(n, 0.5, dtype=c.dtype))
+
+
+def _two_lowest_of_three(c: torch.Tensor):
+    """The lowest and second-lowest of (3,…) values, as ``topk`` gives them, by elementwise min/max (``topk``
+    along a short leading dim is a slow strided loop)."""
+    lo, hi = torch.minimum(c[0], c[1]), torch.maximum(c[0], c[1])
+    lowest = torch.minimum(lo, c[2])
+    second = torch.minimum(hi, torch.maximum(lo, c[2], out=lo), out=hi)
+    return lowest, second
 
 
 def _parabola_offset(C: torch.Tensor, best: torch.Tensor) -> torch.Tensor:
