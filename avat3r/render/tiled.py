@@ -74,6 +74,15 @@ def _intersections(means2d, radii, depths, cam, n_cameras, width, height, tile_s
     else:  # every Gaussian reaches every tile
         x0 = y0 = torch.zeros_like(cam)
         x1, y1 = torch.full_like(cam, tx_n), torch.full_like(cam, ty_n)
+    if _use_fused(means2d):
+        from .cpu_kernels import bin_tiles
+
+        y1, x1 = torch.maximum(y1, y0), torch.maximum(x1, x0)  # empty boxes
+        first = cam * (ty_n * tx_n)
+        entries, start, count = bin_tiles(torch.argsort(depths).numpy(), first.numpy(), x0.numpy(), y0.numpy(),
+                                          x1.numpy(), y1.numpy(), tx_n, n_cameras * ty_n * tx_n)
+        return _Plan(torch.from_numpy(entries), torch.from_numpy(start), torch.from_numpy(count), tx_n, ty_n,
+                     n_cameras)
     nx = (x1 - x0).clamp_min(0)
     counts = nx * (y1 - y0).clamp_min(0)
     # expand each projected Gaussian (in depth order) into its tiles, then group stably by tile. Pair j of a
@@ -310,7 +319,8 @@ class _FusedCPU:
         from .cpu_kernels import composite_forward
 
         width, height, ts, _, _, alpha_min, t_min = cfg
-        gauss = torch.cat([means2d, conics, opac[:, None], colors, depths[:, None]], dim=-1).contiguous()
+        half_conic = conics * conics.new_tensor([0.5, 1.0, 0.5])  # σ = a/2·dx² + b·dx·dy + c/2·dy²
+        gauss = torch.cat([means2d, half_conic, opac[:, None], colors, depths[:, None]], dim=-1).contiguous()
         n_tiles, P = plan.tile_count.numel(), ts * ts
         out = torch.zeros(n_tiles, 5, P, dtype=means2d.dtype)
         n_used = torch.zeros(n_tiles, P, dtype=torch.int32)
