@@ -35,6 +35,20 @@ def _pixel_centres(ts, like):
     return U, V
 
 
+@njit(inline="always")
+def _pair(dx, dy, ca, cb, cc, o, sigma_cut, alpha_min, alpha_max):
+    """(dx, dy, raw o·exp(−σ), alpha) of one Gaussian–pixel pair; alpha 0 when the pair is skipped (σ < 0, or
+    alpha below alpha_min). ca, cc are the halved conic."""
+    sigma = ca * dx * dx + cc * dy * dy + cb * dx * dy
+    if sigma < 0 or sigma > sigma_cut:
+        return dx, dy, 0.0, 0.0
+    raw = o * np.exp(-sigma)
+    alpha = min(raw, alpha_max)
+    if alpha < alpha_min:
+        return dx, dy, raw, 0.0
+    return dx, dy, raw, alpha
+
+
 @njit(cache=True, nogil=True)
 def composite_forward(gauss, entries, tile_start, tile_count, tiles_x, tiles_y, ts, width, height,
                       alpha_min, alpha_max, t_min, out, n_used, chunk, n_chunks):
@@ -64,13 +78,8 @@ def composite_forward(gauss, entries, tile_start, tile_count, tiles_x, tiles_y, 
             for p in range(P):
                 if T[p] == 0:
                     continue
-                dx = U[p] + ox
-                dy = V[p] + oy
-                sigma = ca * dx * dx + cc * dy * dy + cb * dx * dy  # ca, cc: halved conic
-                if sigma < 0 or sigma > sigma_cut:
-                    continue
-                alpha = min(o * np.exp(-sigma), alpha_max)
-                if alpha < alpha_min:
+                _, _, _, alpha = _pair(U[p] + ox, V[p] + oy, ca, cb, cc, o, sigma_cut, alpha_min, alpha_max)
+                if alpha == 0:
                     continue
                 T_next = T[p] * (1 - alpha)
                 if T_next <= t_min:  # this Gaussian would bring T to ≤ t_min: the pixel stops before it
@@ -122,14 +131,8 @@ def composite_backward(gauss, entries, tile_start, tile_count, tiles_x, tiles_y,
             for p in range(P):
                 if k >= n_used[t, p]:
                     continue
-                dx = U[p] + ox
-                dy = V[p] + oy
-                sigma = ca * dx * dx + cc * dy * dy + cb * dx * dy  # ca, cc: halved conic
-                if sigma < 0 or sigma > sigma_cut:
-                    continue
-                raw = o * np.exp(-sigma)
-                alpha = min(raw, alpha_max)
-                if alpha < alpha_min:
+                dx, dy, raw, alpha = _pair(U[p] + ox, V[p] + oy, ca, cb, cc, o, sigma_cut, alpha_min, alpha_max)
+                if alpha == 0:
                     continue
                 G0, G1, G2, G3 = grad_out[t, 0, p], grad_out[t, 1, p], grad_out[t, 2, p], grad_out[t, 3, p]
                 s = G0 * r + G1 * g + G2 * b + G3 * z + grad_out[t, 4, p]
