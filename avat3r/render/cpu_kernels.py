@@ -59,10 +59,12 @@ def composite_forward(gauss, entries, tile_start, tile_count, tiles_x, tiles_y, 
     not once per pixel) and leaves the tile once every pixel has stopped."""
     n_tiles, P = tile_count.shape[0], ts * ts
     U, V = _pixel_centres(ts, gauss)
+    origin = np.empty(2, gauss.dtype)
     T = np.empty(P)  # transmittance; 0 once the pixel has stopped (or lies outside the image)
     for t in range(chunk, n_tiles, n_chunks):
         x0 = (t % tiles_x) * ts
         y0 = ((t // tiles_x) % tiles_y) * ts
+        origin[0], origin[1] = x0, y0  # in the table's dtype: int − float32 would promote to float64
         start, count = tile_start[t], tile_count[t]
         alive = 0
         for p in range(P):
@@ -74,7 +76,7 @@ def composite_forward(gauss, entries, tile_start, tile_count, tiles_x, tiles_y, 
             mx, my, ca, cb, cc, o, r, g, b, z = gauss[entries[start + k]]
             # o·exp(−σ) < alpha_min for σ beyond this bound: no exp needed there
             sigma_cut = np.log(o / alpha_min) + 1e-6 if alpha_min > 0 else np.inf
-            ox, oy = x0 - mx, y0 - my
+            ox, oy = origin[0] - mx, origin[1] - my
             for p in range(P):
                 if T[p] == 0:
                     continue
@@ -108,12 +110,14 @@ def composite_backward(gauss, entries, tile_start, tile_count, tiles_x, tiles_y,
     gradient is summed over the tile's pixels before it is added to ``acc``."""
     n_tiles, P = tile_count.shape[0], ts * ts
     U, V = _pixel_centres(ts, gauss)
+    origin = np.empty(2, gauss.dtype)
     T = np.empty(P)
     prefix = np.empty(P)  # Σ_{j≤i} wⱼ sⱼ
     rest = np.empty(P)  # G·out, the sum over the whole list
     for t in range(chunk, n_tiles, n_chunks):
         x0 = (t % tiles_x) * ts
         y0 = ((t // tiles_x) % tiles_y) * ts
+        origin[0], origin[1] = x0, y0  # in the table's dtype: int − float32 would promote to float64
         start = tile_start[t]
         walk = 0
         for p in range(P):
@@ -127,7 +131,7 @@ def composite_backward(gauss, entries, tile_start, tile_count, tiles_x, tiles_y,
             mx, my, ca, cb, cc, o, r, g, b, z = gauss[i]
             sigma_cut = np.log(o / alpha_min) + 1e-6 if alpha_min > 0 else np.inf
             d0 = d1 = d2 = d3 = d4 = d5 = d6 = d7 = d8 = d9 = 0.0
-            ox, oy = x0 - mx, y0 - my
+            ox, oy = origin[0] - mx, origin[1] - my
             for p in range(P):
                 if k >= n_used[t, p]:
                     continue
