@@ -7,7 +7,7 @@ Each configuration runs in a fresh process so that its peak resident memory (ru_
 
     python bench/render.py            # 128² and 256² × 10k, 50k, 100k Gaussians
     python bench/render.py --quick    # 128² × 10k only
-    python bench/render.py --path tensor   # the tensor-op compositor instead of the fused kernels
+    python bench/render.py --path both     # the tensor-op compositor and the fused kernels in turn
 """
 
 from __future__ import annotations
@@ -70,6 +70,8 @@ def _run_config(size: int, n: int, mode: str, min_time: float, queue) -> None:
         if mode == "fwd+bwd":
             (rgb * weights).sum().add(alpha.sum()).add(depth.sum()).backward()
 
+    if os.environ.get("AVAT3R_RASTERIZER") == "fused":  # load numba and the compiled kernels before the baseline
+        from avat3r.render import cpu_kernels  # noqa: F401
     base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     if mode == "fwd":
         with torch.no_grad():
@@ -95,28 +97,31 @@ def main(argv=None) -> None:
     ap.add_argument("--quick", action="store_true", help="one small configuration (128², 10k Gaussians)")
     ap.add_argument("--min-time", type=float, default=2.0, help="seconds of timing per measurement")
     ap.add_argument("--threads", type=int, default=2, help="torch CPU threads (DESIGN §7 uses 2)")
-    ap.add_argument("--path", choices=["fused", "tensor"], default="fused",
-                    help="CPU compositor: the fused numba kernels (default) or the tensor-op walk")
+    ap.add_argument("--path", choices=["fused", "tensor", "both"], default="fused",
+                    help="CPU compositor: the fused numba kernels (default), the tensor-op walk, or both in turn "
+                         "(before/after in one run)")
     args = ap.parse_args(argv)
     os.environ["BENCH_THREADS"] = str(args.threads)
-    os.environ["AVAT3R_RASTERIZER"] = args.path
+    paths = ["tensor", "fused"] if args.path == "both" else [args.path]
     sizes, counts = ([128], [10_000]) if args.quick else ([128, 256], [10_000, 50_000, 100_000])
     min_time = 0.5 if args.quick else args.min_time
 
     print(f"# torch {torch.__version__}, {os.cpu_count()} CPUs, {args.threads} threads, "
           f"{platform.processor() or platform.machine()}, python {sys.version.split()[0]}, "
-          f"load average {os.getloadavg()[0]:.1f}, {args.path} compositor")
-    print("| size | Gaussians | box pairs | exp pass ms | fwd ms | fwd renders/s | fwd peak MB | fwd+bwd ms "
-          "| fwd+bwd renders/s | fwd+bwd peak MB | fwd / exp | fwd+bwd / exp |")
-    print("|---|---|---|---|---|---|---|---|---|---|---|---|")
+          f"load average {os.getloadavg()[0]:.1f}")
+    print("| size | Gaussians | box pairs | compositor | exp pass ms | fwd ms | fwd renders/s | fwd peak MB "
+          "| fwd+bwd ms | fwd+bwd renders/s | fwd+bwd peak MB | fwd / exp | fwd+bwd / exp |")
+    print("|---|---|---|---|---|---|---|---|---|---|---|---|---|")
     for size in sizes:
         for n in counts:
-            t_exp, pairs, _ = measure(size, n, "exp", min_time)
-            t_f, _, m_f = measure(size, n, "fwd", min_time)
-            t_b, _, m_b = measure(size, n, "fwd+bwd", min_time)
-            print(f"| {size}² | {n // 1000}k | {pairs / 1e6:.2f} M | {1e3 * t_exp:.1f} | {1e3 * t_f:.0f} | "
-                  f"{1 / t_f:.1f} | {m_f:.0f} | {1e3 * t_b:.0f} | {1 / t_b:.2f} | {m_b:.0f} | "
-                  f"{t_f / t_exp:.1f} | {t_b / t_exp:.1f} |", flush=True)
+            for path in paths:  # the exp pass is timed again beside each, as the machine may drift
+                os.environ["AVAT3R_RASTERIZER"] = path  # inherited by the spawned process
+                t_exp, pairs, _ = measure(size, n, "exp", min_time)
+                t_f, _, m_f = measure(size, n, "fwd", min_time)
+                t_b, _, m_b = measure(size, n, "fwd+bwd", min_time)
+                print(f"| {size}² | {n // 1000}k | {pairs / 1e6:.2f} M | {path} | {1e3 * t_exp:.1f} | "
+                      f"{1e3 * t_f:.0f} | {1 / t_f:.1f} | {m_f:.0f} | {1e3 * t_b:.0f} | {1 / t_b:.2f} | {m_b:.0f} | "
+                      f"{t_f / t_exp:.1f} | {t_b / t_exp:.1f} |", flush=True)
 
 
 if __name__ == "__main__":
