@@ -1,4 +1,8 @@
-"""Tiled pure-PyTorch rasterizer: gsplat's semantics (DESIGN §2) on any device, memory-bounded, differentiable.
+"""Tiled rasterizer: gsplat's semantics (DESIGN §2) on any device, memory-bounded, differentiable.
+
+On CPU tensors, binning and compositing (forward and backward) run in the fused per-pixel kernels of
+``cpu_kernels`` (``_FusedCPU``; ``AVAT3R_RASTERIZER=tensor`` opts out). The tensor-op walk below serves every
+other device and is the second implementation under the same tests.
 
 Plan (the same as gsplat's CUDA kernels, expressed as tensor ops):
 1. project every Gaussian once (``projection.project``) and list the (tile, Gaussian) pairs its radius box
