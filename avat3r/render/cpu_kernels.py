@@ -1,17 +1,18 @@
 """Fused per-pixel compositing kernels for CPU tensors (numba), the inner loop of the tiled rasterizer.
 
 The tensor-op walk in ``tiled.py`` makes ~10 elementwise passes over every Gaussian–pixel pair in the forward
-and ~25 in the backward, each a separate kernel over a large temporary. Here one loop per pixel does what
-gsplat's CUDA kernel does per thread: walk the tile's depth-sorted list once, evaluate alpha, blend, and stop
-at T ≤ t_min. The kernels release the GIL and take a chunk of the tiles (tiles c, c + n, c + 2n, …), so the
-caller runs n chunks on n Python threads; numba's own parallel layer is not used because its OpenMP runtime is
-a second one beside PyTorch's, and two pools of spinning threads on the same cores slow both down many-fold. Semantics are those of ``dense.composite_dense``:
-alpha = min(o·exp(−σ), ALPHA_MAX), skipped below ``alpha_min`` (or when σ < 0), a Gaussian that would bring
-T to ≤ t_min ends the pixel's list without blending.
+and ~25 in the backward, each a separate kernel over a large temporary. Here compiled loops do what gsplat's
+CUDA kernel does: walk each tile's depth-sorted list once (Gaussian by Gaussian over the tile's pixels),
+evaluate alpha, blend, and stop each pixel at T ≤ t_min. The kernels release the GIL and take a chunk of the
+tiles (tiles c, c + n, c + 2n, …), so the caller runs n chunks on n Python threads; numba's own parallel layer
+is not used because its OpenMP runtime here is a second one beside PyTorch's, and two pools of spinning threads
+share the cores (docs/benchmarks.md). Semantics are those of ``dense.composite_dense``: alpha =
+min(o·exp(−σ), ALPHA_MAX), skipped below ``alpha_min`` (or when σ < 0), a Gaussian that would bring T to
+≤ t_min ends the pixel's list without blending.
 
 Backward walks the same lists front to back (see ``tiled._TiledComposite.backward`` for the derivation):
-dL/dαᵢ = Tᵢ sᵢ − (G·out − Σ_{j≤i} wⱼ sⱼ)/(1 − αᵢ), with sᵢ = G·fᵢ. Gradients are summed per chunk into the chunk's own
-buffer (no races, and the same order on every run for a given thread count); the caller adds the chunks.
+dL/dαᵢ = Tᵢ sᵢ − (G·out − Σ_{j≤i} wⱼ sⱼ)/(1 − αᵢ), with sᵢ = G·fᵢ. Gradients are summed per chunk into the
+chunk's own buffer (no races, and the same order on every run for a given thread count); the caller adds the chunks.
 """
 
 from __future__ import annotations
@@ -36,17 +37,23 @@ def _pixel_centres(ts, like):
 
 
 @njit(inline="always")
+def _sigma_cut(o, alpha_min):
+    """o·exp(−σ) < alpha_min for σ beyond this bound: no exp is needed there."""
+    return np.log(o / alpha_min) + 1e-6 if alpha_min > 0 else np.inf
+
+
+@njit(inline="always")
 def _pair(dx, dy, ca, cb, cc, o, sigma_cut, alpha_min, alpha_max):
-    """(dx, dy, raw o·exp(−σ), alpha) of one Gaussian–pixel pair; alpha 0 when the pair is skipped (σ < 0, or
-    alpha below alpha_min). ca, cc are the halved conic."""
+    """(raw o·exp(−σ), alpha) of one Gaussian–pixel pair at offset (dx, dy); alpha 0 when the pair is skipped
+    (σ < 0, or alpha below alpha_min). ca, cc are the halved conic."""
     sigma = ca * dx * dx + cc * dy * dy + cb * dx * dy
     if sigma < 0 or sigma > sigma_cut:
-        return dx, dy, 0.0, 0.0
+        return 0.0, 0.0
     raw = o * np.exp(-sigma)
     alpha = min(raw, alpha_max)
     if alpha < alpha_min:
-        return dx, dy, raw, 0.0
-    return dx, dy, raw, alpha
+        return raw, 0.0
+    return raw, alpha
 
 
 @njit(cache=True, nogil=True)
@@ -74,13 +81,12 @@ def composite_forward(gauss, entries, tile_start, tile_count, tiles_x, tiles_y, 
         k = 0
         while k < count and alive > 0:
             mx, my, ca, cb, cc, o, r, g, b, z = gauss[entries[start + k]]
-            # o·exp(−σ) < alpha_min for σ beyond this bound: no exp needed there
-            sigma_cut = np.log(o / alpha_min) + 1e-6 if alpha_min > 0 else np.inf
+            sigma_cut = _sigma_cut(o, alpha_min)
             ox, oy = origin[0] - mx, origin[1] - my
             for p in range(P):
                 if T[p] == 0:
                     continue
-                _, _, _, alpha = _pair(U[p] + ox, V[p] + oy, ca, cb, cc, o, sigma_cut, alpha_min, alpha_max)
+                _, alpha = _pair(U[p] + ox, V[p] + oy, ca, cb, cc, o, sigma_cut, alpha_min, alpha_max)
                 if alpha == 0:
                     continue
                 T_next = T[p] * (1 - alpha)
@@ -129,13 +135,14 @@ def composite_backward(gauss, entries, tile_start, tile_count, tiles_x, tiles_y,
         for k in range(walk):
             i = entries[start + k]
             mx, my, ca, cb, cc, o, r, g, b, z = gauss[i]
-            sigma_cut = np.log(o / alpha_min) + 1e-6 if alpha_min > 0 else np.inf
+            sigma_cut = _sigma_cut(o, alpha_min)
             d0 = d1 = d2 = d3 = d4 = d5 = d6 = d7 = d8 = d9 = 0.0
             ox, oy = origin[0] - mx, origin[1] - my
             for p in range(P):
                 if k >= n_used[t, p]:
                     continue
-                dx, dy, raw, alpha = _pair(U[p] + ox, V[p] + oy, ca, cb, cc, o, sigma_cut, alpha_min, alpha_max)
+                dx, dy = U[p] + ox, V[p] + oy
+                raw, alpha = _pair(dx, dy, ca, cb, cc, o, sigma_cut, alpha_min, alpha_max)
                 if alpha == 0:
                     continue
                 G0, G1, G2, G3 = grad_out[t, 0, p], grad_out[t, 1, p], grad_out[t, 2, p], grad_out[t, 3, p]

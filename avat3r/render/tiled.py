@@ -289,8 +289,12 @@ class _TiledComposite(torch.autograd.Function):
             T.index_copy_(0, tiles, T_out)
             segs.alive[tiles] = (T_out > 0).any(-1)
         d_geo, d_f = d_all[:E, :6], d_all[:E, 6:]
-        d_opac = torch.where(opac > 0, d_geo[:, 5] / opac.clamp_min(1e-30), torch.zeros_like(opac))
-        return d_geo[:, :2], d_geo[:, 2:5], d_opac, d_f[:, _Z], d_f[:, _RGB], None, None
+        return d_geo[:, :2], d_geo[:, 2:5], _opacity_grad(d_geo[:, 5], opac), d_f[:, _Z], d_f[:, _RGB], None, None
+
+
+def _opacity_grad(d_log_opacity, opac):
+    """dL/do from dL/d(log o), both paths accumulating the latter (0 where o = 0: such a Gaussian never blends)."""
+    return torch.where(opac > 0, d_log_opacity / opac.clamp_min(1e-30), torch.zeros_like(opac))
 
 
 def _use_fused(t: torch.Tensor) -> bool:
@@ -304,6 +308,7 @@ class _FusedCPU:
     tiles per torch CPU thread (Python threads: the kernels release the GIL)."""
 
     _pool: ThreadPoolExecutor | None = None
+    _pool_size = 0
 
     @classmethod
     def _run(cls, kernel, *args, buffers=None):
@@ -313,8 +318,9 @@ class _FusedCPU:
         if n == 1:
             kernel(*calls[0])
             return
-        if cls._pool is None or cls._pool._max_workers < n:
+        if cls._pool_size < n:
             cls._pool = ThreadPoolExecutor(max_workers=n, thread_name_prefix="avat3r-raster")
+            cls._pool_size = n
         for f in [cls._pool.submit(kernel, *call) for call in calls]:
             f.result()
 
@@ -347,9 +353,7 @@ class _FusedCPU:
                        plan.tile_count.numpy(), plan.tiles_x, plan.tiles_y, ts, width, height, alpha_min, ALPHA_MAX,
                        G.numpy(), out.numpy(), n_used.numpy(), buffers=list(grads.numpy()))
         d = grads.sum(0)
-        opac = gauss[:, 5]
-        d_opac = torch.where(opac > 0, d[:, 5] / opac.clamp_min(1e-30), torch.zeros_like(opac))
-        return d[:, :2], d[:, 2:5], d_opac, d[:, 9], d[:, 6:9], None, None
+        return d[:, :2], d[:, 2:5], _opacity_grad(d[:, 5], gauss[:, 5]), d[:, 9], d[:, 6:9], None, None
 
 
 def _inside_mask(plan, ts, width, height, dtype):
