@@ -1197,6 +1197,8 @@ CASES.update({
     "train-set-precision-unknown": (train_args("run.mixed_precision=fp8"), "fp8"),
     "train-set-checkpoint-every-zero": (train_args("run.checkpoint_every=0"), "checkpoint_every"),
     "train-set-weighting-without-references": (train_args("data.options={}"), "reference_views"),
+    "train-set-share-one": (train_args("loss.expression_weight=0", "loss.expression_share=1"), "expression_share"),
+    "train-set-share-and-weight": (train_args("loss.expression_share=0.5"), "not both"),
     "train-max-steps-zero": (with_argv(train_args(), "--max-steps", "0"), "--max-steps"),
     "train-manifest-missing": (train_args(f"data.manifest={'no/such/manifest.parquet'}"), "does not exist"),
     "train-manifest-empty": (train_args('data.manifest=""'), "data.manifest"),

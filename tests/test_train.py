@@ -161,6 +161,29 @@ def test_pixel_weighted_losses_and_the_changing_region():
     assert region[0].sum() == 9 and region[0, 2:5, 2:5].all() and region[1].sum() == 0
 
 
+def test_expression_share_gives_every_views_region_the_same_share():
+    from avat3r.train.loop import expression_pixel_weight
+
+    ref = torch.zeros(4, 16, 16, 3)
+    img = ref.clone()
+    img[0, 8, 8] = 1.0  # a blink-sized change: 9 pixels after dilation
+    img[1, :, :5] = 1.0  # a jaw-sized change: 16 × 6 = 96 pixels
+    img[3] = 1.0  # everything changes: no outside to balance against
+    batch = {"target_rgb": img, "target_ref_rgb": ref, "target_ref_valid": torch.ones(4, dtype=torch.bool)}
+    w = expression_pixel_weight(batch, weight=0.0, share=0.3)
+    region = (img - ref).abs().amax(-1) > 0
+    region[0, 7:10, 7:10] = True
+    region[1, :, 5] = True
+    torch.testing.assert_close(w.mean(dim=(-2, -1)), torch.ones(4))  # views count equally, scale kept
+    for v in (0, 1):  # the region's share of the view's weight is 0.3 whatever its size
+        assert (w[v] * region[v]).sum().item() / w[v].sum().item() == pytest.approx(0.3, rel=1e-6)
+        assert w[v][region[v]].unique().numel() == 1 and w[v][~region[v]].unique().numel() == 1
+    torch.testing.assert_close(w[2:], torch.ones(2, 16, 16))  # no region (view 2) / all region (view 3): uniform
+    per_pixel = expression_pixel_weight(batch, weight=15.0)
+    torch.testing.assert_close(per_pixel[0], 1 + 15 * region[0].float())
+    assert expression_pixel_weight(batch, 0.0, 0.0) is None
+
+
 def test_photometric_loss_weights_and_lpips_schedule():
     a = torch.rand(1, 32, 32, 3, generator=torch.Generator().manual_seed(1))
     b = torch.rand(1, 32, 32, 3, generator=torch.Generator().manual_seed(2))

@@ -249,6 +249,16 @@ def expression_gain(pred: torch.Tensor, pred_ref: torch.Tensor, target: torch.Te
     return None if with_code is None or without is None else with_code - without
 
 
+def gain_ceiling(pred_ref: torch.Tensor, target: torch.Tensor, target_ref: torch.Tensor,
+                 region: torch.Tensor) -> float | None:
+    """The expression gain (dB) this avatar would score if its change between the two codes were exactly the
+    truth's: ``pred_ref + (target − target_ref)``, clipped to [0, 1]. A blurry or misaligned reconstruction caps
+    what any response can gain; a gain far below this ceiling is the code's fault, one near it the
+    reconstruction's. None for an empty region."""
+    perfect_response = (pred_ref.double() + target.double() - target_ref.double()).clamp(0, 1)
+    return expression_gain(perfect_response, pred_ref, target, region)
+
+
 def response_ratio(pred: torch.Tensor, pred_ref: torch.Tensor, target: torch.Tensor, target_ref: torch.Tensor,
                    region: torch.Tensor) -> float | None:
     """Response ratio: mean over region pixels of |pred − pred_ref| / mean over region pixels of
@@ -267,20 +277,22 @@ def example_scores(pred: torch.Tensor, target: torch.Tensor, mask: torch.Tensor 
     scores are None without the reference images and the avatar at the reference code."""
     scores = {"psnr": pooled_psnr(pred, target),
               "psnr_fg": foreground_psnr(pred, target, mask) if mask is not None else None,
-              "psnr_region": None, "psnr_region_ref": None, "expr_gain": None, "response_ratio": None,
-              "region_frac": None}
+              "psnr_region": None, "psnr_region_ref": None, "expr_gain": None, "gain_ceiling": None,
+              "response_ratio": None, "region_frac": None}
     if pred_ref is None or target_ref is None:
         return scores
     region = changing_region(target, target_ref, ref_valid)
     scores.update(psnr_region=region_psnr(pred, target, region),
                   psnr_region_ref=region_psnr(pred_ref, target, region),
                   expr_gain=expression_gain(pred, pred_ref, target, region),
+                  gain_ceiling=gain_ceiling(pred_ref, target, target_ref, region),
                   response_ratio=response_ratio(pred, pred_ref, target, target_ref, region),
                   region_frac=float(region.float().mean()))
     return scores
 
 
-EXPRESSION_SCORES = ("psnr_fg", "psnr_region", "psnr_region_ref", "expr_gain", "response_ratio", "region_frac")
+EXPRESSION_SCORES = ("psnr_fg", "psnr_region", "psnr_region_ref", "expr_gain", "gain_ceiling", "response_ratio",
+                     "region_frac")
 
 
 def expression_group(expr: torch.Tensor, ref_expr: torch.Tensor, names: Sequence[str],

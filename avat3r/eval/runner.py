@@ -36,10 +36,11 @@ BASELINES = ("reprojection", "nearest-view")
 # every evaluation scores novel views only and needs the reference images for the expression metrics
 EVAL_SAMPLER_OPTIONS = {"novel_targets": True, "reference_views": True}
 # the columns of metrics.parquet that hold scores, in report order
-SCORES = ("psnr", "psnr_fg", "psnr_region", "psnr_region_ref", "expr_gain", "response_ratio", "region_frac",
-          "ssim", "lpips", "jod", "akd", "csim")
+SCORES = ("psnr", "psnr_fg", "psnr_region", "psnr_region_ref", "expr_gain", "gain_ceiling", "response_ratio",
+          "region_frac", "ssim", "lpips", "jod", "akd", "csim")
 LABELS = {"psnr": "PSNR", "psnr_fg": "PSNR fg", "psnr_region": "PSNR region",
-          "psnr_region_ref": "PSNR region (ref code)", "expr_gain": "gain (dB)", "response_ratio": "ratio",
+          "psnr_region_ref": "PSNR region (ref code)", "expr_gain": "gain (dB)",
+          "gain_ceiling": "gain ceiling (dB)", "response_ratio": "ratio",
           "region_frac": "region frac", "ssim": "SSIM", "lpips": "LPIPS", "jod": "JOD", "akd": "AKD",
           "csim": "CSIM"}
 
@@ -407,7 +408,7 @@ def write_parquet(report: EvalReport, path: Path, meta: dict, split: str, seed: 
 def _fmt(name: str, value) -> str:
     if value is None or (isinstance(value, float) and not math.isfinite(value)):
         return "n/a"
-    if name in ("psnr", "psnr_fg", "psnr_region", "psnr_region_ref", "expr_gain", "akd", "jod"):
+    if name in ("psnr", "psnr_fg", "psnr_region", "psnr_region_ref", "expr_gain", "gain_ceiling", "akd", "jod"):
         return f"{value:.2f}"
     return f"{value:.3f}" if name == "response_ratio" else f"{value:.4f}"
 
@@ -434,7 +435,8 @@ def write_markdown(report: EvalReport, path: Path, split: str, seed: int) -> Pat
               f"timestep (the inputs') and the target's (max over RGB |Δ| > {REGION_TAU}, dilated by one pixel). "
               "Gain = region PSNR with the target code − region PSNR with the reference code (0: the code is "
               "ignored); ratio = mean |Δ| of the avatar between the two codes / mean |Δ| of the truth, in the "
-              "region (1: moves as much as the truth). Examples without changing pixels have no region scores "
+              "region (1: moves as much as the truth). Gain ceiling = the gain of the avatar at the reference code "
+              "plus the truth's own change: what a perfect response could gain on this reconstruction. Examples without changing pixels have no region scores "
               "(n counts the rest). PSNR/SSIM/CSIM/JOD higher is better, LPIPS/AKD lower is better."), "",
              "## Overall", "", f"| metric | {report.label}: mean ± SE (n) |", "|---|---|"]
     lines += [f"| {LABELS[n]} | {format_stat(n, overall[n])} |" for n in names]
@@ -474,12 +476,14 @@ def _expression_table(rows: list[dict]) -> list[str]:
     lines = ["", "## Per expression", "",
              "Group = the code parameter that changes most from the reference to the target (Left/Right merged; "
              "`neutral`: no parameter changes by 0.05 or more).", "",
-             "| expression | n | PSNR region | gain (dB) | ratio | PSNR fg |", "|---|---|---|---|---|---|"]
+             "| expression | n | PSNR region | gain (dB) | gain ceiling (dB) | ratio | PSNR fg |",
+             "|---|---|---|---|---|---|---|"]
     by_size = sorted(groups, key=lambda g: (-sum(r["expression"] == g for r in rows), g))
     for group in by_size:
         mine = [r for r in rows if r["expression"] == group]
         lines.append(f"| {group} | {len(mine)} | {_mean_cell('psnr_region', mine, {})} | "
                      f"{format_stat('expr_gain', summarize(r['expr_gain'] for r in mine))} | "
+                     f"{format_stat('gain_ceiling', summarize(r['gain_ceiling'] for r in mine))} | "
                      f"{format_stat('response_ratio', summarize(r['response_ratio'] for r in mine))} | "
                      f"{_mean_cell('psnr_fg', mine, {})} |")
     return lines

@@ -99,12 +99,21 @@ class StepBatches(torch.utils.data.Dataset):
 
 
 # -- one step ------------------------------------------------------------------------------------------
-def expression_pixel_weight(batch: dict, weight: float) -> torch.Tensor | None:
-    """1 + ``weight`` on the pixels the expression change moves (None when unweighted)."""
-    if weight <= 0:
+def expression_pixel_weight(batch: dict, weight: float, share: float = 0.0) -> torch.Tensor | None:
+    """Per-pixel loss weights (…,H,W) from the pixels the expression change moves (None when unweighted).
+
+    ``weight``: 1 + ``weight`` on the region. ``share``: in every target view the region's pixels together get
+    ``share`` of the view's weight and the rest 1 − ``share``; views with no region (or all region) stay
+    uniform. Each view's weights average 1, so views count equally and the loss keeps its scale."""
+    if weight <= 0 and share <= 0:
         return None
     region = changing_region(batch["target_rgb"], batch["target_ref_rgb"], batch["target_ref_valid"])
-    return 1.0 + weight * region
+    if share <= 0:
+        return 1.0 + weight * region
+    pixels = region.shape[-2] * region.shape[-1]
+    inside = region.sum(dim=(-2, -1), keepdim=True)
+    w = torch.where(region > 0, share / inside.clamp_min(1), (1 - share) / (pixels - inside).clamp_min(1))
+    return torch.where((inside > 0) & (inside < pixels), w, 1.0 / pixels) * pixels
 
 
 def step_seed(seed: int, step: int, rank: int) -> int:
@@ -354,7 +363,8 @@ def train(recipe: Recipe, run_dir: str | Path, *, resume: bool = False, max_step
             gaussians = predict(model, batch)
         pred = render_targets(gaussians, batch["target_cameras"], recipe.run.render_backend)
         target = batch["target_rgb"].float()
-        loss, parts = loss_fn(pred, target, step, expression_pixel_weight(batch, recipe.loss.expression_weight))
+        loss, parts = loss_fn(pred, target, step, expression_pixel_weight(batch, recipe.loss.expression_weight,
+                                                                                 recipe.loss.expression_share))
         if not torch.isfinite(loss):
             raise TrainError(f"the loss became {loss.item()} at step {step}; lower optim.lr or check the data")
         accelerator.backward(loss)

@@ -91,6 +91,10 @@ class LossSection:
     # cameras' images at the reference timestep; needs data.options.reference_views): at 64² those are ~2 %
     # of a frame, too few for an unweighted loss to notice. 0 = unweighted (Eq. 18 as printed).
     expression_weight: float = 0.0
+    # Instead of a per-pixel weight: the share of every target view's L1/D-SSIM that its changing region gets,
+    # however few pixels it has (a blink's 1 % of a frame then counts as much as an open jaw's 8 %).
+    # 0 = off; use one of expression_weight and expression_share.
+    expression_share: float = 0.0
 
 
 @dataclass
@@ -149,8 +153,14 @@ class Recipe:
             problems.append("optim.betas must be two values in [0, 1)")
         if min(self.loss.l1, self.loss.ssim, self.loss.lpips, self.loss.expression_weight) < 0:
             problems.append("loss weights must be ≥ 0")
-        if self.loss.expression_weight > 0 and not self.data.options.get("reference_views", False):
-            problems.append("loss.expression_weight needs data.options.reference_views = true")
+        if not 0 <= self.loss.expression_share < 1:
+            problems.append(f"loss.expression_share must lie in [0, 1), got {self.loss.expression_share}")
+        if self.loss.expression_weight > 0 and self.loss.expression_share > 0:
+            problems.append("set one of loss.expression_weight and loss.expression_share, not both")
+        if (self.loss.expression_weight > 0 or self.loss.expression_share > 0) \
+                and not self.data.options.get("reference_views", False):
+            problems.append("loss.expression_weight and loss.expression_share need "
+                            "data.options.reference_views = true")
         if self.loss.lpips_net not in ("alex", "vgg"):
             problems.append(f"loss.lpips_net must be 'alex' or 'vgg', not {self.loss.lpips_net!r}")
         if self.run.mixed_precision not in ("auto", "no", "bf16"):
