@@ -32,6 +32,9 @@ def register(app: typer.Typer) -> None:
         resume: bool = typer.Option(False, "--resume", help="Continue from the run directory's last complete checkpoint."),
         max_steps: int | None = typer.Option(None, "--max-steps", help="Stop after this many steps in total "
                                                 "(the recipe's optim.max_steps otherwise)."),
+        time_limit: float | None = typer.Option(None, "--time-limit", help="Stop after this many minutes of "
+                                                 "training (at the next step, with a checkpoint); continue with "
+                                                 "--resume. For jobs with a wall-clock limit."),
         overrides: list[str] = typer.Option([], "--set", help="Override a recipe value: section.key=value "
                                             "(TOML value), e.g. --set optim.lr=3e-4. Repeatable."),
         quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar."),
@@ -42,10 +45,13 @@ def register(app: typer.Typer) -> None:
 
         if max_steps is not None and max_steps < 1:
             fail(f"--max-steps must be at least 1, got {max_steps}")
+        if time_limit is not None and not time_limit > 0:
+            fail(f"--time-limit must be a positive number of minutes, got {time_limit}")
         try:
             parsed = load_recipe(recipe, overrides)
             run_dir = out if out is not None else Path("runs") / recipe.stem
-            result = run_training(parsed, run_dir, resume=resume, max_steps=max_steps, progress=not quiet, log=info)
+            result = run_training(parsed, run_dir, resume=resume, max_steps=max_steps, progress=not quiet, log=info,
+                                  time_limit=None if time_limit is None else time_limit * 60)
         except user_errors() as e:
             fail_error(e, FLAGS)
         if result.main and result.checkpoint is not None:

@@ -1200,6 +1200,7 @@ CASES.update({
     "train-set-share-one": (train_args("loss.expression_weight=0", "loss.expression_share=1"), "expression_share"),
     "train-set-share-and-weight": (train_args("loss.expression_share=0.5"), "not both"),
     "train-max-steps-zero": (with_argv(train_args(), "--max-steps", "0"), "--max-steps"),
+    "train-time-limit-zero": (with_argv(train_args(), "--time-limit", "0"), "--time-limit"),
     "train-manifest-missing": (train_args(f"data.manifest={'no/such/manifest.parquet'}"), "does not exist"),
     "train-manifest-empty": (train_args('data.manifest=""'), "data.manifest"),
     "train-manifest-not-parquet": (train_data("data.manifest=" + str(ROOT / "recipes" / "synthheads-tiny.toml")),

@@ -341,6 +341,19 @@ def test_resume_reproduces_the_uninterrupted_loss_curve(tmp_path):
         torch.testing.assert_close(a[k], b[k], rtol=1e-5, atol=1e-6)
 
 
+def test_a_time_limit_stops_with_a_checkpoint_that_resumes_the_same_curve(tmp_path):
+    recipe = tiny_recipe()  # checkpoints every 3 steps: the limit's checkpoint is one of its own
+    full = run(recipe, tmp_path / "full")
+    cut = run(recipe, tmp_path / "cut", time_limit=0.0)  # past the limit after the first step
+    assert cut.step == 1 and sorted(cut.losses) == [0]
+    assert checkpointing.latest_checkpoint(tmp_path / "cut").name == "step_00000001"
+    rest = run(recipe, tmp_path / "cut", resume=True)
+    assert rest.step == 6 and sorted(rest.losses) == [1, 2, 3, 4, 5]
+    for s in range(1, 6):
+        assert rest.losses[s] == pytest.approx(full.losses[s], rel=1e-5, abs=1e-6)
+    assert run(recipe, tmp_path / "long", time_limit=3600.0).step == 6  # a limit not reached changes nothing
+
+
 def test_a_failed_save_keeps_the_previous_checkpoint(tmp_path):
     recipe = tiny_recipe(optim={"max_steps": 6})
     calls = {"n": 0}

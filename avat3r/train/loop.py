@@ -116,6 +116,15 @@ def expression_pixel_weight(batch: dict, weight: float, share: float = 0.0) -> t
     return torch.where((inside > 0) & (inside < pixels), w, 1.0 / pixels) * pixels
 
 
+def _past(over: bool, accelerator) -> bool:
+    """Whether any process is past the time limit: all of them then stop at the same step (a process that
+    stopped alone would leave the others waiting in the next collective)."""
+    if accelerator.num_processes == 1:
+        return over
+    flag = torch.tensor([float(over)], device=accelerator.device)
+    return bool(accelerator.reduce(flag, "max").item() > 0)
+
+
 def step_seed(seed: int, step: int, rank: int) -> int:
     return int(np.random.SeedSequence([seed, step, rank]).generate_state(1)[0])
 
@@ -240,12 +249,13 @@ def train(recipe: Recipe, run_dir: str | Path, *, resume: bool = False, max_step
           examples: ExampleSource | None = None,
           model_factory: Callable[[Recipe, DataInfo], torch.nn.Module] = default_model_factory,
           save_model: Callable[[Path, torch.nn.Module, dict], None] = default_save_model,
-          allow_random_lpips: bool = False, progress: bool = True,
+          allow_random_lpips: bool = False, progress: bool = True, time_limit: float | None = None,
           log: Callable[[str], None] = lambda message: None) -> TrainResult:
     """Train ``recipe`` into ``run_dir`` (checkpoints, TensorBoard logs, previews).
 
     ``max_steps`` stops early (the recipe's ``optim.max_steps`` otherwise); ``resume`` continues from the last
-    complete checkpoint. ``examples``/``model_factory``/``save_model`` replace the data, the network and its
+    complete checkpoint. ``time_limit`` (seconds) ends the run after the first step past it, with a complete
+    checkpoint at that step, so a wall-clock-limited job always leaves something to ``resume``. ``examples``/``model_factory``/``save_model`` replace the data, the network and its
     serialisation (tests); ``log`` receives one-line progress messages (the CLI prints them to stderr).
     """
     from accelerate import Accelerator
@@ -353,7 +363,8 @@ def train(recipe: Recipe, run_dir: str | Path, *, resume: bool = False, max_step
         return path
 
     model.train()
-    t_last, steps_since = time.perf_counter(), 0
+    t_begin = time.perf_counter()
+    t_last, steps_since = t_begin, 0
     step = start
     t_step = time.perf_counter()
     for step, batch in zip(range(start, stop), loader):
@@ -404,11 +415,16 @@ def train(recipe: Recipe, run_dir: str | Path, *, resume: bool = False, max_step
             if bar is not None:
                 bar.set_postfix(loss=f"{scalars['loss']:.4f}", psnr=f"{scalars['psnr']:.2f}", refresh=False)
                 bar.update(1)
-        if done % recipe.run.checkpoint_every == 0 or done == stop:
+        out_of_time = time_limit is not None and _past(time.perf_counter() - t_begin > time_limit, accelerator)
+        if done % recipe.run.checkpoint_every == 0 or done == stop or out_of_time:
             result.checkpoint = save(done)
         result.step = done
         now = time.perf_counter()
         result.seconds[step], t_step = now - t_step, now
+        if out_of_time:
+            if main:
+                log(f"time limit reached at step {done}; continue with --resume")
+            break
 
     if bar is not None:
         bar.close()
