@@ -21,6 +21,8 @@ Expression metrics work in the region where the truth changes between the inputs
 target's: max over RGB |Δ| > tau = 0.05, dilated by one pixel. Gain (dB) = region PSNR of the avatar driven by
 the target code − region PSNR of the same avatar at the reference code (0: the code is ignored); ratio = the
 avatar's mean change between the two codes / the truth's mean change in the region (1: as much as the truth);
+aligned ratio = the part of that change along the truth's, <Δavatar, Δtruth> / <Δtruth, Δtruth> (0 for a change
+unrelated to the truth's, which the ratio still counts);
 gain ceiling = the gain of the avatar's reference-code render plus the truth's own change (what a perfect
 response could gain on this reconstruction).
 """

@@ -42,6 +42,22 @@ def test_an_avatar_that_ignores_its_code_scores_gain_zero_and_ratio_zero():
     pred = torch.full_like(target, 0.5)
     assert M.expression_gain(pred, pred.clone(), target, region) == 0.0
     assert M.response_ratio(pred, pred.clone(), target, ref, region) == 0.0
+    assert M.aligned_ratio(pred, pred.clone(), target, ref, region) == 0.0
+
+
+def test_the_aligned_ratio_counts_only_change_along_the_truths():
+    target, ref = _pair()
+    region = M.changing_region(target, ref)
+    assert M.aligned_ratio(target, ref, target, ref, region) == 1.0
+    assert M.aligned_ratio((target + ref) / 2, ref, target, ref, region) == 0.5
+    assert M.aligned_ratio(ref, target, target, ref, region) == -1.0  # the opposite change
+    # a change as large as the truth's but in the blue channel, which the truth leaves alone: the ratio counts
+    # it, the aligned ratio does not
+    wrong = ref.clone()
+    wrong[:, 2:6, 2:6, 2] += 0.75
+    assert M.response_ratio(wrong, ref, target, ref, region) == 1.0
+    assert M.aligned_ratio(wrong, ref, target, ref, region) == 0.0
+    assert M.aligned_ratio(target, ref, target, ref, torch.zeros_like(region)) is None
 
 
 def test_the_truth_scores_ratio_one_and_a_positive_gain():
@@ -104,7 +120,7 @@ def test_an_empty_region_gives_none_and_no_nan():
                               target.clone(), torch.tensor([True, True]))
     assert scores["region_frac"] == 0.0
     assert all(scores[k] is None for k in ("psnr_region", "psnr_region_ref", "expr_gain", "gain_ceiling",
-                                           "response_ratio"))
+                                           "response_ratio", "aligned_ratio"))
     assert all(math.isfinite(v) for v in scores.values() if v is not None)
 
 

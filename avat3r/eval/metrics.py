@@ -270,6 +270,21 @@ def response_ratio(pred: torch.Tensor, pred_ref: torch.Tensor, target: torch.Ten
     return _mean_abs_change(pred, pred_ref, region) / truth if truth > 0 else None
 
 
+def aligned_ratio(pred: torch.Tensor, pred_ref: torch.Tensor, target: torch.Tensor, target_ref: torch.Tensor,
+                  region: torch.Tensor) -> float | None:
+    """The part of the avatar's change that goes the truth's way: ⟨Δavatar, Δtruth⟩ / ⟨Δtruth, Δtruth⟩ over the
+    region's pixels and channels. 1 for the truth, 0.5 half-way, 0 for an avatar that ignores its code *or*
+    changes in ways unrelated to the truth (which the ratio would count), −1 for the opposite change. None for an
+    empty region (or a truth that does not change inside it)."""
+    inside = region.bool()
+    if not bool(inside.any()):
+        return None
+    change = (pred.double() - pred_ref.double())[inside]
+    truth = (target.double() - target_ref.double())[inside]
+    norm = float((truth * truth).sum())
+    return float((change * truth).sum()) / norm if norm > 0 else None
+
+
 def example_scores(pred: torch.Tensor, target: torch.Tensor, mask: torch.Tensor | None = None,
                    pred_ref: torch.Tensor | None = None, target_ref: torch.Tensor | None = None,
                    ref_valid: torch.Tensor | None = None) -> dict[str, float | None]:
@@ -278,7 +293,7 @@ def example_scores(pred: torch.Tensor, target: torch.Tensor, mask: torch.Tensor 
     scores = {"psnr": pooled_psnr(pred, target),
               "psnr_fg": foreground_psnr(pred, target, mask) if mask is not None else None,
               "psnr_region": None, "psnr_region_ref": None, "expr_gain": None, "gain_ceiling": None,
-              "response_ratio": None, "region_frac": None}
+              "response_ratio": None, "aligned_ratio": None, "region_frac": None}
     if pred_ref is None or target_ref is None:
         return scores
     region = changing_region(target, target_ref, ref_valid)
@@ -287,12 +302,13 @@ def example_scores(pred: torch.Tensor, target: torch.Tensor, mask: torch.Tensor 
                   expr_gain=expression_gain(pred, pred_ref, target, region),
                   gain_ceiling=gain_ceiling(pred_ref, target, target_ref, region),
                   response_ratio=response_ratio(pred, pred_ref, target, target_ref, region),
+                  aligned_ratio=aligned_ratio(pred, pred_ref, target, target_ref, region),
                   region_frac=float(region.float().mean()))
     return scores
 
 
 EXPRESSION_SCORES = ("psnr_fg", "psnr_region", "psnr_region_ref", "expr_gain", "gain_ceiling", "response_ratio",
-                     "region_frac")
+                     "aligned_ratio", "region_frac")
 
 
 def expression_group(expr: torch.Tensor, ref_expr: torch.Tensor, names: Sequence[str],

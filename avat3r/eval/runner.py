@@ -37,10 +37,11 @@ BASELINES = ("reprojection", "nearest-view")
 EVAL_SAMPLER_OPTIONS = {"novel_targets": True, "reference_views": True}
 # the columns of metrics.parquet that hold scores, in report order
 SCORES = ("psnr", "psnr_fg", "psnr_region", "psnr_region_ref", "expr_gain", "gain_ceiling", "response_ratio",
-          "region_frac", "ssim", "lpips", "jod", "akd", "csim")
+          "aligned_ratio", "region_frac", "ssim", "lpips", "jod", "akd", "csim")
 LABELS = {"psnr": "PSNR", "psnr_fg": "PSNR fg", "psnr_region": "PSNR region",
           "psnr_region_ref": "PSNR region (ref code)", "expr_gain": "gain (dB)",
           "gain_ceiling": "gain ceiling (dB)", "response_ratio": "ratio",
+          "aligned_ratio": "aligned ratio",
           "region_frac": "region frac", "ssim": "SSIM", "lpips": "LPIPS", "jod": "JOD", "akd": "AKD",
           "csim": "CSIM"}
 
@@ -410,7 +411,7 @@ def _fmt(name: str, value) -> str:
         return "n/a"
     if name in ("psnr", "psnr_fg", "psnr_region", "psnr_region_ref", "expr_gain", "gain_ceiling", "akd", "jod"):
         return f"{value:.2f}"
-    return f"{value:.3f}" if name == "response_ratio" else f"{value:.4f}"
+    return f"{value:.3f}" if name in ("response_ratio", "aligned_ratio") else f"{value:.4f}"
 
 
 def format_stat(name: str, stat: Stat) -> str:
@@ -435,7 +436,9 @@ def write_markdown(report: EvalReport, path: Path, split: str, seed: int) -> Pat
               f"timestep (the inputs') and the target's (max over RGB |Δ| > {REGION_TAU}, dilated by one pixel). "
               "Gain = region PSNR with the target code − region PSNR with the reference code (0: the code is "
               "ignored); ratio = mean |Δ| of the avatar between the two codes / mean |Δ| of the truth, in the "
-              "region (1: moves as much as the truth). Gain ceiling = the gain of the avatar at the reference code "
+              "region (1: moves as much as the truth); aligned ratio = the part of the avatar's change along the "
+              "truth's, ⟨Δavatar, Δtruth⟩ / ⟨Δtruth, Δtruth⟩ (1: the truth's change; 0: none, or unrelated to the "
+              "truth's). Gain ceiling = the gain of the avatar at the reference code "
               "plus the truth's own change: what a perfect response could gain on this reconstruction. Examples without changing pixels have no region scores "
               "(n counts the rest). PSNR/SSIM/CSIM/JOD higher is better, LPIPS/AKD lower is better."), "",
              "## Overall", "", f"| metric | {report.label}: mean ± SE (n) |", "|---|---|"]
@@ -476,8 +479,8 @@ def _expression_table(rows: list[dict]) -> list[str]:
     lines = ["", "## Per expression", "",
              "Group = the code parameter that changes most from the reference to the target (Left/Right merged; "
              "`neutral`: no parameter changes by 0.05 or more).", "",
-             "| expression | n | PSNR region | gain (dB) | gain ceiling (dB) | ratio | PSNR fg |",
-             "|---|---|---|---|---|---|---|"]
+             "| expression | n | PSNR region | gain (dB) | gain ceiling (dB) | ratio | aligned ratio | PSNR fg |",
+             "|---|---|---|---|---|---|---|---|"]
     by_size = sorted(groups, key=lambda g: (-sum(r["expression"] == g for r in rows), g))
     for group in by_size:
         mine = [r for r in rows if r["expression"] == group]
@@ -485,6 +488,7 @@ def _expression_table(rows: list[dict]) -> list[str]:
                      f"{format_stat('expr_gain', summarize(r['expr_gain'] for r in mine))} | "
                      f"{format_stat('gain_ceiling', summarize(r['gain_ceiling'] for r in mine))} | "
                      f"{format_stat('response_ratio', summarize(r['response_ratio'] for r in mine))} | "
+                     f"{format_stat('aligned_ratio', summarize(r['aligned_ratio'] for r in mine))} | "
                      f"{_mean_cell('psnr_fg', mine, {})} |")
     return lines
 
