@@ -294,6 +294,47 @@ def test_example_contents(tiny_set):
         ExampleSampler(tiny_set, "train", seed=1)  # no sample has a prior yet
 
 
+def test_input_downsample_averages_inputs_and_keeps_targets_at_full_resolution(tiny_set):
+    from avat3r.cameras import project
+    from avat3r.data.examples import ExampleError, ExampleSampler, downsample_inputs
+
+    full = ExampleSampler(tiny_set, "train", seed=1, require_prior=False).example(4)
+    half = ExampleSampler(tiny_set, "train", seed=1, require_prior=False, input_downsample=2).example(4)
+    assert half["inputs_rgb"].shape == (4, 16, 16, 3) and half["target_rgb"].shape == (8, 32, 32, 3)
+    torch.testing.assert_close(half["inputs_rgb"][:, 3, 5], full["inputs_rgb"][:, 6:8, 10:12].mean(dim=(1, 2)))
+    assert torch.equal(half["target_rgb"], full["target_rgb"]) and half["inputs_cameras"].image_size == (16, 16)
+    # a world point lands at the same place of the picture, in the halved pixel grid
+    point = torch.tensor([[[0.01, -0.02, 0.03]]]).expand(4, 1, 3)
+    uv_full, _ = project(full["inputs_cameras"], point)
+    uv_half, _ = project(half["inputs_cameras"], point)
+    torch.testing.assert_close(uv_half, uv_full / 2)
+    # positions: a confidence-weighted mean, so a block half off the head keeps the head's point
+    ex = {"inputs_rgb": torch.zeros(1, 2, 2, 3), "inputs_cameras": full["inputs_cameras"][:1].resized(2, 2),
+          "inputs_pos": torch.tensor([[[[1.0, 2, 3], [0, 0, 0]], [[3.0, 2, 1], [0, 0, 0]]]]),
+          "inputs_conf": torch.tensor([[[1.0, 0.0], [1.0, 0.0]]])}
+    out = downsample_inputs(ex, 2)
+    torch.testing.assert_close(out["inputs_pos"], torch.tensor([[[[2.0, 2, 2]]]]))
+    assert out["inputs_conf"].item() == 0.5
+    ex["inputs_conf"] = torch.zeros(1, 2, 2)  # no confidence anywhere: a zero position, not a NaN
+    assert torch.equal(downsample_inputs(ex, 2)["inputs_pos"], torch.zeros(1, 1, 1, 3))
+    with pytest.raises(ExampleError, match="divide"):
+        downsample_inputs(ex, 3)
+    with pytest.raises(ExampleError, match="input_downsample"):
+        ExampleSampler(tiny_set, "train", seed=1, require_prior=False, input_downsample=1.5)
+
+
+def test_eval_brings_inputs_to_the_models_resolution_whatever_the_checkpoint_says(tiny_set):
+    from avat3r.eval.runner import default_examples
+
+    m = tiny_set / "manifest.parquet"  # stored at 32²
+    for trained_with in ({}, {"input_downsample": 2}, {"input_downsample": 4}):
+        options = {"require_prior": False, **trained_with}
+        assert default_examples(m, "train", 0, options, input_res=16).example(0)["inputs_rgb"].shape[1:3] == (16, 16)
+        assert default_examples(m, "train", 0, options, input_res=32).example(0)["inputs_rgb"].shape[1:3] == (32, 32)
+        ex = default_examples(m, "train", 0, options, input_res=8).example(0)
+        assert ex["inputs_rgb"].shape[1:3] == (8, 8) and ex["target_rgb"].shape[1:3] == (32, 32)
+
+
 def test_inputs_avoid_the_target_timestep_and_targets_are_novel_views(tiny_set):
     from avat3r.data.examples import ExampleSampler
 

@@ -459,3 +459,30 @@ def test_the_real_network_trains_checkpoints_and_evaluates(tmp_path, monkeypatch
                                                  "init": str(result.checkpoint)}), info)
     # The fixed example was trained on: the network beats its untrained (reprojection) self on it.
     assert trained.rows[0]["psnr"] > base.rows[0]["psnr"]
+
+
+def test_training_supervises_at_twice_the_input_resolution(tmp_path):
+    """data.options.input_downsample = 2: a 16² model trains on 32² data, its targets rendered and scored at 32²."""
+    from test_bad_inputs import write_tiny_set
+
+    from avat3r.model.network import ModelInputError
+
+    write_tiny_set(tmp_path / "set", res=32)
+    small = {"dim": 32, "heads": 2, "self_layers": 1, "cross_layers": 1, "input_res": 16, "patch": 8,
+             "expression_hidden": 16, "upsampler_window": 16}
+
+    def recipe(options):
+        return recipe_from_dict({"model": {"preset": "tiny", "overrides": small},
+                                 "data": {"manifest": str(tmp_path / "set" / "manifest.parquet"), "n_targets": 2,
+                                          "options": options},
+                                 "optim": {"max_steps": 2}, "loss": {"lpips": 0.0},
+                                 "run": {"checkpoint_every": 2, "preview_every": 2}}, source="test")
+
+    result = train(recipe({"input_downsample": 2}), tmp_path / "run", progress=False)
+    assert result.step == 2 and all(torch.isfinite(torch.tensor(v)) for v in result.losses.values())
+    from avat3r.imageio import read_image
+
+    preview = read_image(tmp_path / "run" / "previews" / "step_00000002.png")
+    assert preview.shape[0] > 3 * 32  # rows at the targets' 32² (inputs scaled up to match)
+    with pytest.raises(ModelInputError, match="16x16 inputs, got 32x32"):
+        train(recipe({}), tmp_path / "run-full", progress=False)

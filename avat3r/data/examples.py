@@ -14,6 +14,9 @@ an input view would otherwise reproduce the target's expression without reading 
 ``input_segments`` restricts the inputs to some segments (e.g. neutral photos, driven to every expression);
 ``reference_views`` adds the target cameras' images at the *reference timestep* (input 0's) and its code, so
 the pixels that an expression change moves can be found from the truth alone (loss weighting, eval).
+``input_downsample`` = f > 1 averages the inputs (images, prior maps, confidences) over f×f blocks and scales
+their cameras, while targets keep the stored resolution: supervision at f× the network's input resolution, the
+paper's setting (its inputs are 512², its targets the capture's full resolution).
 
 An example is a pure function of ``(seed, index)``: ``ExampleSampler(manifest, split, seed).example(i)``
 reads its samples by byte span. ``ExampleDataset`` deals indices to ranks and DataLoader workers without
@@ -35,6 +38,7 @@ from typing import Protocol
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 
 from ..cameras import Cameras, cameras_from_dicts, k_farthest_viewpoints
 from ..errors import Avat3rError
@@ -130,7 +134,7 @@ class ExampleSampler:
                  random_timesteps: bool = True, require_prior: bool = True, inputs_elsewhere: bool = False,
                  avoid_target_timestep: bool = False, novel_targets: bool = False,
                  input_segments: Sequence[str] | None = None, reference_views: bool = False,
-                 schedule: GroupSchedule | None = None):
+                 input_downsample: int = 1, schedule: GroupSchedule | None = None):
         self.manifest = read_manifest(manifest) if not isinstance(manifest, Manifest) else manifest
         self.split, self.seed = split, int(seed)
         self.n_inputs, self.n_targets, self.n_candidates = n_inputs, n_targets, n_candidates
@@ -141,6 +145,9 @@ class ExampleSampler:
         self.avoid_target_timestep = bool(avoid_target_timestep) and random_timesteps
         self.novel_targets, self.reference_views = bool(novel_targets), bool(reference_views)
         self.input_segments = tuple(input_segments) if input_segments else None
+        if int(input_downsample) != input_downsample or input_downsample < 1:
+            raise ExampleError(f"input_downsample must be a whole number ≥ 1, got {input_downsample}")
+        self.input_downsample = int(input_downsample)
         self.schedule = schedule
         self.samples: SampleReader = self.manifest  # where ``read`` gets samples: by byte span by default
         m = self.manifest
@@ -312,6 +319,8 @@ class ExampleSampler:
             out.update(self._reference(plan, (h, w)))
         if all("feat" in s for s in ins):
             out["inputs_feat"] = torch.from_numpy(np.stack([s["feat"] for s in ins]).astype(np.float32))
+        if self.input_downsample > 1:
+            out.update(downsample_inputs(out, self.input_downsample))
         return out
 
 
@@ -332,6 +341,25 @@ class ExampleSampler:
                 "target_ref_rgb": torch.from_numpy(np.stack(images).astype(np.float32) / 255.0),
                 "target_ref_valid": torch.tensor(valid),
                 "ref_timestep": "/".join(map(str, t_ref))}
+
+
+def downsample_inputs(example: dict, factor: int) -> dict:
+    """The inputs of ``example`` at 1/``factor`` of their size: images and confidences averaged over
+    factor×factor blocks, positions averaged weighted by confidence (a block half off the head keeps the head's
+    point instead of one pulled toward the origin), cameras resized to match. Targets are left alone."""
+    rgb, pos, conf = example["inputs_rgb"], example["inputs_pos"], example["inputs_conf"]
+    V, H, W, _ = rgb.shape
+    if H % factor or W % factor:
+        raise ExampleError(f"input images of {W}x{H} do not divide by input_downsample = {factor}")
+
+    def pool(x: torch.Tensor) -> torch.Tensor:  # (V,H,W,C) → (V,H/f,W/f,C)
+        return F.avg_pool2d(x.permute(0, 3, 1, 2), factor).permute(0, 2, 3, 1).contiguous()
+
+    weight = pool(conf[..., None])
+    return {"inputs_rgb": pool(rgb),
+            "inputs_pos": torch.where(weight > 0, pool(pos * conf[..., None]) / weight.clamp_min(1e-12), 0.0),
+            "inputs_conf": weight[..., 0],
+            "inputs_cameras": example["inputs_cameras"].resized(W // factor, H // factor)}
 
 
 # -- distributed iteration -----------------------------------------------------------------------

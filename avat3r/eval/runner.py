@@ -138,9 +138,11 @@ def _data_options(meta: dict) -> dict:
     return opts
 
 
-def default_examples(manifest: str | Path, split: str, seed: int, options: dict):
+def default_examples(manifest: str | Path, split: str, seed: int, options: dict, input_res: int | None = None):
     """The evaluation's example sampler: ``options`` plus EVAL_SAMPLER_OPTIONS (novel targets, reference
-    views), whatever ``options`` say."""
+    views), whatever ``options`` say. With the model's ``input_res``, inputs stored at a whole multiple of it
+    are block-averaged down to it (``input_downsample``) and targets scored at the stored resolution, whatever
+    the model was trained on."""
     from ..data.examples import ExampleSampler
     from ..data.manifest import read_manifest
 
@@ -151,6 +153,10 @@ def default_examples(manifest: str | Path, split: str, seed: int, options: dict)
     unknown = sorted(set(options.get("input_segments") or ()) - present)
     if unknown:
         raise EvalError(f"no segment named {', '.join(unknown)} in {manifest} (it has {', '.join(sorted(present))})")
+    options = dict(options)
+    if input_res is not None and len(m):
+        stored = int(m["width"][0])
+        options["input_downsample"] = stored // input_res if stored % input_res == 0 and stored > input_res else 1
     return ExampleSampler(m, split, seed, **{**options, **EVAL_SAMPLER_OPTIONS})
 
 
@@ -237,7 +243,9 @@ def evaluate(out_dir: str | Path, *, checkpoint: str | Path | None = None, manif
     if examples is None:
         if manifest is None:
             raise EvalError("a manifest is required", param="manifest")
-        examples = default_examples(manifest, split, seed, {**_data_options(meta), **(sampler_options or {})})
+        config = getattr(model, "config", None)
+        examples = default_examples(manifest, split, seed, {**_data_options(meta), **(sampler_options or {})},
+                                    input_res=getattr(config, "input_res", None))
     _check_space(meta, examples)
     predictor, label, model = _predictor(model, baseline, label, examples, device, render_backend)
     if video is not None and model is None:
