@@ -1,5 +1,6 @@
 """recipes/gpu_leg.sh, the one-job GPU training leg, in its CPU dry run: every command it runs (data, priors,
-training from the shipped model, both held-out evaluations) and what it leaves in OUT."""
+training from the shipped model, both held-out evaluations) and what it leaves in OUT. RES=128: the training
+data at twice the model's input side (inputs block-averaged, targets at 128²), the held-out set at 64²."""
 
 from __future__ import annotations
 
@@ -18,12 +19,13 @@ ROOT = Path(__file__).parents[1]
 def test_gpu_leg_dry_run_leaves_a_loadable_model_and_both_evaluations(tmp_path):
     out = tmp_path / "out"
     env = {**os.environ, "DRY_RUN": "1", "OUT": str(out), "DATA": str(tmp_path / "data"),
-           "RUN": str(tmp_path / "run"), "OMP_NUM_THREADS": "1"}
+           "RUN": str(tmp_path / "run"), "OMP_NUM_THREADS": "1", "RES": "128"}
     proc = subprocess.run(["bash", str(ROOT / "recipes" / "gpu_leg.sh")], cwd=ROOT, env=env, capture_output=True,
                           text=True, timeout=900)
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
     train = json.loads((out / "model" / "train.json").read_text())
     assert train["step"] == 3 and train["recipe"]["model"]["init"] == "models/synthheads-tiny"
+    assert train["recipe"]["data"]["options"]["input_downsample"] == 2
     assert (out / "model" / "model.safetensors").stat().st_size > 1_000_000 and (out / "model" / "train_state").is_dir()
     for mode in ("other", "mixed"):
         rows = pq.read_table(out / f"eval-{mode}" / "metrics.parquet").to_pylist()
@@ -32,3 +34,4 @@ def test_gpu_leg_dry_run_leaves_a_loadable_model_and_both_evaluations(tmp_path):
     for name in ("prep-train", "prior-train", "prep-heldout", "prior-heldout", "train", "eval-other", "eval-mixed"):
         assert f"[{name}] done in" in log
     assert not (out / "run").exists()  # the run folder stays out of what is carried back
+    assert (tmp_path / "data" / "rand-128-prior" / "manifest.parquet").is_file()
