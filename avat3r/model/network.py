@@ -170,7 +170,8 @@ class Avat3r(nn.Module):
         B, V, H, W, _ = images.shape
         R = cfg.input_res
         if (H, W) != (R, R):
-            raise ModelInputError(f"this model takes {R}x{R} inputs, got {W}x{H}; resize the views first")
+            hint = (f" (training data: data.options.input_downsample = {H // R})" if H == W and H % R == 0 else "")
+            raise ModelInputError(f"this model takes {R}x{R} inputs, got {W}x{H}; resize the views first{hint}")
         if len(cameras) != B * V:
             raise ModelInputError(f"{len(cameras)} cameras for {B}x{V} images (cameras are b-major, B·V of them)")
         if cameras.image_size != (W, H):
