@@ -39,11 +39,9 @@ EVAL_SAMPLER_OPTIONS = {"novel_targets": True, "reference_views": True}
 SCORES = ("psnr", "psnr_fg", "psnr_region", "psnr_region_ref", "expr_gain", "gain_ceiling", "response_ratio",
           "aligned_ratio", "region_frac", "ssim", "lpips", "jod", "akd", "csim")
 LABELS = {"psnr": "PSNR", "psnr_fg": "PSNR fg", "psnr_region": "PSNR region",
-          "psnr_region_ref": "PSNR region (ref code)", "expr_gain": "gain (dB)",
-          "gain_ceiling": "gain ceiling (dB)", "response_ratio": "ratio",
-          "aligned_ratio": "aligned ratio",
-          "region_frac": "region frac", "ssim": "SSIM", "lpips": "LPIPS", "jod": "JOD", "akd": "AKD",
-          "csim": "CSIM"}
+          "psnr_region_ref": "PSNR region (ref code)", "expr_gain": "gain (dB)", "gain_ceiling": "gain ceiling (dB)",
+          "response_ratio": "ratio", "aligned_ratio": "aligned ratio", "region_frac": "region frac", "ssim": "SSIM",
+          "lpips": "LPIPS", "jod": "JOD", "akd": "AKD", "csim": "CSIM"}
 
 
 class EvalError(Avat3rError, RuntimeError):
@@ -446,9 +444,9 @@ def write_markdown(report: EvalReport, path: Path, split: str, seed: int) -> Pat
               "ignored); ratio = mean |Δ| of the avatar between the two codes / mean |Δ| of the truth, in the "
               "region (1: moves as much as the truth); aligned ratio = the part of the avatar's change along the "
               "truth's, ⟨Δavatar, Δtruth⟩ / ⟨Δtruth, Δtruth⟩ (1: the truth's change; 0: none, or unrelated to the "
-              "truth's). Gain ceiling = the gain of the avatar at the reference code "
-              "plus the truth's own change: what a perfect response could gain on this reconstruction. Examples without changing pixels have no region scores "
-              "(n counts the rest). PSNR/SSIM/CSIM/JOD higher is better, LPIPS/AKD lower is better."), "",
+              "truth's). Gain ceiling = the gain of the avatar at the reference code plus the truth's own change: "
+              "what a perfect response could gain on this reconstruction. Examples without changing pixels have no "
+              "region scores (n counts the rest). PSNR/SSIM/CSIM/JOD higher is better, LPIPS/AKD lower is better."), "",
              "## Overall", "", f"| metric | {report.label}: mean ± SE (n) |", "|---|---|"]
     lines += [f"| {LABELS[n]} | {format_stat(n, overall[n])} |" for n in names]
     empty = sum(1 for r in rows if r["expression"] is not None and r["psnr_region"] is None)
@@ -492,11 +490,9 @@ def _expression_table(rows: list[dict]) -> list[str]:
     by_size = sorted(groups, key=lambda g: (-sum(r["expression"] == g for r in rows), g))
     for group in by_size:
         mine = [r for r in rows if r["expression"] == group]
-        lines.append(f"| {group} | {len(mine)} | {_mean_cell('psnr_region', mine, {})} | "
-                     f"{format_stat('expr_gain', summarize(r['expr_gain'] for r in mine))} | "
-                     f"{format_stat('gain_ceiling', summarize(r['gain_ceiling'] for r in mine))} | "
-                     f"{format_stat('response_ratio', summarize(r['response_ratio'] for r in mine))} | "
-                     f"{format_stat('aligned_ratio', summarize(r['aligned_ratio'] for r in mine))} | "
+        stats = [format_stat(n, summarize(r[n] for r in mine))
+                 for n in ("expr_gain", "gain_ceiling", "response_ratio", "aligned_ratio")]
+        lines.append(f"| {group} | {len(mine)} | {_mean_cell('psnr_region', mine, {})} | {' | '.join(stats)} | "
                      f"{_mean_cell('psnr_fg', mine, {})} |")
     return lines
 

@@ -255,8 +255,9 @@ def train(recipe: Recipe, run_dir: str | Path, *, resume: bool = False, max_step
 
     ``max_steps`` stops early (the recipe's ``optim.max_steps`` otherwise); ``resume`` continues from the last
     complete checkpoint. ``time_limit`` (seconds) ends the run after the first step past it, with a complete
-    checkpoint at that step, so a wall-clock-limited job always leaves something to ``resume``. ``examples``/``model_factory``/``save_model`` replace the data, the network and its
-    serialisation (tests); ``log`` receives one-line progress messages (the CLI prints them to stderr).
+    checkpoint at that step, so a wall-clock-limited job always leaves something to ``resume``.
+    ``examples``/``model_factory``/``save_model`` replace the data, the network and its serialisation (tests);
+    ``log`` receives one-line progress messages (the CLI prints them to stderr).
     """
     from accelerate import Accelerator
     from accelerate.utils import DistributedDataParallelKwargs
@@ -364,9 +365,8 @@ def train(recipe: Recipe, run_dir: str | Path, *, resume: bool = False, max_step
 
     model.train()
     t_begin = time.perf_counter()
-    t_last, steps_since = t_begin, 0
+    t_last, t_step, steps_since = t_begin, t_begin, 0
     step = start
-    t_step = time.perf_counter()
     for step, batch in zip(range(start, stop), loader):
         torch.manual_seed(step_seed(recipe.run.seed, step, rank))
         batch = to_device(batch, device)
