@@ -1,5 +1,5 @@
-"""Comparison sheets: rows of images (inputs | prediction | ground truth) tiled into one image (written with
-``imageio.write_png``)."""
+"""Comparison sheets: rows of images (inputs | prediction | ground truth) tiled into one image, and expression
+response blocks (where the truth changes beside where the avatar changes); written with ``imageio.write_png``."""
 
 from __future__ import annotations
 
@@ -38,3 +38,33 @@ def tile_rows(rows: list[torch.Tensor], height: int) -> np.ndarray:
         out.append(np.zeros((GAP, width, 3), np.uint8))
     return np.concatenate(out[:-1], axis=0)
 
+
+
+CHANGE_GAIN = 4.0  # |Δ| of 0.25 shows white: the changes worth seeing are small next to the image range
+RESPONSE_COLUMNS = ("truth ref", "truth", "|d| truth x4", "avatar ref", "avatar", "|d| avatar x4")
+
+
+def change_map(a: torch.Tensor, b: torch.Tensor, gain: float = CHANGE_GAIN) -> torch.Tensor:
+    """(N,H,W,3) grey heat of the largest per-channel |a − b|, times ``gain``, clipped to [0, 1]."""
+    d = ((a.float() - b.float()).abs().amax(-1, keepdim=True) * gain).clamp(0, 1)
+    return d.expand(*d.shape[:-1], 3)
+
+
+def response_block(title: str, truth_ref: torch.Tensor, truth: torch.Tensor, pred_ref: torch.Tensor,
+                   pred: torch.Tensor, height: int = 96) -> np.ndarray:
+    """One example's expression response: a title line, then a row per target view with the columns of
+    RESPONSE_COLUMNS (truth and avatar at the reference code and at the target code, and each one's change).
+    An avatar that animates right shows its change in the same pixels as the truth's, about as bright."""
+    from .fileio import opencv
+
+    cv2 = opencv()
+    columns = [truth_ref, truth, change_map(truth, truth_ref), pred_ref, pred, change_map(pred, pred_ref)]
+    grid = tile_rows([torch.stack([c[v].float().cpu() for c in columns]) for v in range(truth.shape[0])],
+                     height)
+    tile = (grid.shape[1] - GAP * (len(columns) - 1)) // len(columns)
+    for j, name in enumerate(RESPONSE_COLUMNS):
+        cv2.putText(grid, name, (j * (tile + GAP) + 2, 10), cv2.FONT_HERSHEY_SIMPLEX, 0.3, (255, 255, 255), 1,
+                    cv2.LINE_AA)
+    header = np.zeros((14, grid.shape[1], 3), np.uint8)
+    cv2.putText(header, title, (2, 10), cv2.FONT_HERSHEY_SIMPLEX, 0.35, (255, 255, 255), 1, cv2.LINE_AA)
+    return np.concatenate([header, grid], axis=0)

@@ -98,6 +98,26 @@ def test_gain_ceiling_is_what_a_perfect_response_gains_on_this_reconstruction():
     assert M.gain_ceiling(target, target, ref, region) < 0
 
 
+def test_the_response_block_shows_each_change_where_it_happens():
+    from avat3r.sheet import CHANGE_GAIN, GAP, RESPONSE_COLUMNS, response_block
+
+    target, ref = _pair(views=2, size=16)
+    target[:, :, :, 2] = 0.25 + 0.0625  # a faint change everywhere in blue: 1/16 × 4 = 0.25 of white
+    block = response_block("t", ref.float(), target.float(), ref.float(), ref.float(), height=16)
+    assert block.shape == (14 + 2 * 16 + GAP, 6 * 16 + 5 * GAP, 3)
+    view1 = block[14 + 16 + GAP:]  # the second target view: no labels drawn over it
+
+    def tile(j):
+        return view1[:, j * (16 + GAP):j * (16 + GAP) + 16].astype(int)
+
+    truth_change, avatar_change = tile(RESPONSE_COLUMNS.index("|d| truth x4")), tile(5)
+    # the block (red moves by 0.5: ×4 clips to white) and the faint blue change elsewhere (0.0625 × 4 = 0.25)
+    assert (truth_change[2:6, 2:6] == 255).all()
+    assert (truth_change[8:, 8:] == round(0.0625 * CHANGE_GAIN * 255)).all()
+    assert (avatar_change == 0).all()  # an avatar that ignores its code shows no change
+    assert tile(1)[3, 3].tolist() == [191, 128, 80]  # the truth at the target code, as it is
+
+
 def test_region_obeys_tau_and_the_one_pixel_dilation():
     assert M.REGION_TAU == 0.05
     ref = torch.zeros(2, 6, 7, 3)
@@ -284,6 +304,10 @@ def test_a_code_ignoring_model_scores_zero_through_the_runner(small_set, tmp_pat
     scored = [r for r in report.rows if r["region_frac"]]
     assert scored and all(r["expr_gain"] == 0.0 and r["response_ratio"] == 0.0 for r in scored)
     assert all(r["psnr_region"] is not None and r["psnr_region"] < 100 for r in scored)  # it renders something
+    from avat3r.imageio import read_image
+
+    response = read_image(tmp_path / "fm" / "response.png")  # one block per expression group seen
+    assert response.shape[0] > 14 + 96 and response.max() > 0
 
 
 # -- the CLI ----------------------------------------------------------------------------------------------

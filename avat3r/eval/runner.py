@@ -7,7 +7,9 @@ timestep (``reference_views``), so the expression metrics of ``avat3r.eval.metri
 decoded with the target code to the same avatar decoded with the inputs' code. Outputs in ``out_dir``:
 ``metrics.parquet`` (one row per example: person, timesteps, expression group and every available score),
 ``metrics.md`` (overall, per-expression and per-person tables, plus why any metric is not available) and
-``comparison.png`` (per example: inputs | prediction | ground truth rows).
+``comparison.png`` (per example: inputs | prediction | ground truth rows) and, where the avatar is also decoded
+at the inputs' code, ``response.png`` (the first example of each expression group: where the truth changes
+beside where the avatar changes, ``avat3r.sheet.response_block``).
 """
 
 from __future__ import annotations
@@ -26,7 +28,7 @@ from ..errors import Avat3rError
 from ..fileio import atomic_write_bytes
 from ..forward import predict, render_targets, to_device
 from ..imageio import write_png
-from ..sheet import comparison_rows
+from ..sheet import comparison_rows, response_block
 from ..stages.common import resolve_device
 from ..train.checkpointing import TRAIN_JSON, resolve_checkpoint
 from .metrics import METRICS, REGION_TAU, MetricSet, build_metrics, example_scores, expression_group
@@ -255,7 +257,7 @@ def evaluate(out_dir: str | Path, *, checkpoint: str | Path | None = None, manif
 
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    rows, sheets, names = [], [], None
+    rows, sheets, responses, names = [], [], {}, None
     iterator = range(n_examples)
     if progress:
         from tqdm import tqdm
@@ -270,6 +272,10 @@ def evaluate(out_dir: str | Path, *, checkpoint: str | Path | None = None, manif
             rows.append(score_example(i, ex, batch, pred, pred_ref, metrics, names))
             if len(sheets) < sheet_examples:
                 sheets.append(comparison_rows(batch["inputs_rgb"][0], pred, batch["target_rgb"][0].float()))
+            group = rows[-1]["expression"]
+            if pred_ref is not None and "target_ref_rgb" in batch and group and group not in responses:
+                responses[group] = response_block(_response_title(rows[-1]), batch["target_ref_rgb"][0],
+                                                  batch["target_rgb"][0], pred_ref, pred)
 
     report = EvalReport(rows, {k: portable_text(v) for k, v in metrics.unavailable.items()}, label, out_dir)
     if video is not None:
@@ -278,6 +284,8 @@ def evaluate(out_dir: str | Path, *, checkpoint: str | Path | None = None, manif
     report.files = [write_parquet(report, out_dir / "metrics.parquet", meta, split, seed),
                     write_markdown(report, out_dir / "metrics.md", split, seed),
                     write_sheet(sheets, out_dir / "comparison.png")]
+    if responses:
+        report.files.append(write_sheet([responses[g] for g in sorted(responses)], out_dir / "response.png"))
     if report.videos:
         report.files.append(write_video_parquet(report.videos, out_dir / "video.parquet", label, split, seed))
     return report
@@ -370,6 +378,14 @@ def score_example(index: int, ex: dict, batch: dict, pred: torch.Tensor, pred_re
                             batch["target_ref_valid"][0] if has_ref else None)
     row.update({k: _finite(v) for k, v in scores.items()})
     return row
+
+
+def _response_title(row: dict) -> str:
+    """The response block's title: the example, its expression group and its expression scores."""
+    scores = [f"{label} {row[key]:{fmt}}" for key, label, fmt in
+              (("expr_gain", "gain", "+.2f"), ("response_ratio", "ratio", ".2f"), ("aligned_ratio", "aligned", ".2f"))
+              if row.get(key) is not None]
+    return f"example {row['example']} ({row['person']}): {row['expression']}  " + ", ".join(scores)
 
 
 def _tiny_config_for(examples):
