@@ -24,12 +24,14 @@ def to_device(batch: dict, device: torch.device) -> dict:
 
 
 
-def predict(model: torch.nn.Module, batch: dict) -> Any:
-    """The model's Gaussians (B, N, …) for a collated batch."""
+def predict(model: torch.nn.Module, batch: dict, codes: torch.Tensor | None = None) -> Any:
+    """The model's Gaussians (B, N, …) for a collated batch; with ``codes`` (k·B, E) instead of the batch's
+    ``expr``, k frames of every example, frame-major ((k·B, N, …))."""
     images = batch["inputs_rgb"].float()
     cameras = Cameras.cat(batch["inputs_cameras"])  # B·V cameras, b-major (the model's convention)
     feats = batch.get("inputs_feat")
-    return model(images, cameras, batch["inputs_pos"].float(), batch["inputs_conf"].float(), batch["expr"].float(),
+    codes = batch["expr"] if codes is None else codes
+    return model(images, cameras, batch["inputs_pos"].float(), batch["inputs_conf"].float(), codes.float(),
                  feats=None if feats is None else feats.float())
 
 

@@ -303,7 +303,20 @@ def test_encode_decode_equals_forward_bit_exactly():
             one = model.decode(state, codes[f:f + 1])
             assert torch.allclose(many.scales[f], one.scales[0], atol=1e-5, rtol=1e-5)
             assert torch.allclose(many.opacities[f], one.opacities[0], atol=1e-5)
-    with pytest.raises(ModelInputError, match="identity batch of 2"):
+        # k frames of every identity of a batch, frame-major: code j·B + b is frame j of identity b
+        model.decoder.heads.unpatchify.weight.normal_(0, 0.02)  # so that the code moves the Gaussians
+        for blk in model.decoder.blocks:
+            blk.attn.proj.weight.normal_(0, 0.02)
+        both = model.encode(images, cams2, pos, conf, feats)
+        more = torch.randn(2, 13, generator=torch.Generator().manual_seed(5))
+        paired = model.decode(both, torch.cat([codes, more]))
+        for j, frame_codes in enumerate((codes, more)):
+            alone = model.decode(both, frame_codes)
+            for b in range(2):
+                assert torch.allclose(paired.means[j * 2 + b], alone.means[b], atol=1e-5, rtol=1e-5)
+                assert torch.allclose(paired.colors[j * 2 + b], alone.colors[b], atol=1e-5, rtol=1e-5)
+        assert not torch.allclose(paired.means[0], paired.means[2], atol=1e-4)  # two codes, two frames
+    with pytest.raises(ModelInputError, match="identity batch of 2; pass a multiple of 2"):
         model.decode(model.encode(images, cams2, pos, conf, feats), codes[:1].expand(3, -1))
 
 

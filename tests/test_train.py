@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 import os
 import sys
 from pathlib import Path
@@ -182,6 +183,53 @@ def test_expression_share_gives_every_views_region_the_same_share():
     per_pixel = expression_pixel_weight(batch, weight=15.0)
     torch.testing.assert_close(per_pixel[0], 1 + 15 * region[0].float())
     assert expression_pixel_weight(batch, 0.0, 0.0) is None
+
+
+def test_the_reference_term_scores_valid_reference_views_only():
+    from avat3r.train.loop import reference_loss
+
+    loss = PhotometricLoss(LossWeights(l1=0.8, ssim=0.2, lpips=0.0))
+    gen = torch.Generator().manual_seed(7)
+    truth_ref = torch.rand(1, 3, 16, 16, 3, generator=gen)
+    batch = {"target_ref_rgb": truth_ref, "target_ref_valid": torch.tensor([[True, False, True]])}
+    pred_ref = truth_ref.clone()
+    pred_ref[0, 1] = 1.0  # wrong, but in a view without a reference image: not scored
+    assert reference_loss(loss, pred_ref, batch, 0, None).item() == pytest.approx(0.0, abs=1e-6)
+    pred_ref[0, 2] = torch.rand(16, 16, 3, generator=gen)
+    weight = 1 + 15 * (torch.rand(1, 3, 16, 16, generator=gen) > 0.9).float()
+    expected, _ = loss(pred_ref[0, [0, 2]], truth_ref[0, [0, 2]], 0, weight[0, [0, 2]])
+    assert reference_loss(loss, pred_ref, batch, 0, weight).item() == pytest.approx(expected.item(), rel=1e-6)
+    none = {**batch, "target_ref_valid": torch.zeros(1, 3, dtype=torch.bool)}
+    pred_ref.requires_grad_(True)
+    zero = reference_loss(loss, pred_ref, none, 0, weight)
+    zero.backward()
+    assert zero.item() == 0.0 and pred_ref.grad is not None and pred_ref.grad.abs().max() == 0
+
+
+def test_paired_training_adds_the_reference_term_to_the_loss(tmp_path):
+    """loss.reference_weight = w: the step-0 loss is the unpaired loss + w × the logged reference term."""
+    from test_bad_inputs import write_tiny_set
+
+    write_tiny_set(tmp_path / "set", res=16)
+    small = {"dim": 32, "heads": 2, "self_layers": 1, "cross_layers": 1, "input_res": 16, "patch": 8,
+             "expression_hidden": 16, "upsampler_window": 16}
+
+    def run(weight, name):
+        recipe = recipe_from_dict({"model": {"preset": "tiny", "overrides": small},
+                                   "data": {"manifest": str(tmp_path / "set" / "manifest.parquet"), "n_targets": 2,
+                                            "options": {"reference_views": True}},
+                                   "optim": {"max_steps": 2}, "loss": {"lpips": 0.0, "reference_weight": weight},
+                                   "run": {"checkpoint_every": 2, "preview_every": 2, "log_every": 1}},
+                                  source="test")
+        return train(recipe, tmp_path / name, progress=False)
+
+    plain, paired = run(0.0, "plain"), run(0.5, "paired")
+    logged = [json.loads(line) for line in (tmp_path / "paired" / "logs" / "scalars.jsonl").read_text().splitlines()]
+    reference = logged[0]["train/reference"]
+    assert reference > 0 and all(math.isfinite(r["train/reference"]) for r in logged)
+    assert paired.losses[0] == pytest.approx(plain.losses[0] + 0.5 * reference, rel=1e-5)
+    with pytest.raises(RecipeError, match="reference_weight need data.options.reference_views"):
+        recipe_from_dict({"loss": {"reference_weight": 1.0}, "data": {"options": {}}}, source="test")
 
 
 def test_photometric_loss_weights_and_lpips_schedule():

@@ -203,8 +203,9 @@ class Avat3r(nn.Module):
 
     # -- expression ------------------------------------------------------------------------------
     def decode(self, state: IdentityState, codes: torch.Tensor) -> Gaussians:
-        """codes (B, E), or (F, E) for a state with B == 1 (F frames of one avatar) → Gaussians batched
-        (B or F, V·G², …) with ``valid`` (conf > τ)."""
+        """codes (F, E) with F = k·B: k frames of each of the B identities, frame-major (code j·B + b is frame
+        j of identity b; B codes are one frame each, and a state with B == 1 takes any number) → Gaussians
+        batched (F, V·G², …) with ``valid`` (conf > τ)."""
         cfg = self.config
         if state.config_hash != self.config_hash:
             raise ModelInputError(f"identity state was encoded by model config {state.config_hash}, "
@@ -212,12 +213,14 @@ class Avat3r(nn.Module):
         if codes.ndim != 2 or codes.shape[1] != cfg.expression_dim:
             raise ModelInputError(f"expression codes must be (F, {cfg.expression_dim}), got {tuple(codes.shape)}")
         B, V, Fr = state.batch, state.views, codes.shape[0]
-        if Fr != B and B != 1:
-            raise ModelInputError(f"{Fr} expression codes for an identity batch of {B}; pass {B} codes, "
-                                  "or one identity with many codes")
+        if Fr % B:
+            raise ModelInputError(f"{Fr} expression codes for an identity batch of {B}; pass a multiple of {B} "
+                                  "codes (k frames of every identity)")
 
-        def frames(t: torch.Tensor) -> torch.Tensor:  # broadcast one identity over F frames
-            return t.expand(Fr, *t.shape[1:]) if B != Fr else t
+        def frames(t: torch.Tensor) -> torch.Tensor:  # each identity over its k = F / B frames
+            if B == 1:
+                return t.expand(Fr, *t.shape[1:])
+            return t.repeat(Fr // B, *[1] * (t.ndim - 1))
 
         G = cfg.gaussian_res
         out = self.decoder(frames(state.tokens), codes.to(state.tokens.dtype),

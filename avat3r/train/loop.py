@@ -116,6 +116,18 @@ def expression_pixel_weight(batch: dict, weight: float, share: float = 0.0) -> t
     return torch.where((inside > 0) & (inside < pixels), w, 1.0 / pixels) * pixels
 
 
+def reference_loss(loss_fn, pred_ref: torch.Tensor, batch: dict, step: int,
+                   pixel_weight: torch.Tensor | None) -> torch.Tensor:
+    """The paired term: renders of the avatar decoded at the reference code (B,T,H,W,3) against the target
+    cameras' images at the reference timestep, views without such an image left out (0 when none has one).
+    One encoding must then show both expressions: what the code changes outside the truth's change costs twice."""
+    valid = batch["target_ref_valid"].bool()
+    if not bool(valid.any()):
+        return pred_ref.sum() * 0.0  # keeps every rank's graph the same shape
+    weight = None if pixel_weight is None else pixel_weight[valid]
+    return loss_fn(pred_ref[valid], batch["target_ref_rgb"][valid].float(), step, weight)[0]
+
+
 def _past(over: bool, accelerator) -> bool:
     """Whether any process is past the time limit: all of them then stop at the same step (a process that
     stopped alone would leave the others waiting in the next collective)."""
@@ -370,12 +382,18 @@ def train(recipe: Recipe, run_dir: str | Path, *, resume: bool = False, max_step
     for step, batch in zip(range(start, stop), loader):
         torch.manual_seed(step_seed(recipe.run.seed, step, rank))
         batch = to_device(batch, device)
-        with accelerator.autocast():
-            gaussians = predict(model, batch)
-        pred = render_targets(gaussians, batch["target_cameras"], recipe.run.render_backend)
+        paired = recipe.loss.reference_weight > 0
+        with accelerator.autocast():  # paired: one encoding, decoded at the target and the reference code
+            gaussians = predict(model, batch, torch.cat([batch["expr"], batch["ref_expr"]]) if paired else None)
+        cams = batch["target_cameras"]
+        pred = render_targets(gaussians, cams * 2 if paired else cams, recipe.run.render_backend)
+        pred, pred_ref = pred.split(len(cams)) if paired else (pred, None)
         target = batch["target_rgb"].float()
-        loss, parts = loss_fn(pred, target, step, expression_pixel_weight(batch, recipe.loss.expression_weight,
-                                                                                 recipe.loss.expression_share))
+        pixel_weight = expression_pixel_weight(batch, recipe.loss.expression_weight, recipe.loss.expression_share)
+        loss, parts = loss_fn(pred, target, step, pixel_weight)
+        if paired:
+            ref = reference_loss(loss_fn, pred_ref, batch, step, pixel_weight)
+            loss, parts["reference"] = loss + recipe.loss.reference_weight * ref, ref.detach()
         if not torch.isfinite(loss):
             raise TrainError(f"the loss became {loss.item()} at step {step}; lower optim.lr or check the data")
         accelerator.backward(loss)

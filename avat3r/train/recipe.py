@@ -95,6 +95,11 @@ class LossSection:
     # however few pixels it has (a blink's 1 % of a frame then counts as much as an open jaw's 8 %).
     # 0 = off; use one of expression_weight and expression_share.
     expression_share: float = 0.0
+    # Weight of a second, paired term: the same reconstruction decoded at the reference code (input 0's) and
+    # rendered into the target cameras, against their images at the reference timestep (same pixel weights).
+    # Both expressions from one encoding: a change of code pays only where the truth changes. Needs
+    # data.options.reference_views; 0 = off (one decode per example).
+    reference_weight: float = 0.0
 
 
 @dataclass
@@ -151,15 +156,16 @@ class Recipe:
         betas = self.optim.betas
         if len(betas) != 2 or not all(isinstance(b, (int, float)) and 0 <= b < 1 for b in betas):
             problems.append("optim.betas must be two values in [0, 1)")
-        if min(self.loss.l1, self.loss.ssim, self.loss.lpips, self.loss.expression_weight) < 0:
+        if min(self.loss.l1, self.loss.ssim, self.loss.lpips, self.loss.expression_weight,
+               self.loss.reference_weight) < 0:
             problems.append("loss weights must be ≥ 0")
         if not 0 <= self.loss.expression_share < 1:
             problems.append(f"loss.expression_share must lie in [0, 1), got {self.loss.expression_share}")
         if self.loss.expression_weight > 0 and self.loss.expression_share > 0:
             problems.append("set one of loss.expression_weight and loss.expression_share, not both")
-        if (self.loss.expression_weight > 0 or self.loss.expression_share > 0) \
+        if (self.loss.expression_weight > 0 or self.loss.expression_share > 0 or self.loss.reference_weight > 0) \
                 and not self.data.options.get("reference_views", False):
-            problems.append("loss.expression_weight and loss.expression_share need "
+            problems.append("loss.expression_weight, loss.expression_share and loss.reference_weight need "
                             "data.options.reference_views = true")
         if self.loss.lpips_net not in ("alex", "vgg"):
             problems.append(f"loss.lpips_net must be 'alex' or 'vgg', not {self.loss.lpips_net!r}")
