@@ -51,15 +51,16 @@ def change_map(a: torch.Tensor, b: torch.Tensor, gain: float = CHANGE_GAIN) -> t
 
 
 def response_block(title: str, truth_ref: torch.Tensor, truth: torch.Tensor, pred_ref: torch.Tensor,
-                   pred: torch.Tensor, height: int = 96) -> np.ndarray:
-    """One example's expression response: a title line, then a row per target view with the columns of
-    RESPONSE_COLUMNS (truth and avatar at the reference code and at the target code, and each one's change).
-    An avatar that animates right shows its change in the same pixels as the truth's, about as bright."""
+                   pred: torch.Tensor, height: int = 96, views: int = 4) -> np.ndarray:
+    """One example's expression response: a title line, then a row for each of its first ``views`` target
+    views with the columns of RESPONSE_COLUMNS (truth and avatar at the reference code and at the target
+    code, and each one's change). An avatar that animates right shows its change in the same pixels as the
+    truth's, about as bright."""
     from .fileio import opencv
 
     cv2 = opencv()
     columns = [truth_ref, truth, change_map(truth, truth_ref), pred_ref, pred, change_map(pred, pred_ref)]
-    grid = tile_rows([torch.stack([c[v].float().cpu() for c in columns]) for v in range(truth.shape[0])],
+    grid = tile_rows([torch.stack([c[v].float().cpu() for c in columns]) for v in range(min(views, truth.shape[0]))],
                      height)
     tile = (grid.shape[1] - GAP * (len(columns) - 1)) // len(columns)
     for j, name in enumerate(RESPONSE_COLUMNS):

@@ -13,8 +13,9 @@ HELP = """Evaluate a checkpoint on held-out persons of a manifest.
 
 Example i is the same for every model (a pure function of --seed and i), so two evaluations compare row by row;
 targets are never at an input camera. Writes OUT/metrics.parquet (one row per example), OUT/metrics.md (overall,
-per-expression and per-person tables, each metric as mean ± standard error (n)) and OUT/comparison.png (inputs |
-prediction | ground truth). Metrics whose models or weights are missing (LPIPS backbone, pyfvvdp for JOD,
+per-expression and per-person tables, each metric as mean ± standard error (n)), OUT/comparison.png (inputs |
+prediction | ground truth) and, for an avatar model, OUT/response.png (one example per expression: truth and
+avatar at the inputs' and at the target's code, and where each one changes). Metrics whose models or weights are missing (LPIPS backbone, pyfvvdp for JOD,
 keypoint/identity models for AKD/CSIM) are reported as not available.
 
 Expression metrics work in the region where the truth changes between the inputs' (reference) timestep and the
