@@ -20,6 +20,7 @@ import pyarrow.parquet as pq
 # column, header, scale of the printed values (SSIM in hundredths)
 SCORES = (("psnr", "PSNR", 1.0), ("psnr_fg", "PSNR fg", 1.0), ("psnr_region", "PSNR region", 1.0),
           ("expr_gain", "gain (dB)", 1.0), ("response_ratio", "ratio", 1.0), ("aligned_ratio", "aligned ratio", 1.0),
+          ("leak_ratio", "leak ratio", 1.0),
           ("ssim", "SSIM ×100", 100.0), ("jod", "JOD", 1.0))
 
 

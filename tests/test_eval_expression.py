@@ -60,6 +60,26 @@ def test_the_aligned_ratio_counts_only_change_along_the_truths():
     assert M.aligned_ratio(target, ref, target, ref, torch.zeros_like(region)) is None
 
 
+def test_the_leak_ratio_counts_change_in_the_foreground_outside_the_region():
+    target, ref = _pair()
+    region = M.changing_region(target, ref)  # the 4×4 block dilated: rows/cols 1..6
+    mask = torch.ones(2, 8, 8)
+    mask[:, :, 7] = 0.0  # the last column is background
+    outside = M._outside(region, mask, torch.tensor([True, True]))
+    assert M.leak_ratio(target, ref, target, ref, region, outside) == 0.0  # the truth's change stays inside
+    shimmer = target.clone()
+    shimmer[..., 2] += 0.0625 * (~region.bool()).double()  # blue moves by 1/16 everywhere outside the region
+    truth_change = float(((target - ref).abs().mean(-1) * region).sum() / region.sum())
+    assert M.leak_ratio(shimmer, ref, target, ref, region, outside) == pytest.approx(0.0625 / 3 / truth_change)
+    background_only = target.clone()
+    background_only[:, :, 7] = 1.0  # a change on the background does not count
+    assert M.leak_ratio(background_only, ref, target, ref, region, outside) == 0.0
+    one_view = M._outside(region, mask, torch.tensor([False, True]))
+    assert one_view[0].sum() == 0 and one_view[1].sum() == outside[1].sum()
+    scores = M.example_scores(shimmer, target, mask, ref, ref, torch.tensor([True, True]))
+    assert scores["leak_ratio"] == pytest.approx(0.0625 / 3 / truth_change)
+
+
 def test_the_truth_scores_ratio_one_and_a_positive_gain():
     target, ref = _pair()
     region = M.changing_region(target, ref)
@@ -140,7 +160,7 @@ def test_an_empty_region_gives_none_and_no_nan():
                               target.clone(), torch.tensor([True, True]))
     assert scores["region_frac"] == 0.0
     assert all(scores[k] is None for k in ("psnr_region", "psnr_region_ref", "expr_gain", "gain_ceiling",
-                                           "response_ratio", "aligned_ratio"))
+                                           "response_ratio", "aligned_ratio", "leak_ratio"))
     assert all(math.isfinite(v) for v in scores.values() if v is not None)
 
 

@@ -285,6 +285,19 @@ def aligned_ratio(pred: torch.Tensor, pred_ref: torch.Tensor, target: torch.Tens
     return float((change * truth).sum()) / norm if norm > 0 else None
 
 
+def leak_ratio(pred: torch.Tensor, pred_ref: torch.Tensor, target: torch.Tensor, target_ref: torch.Tensor,
+               region: torch.Tensor, outside: torch.Tensor) -> float | None:
+    """How much the avatar changes where the truth does not: mean |pred − pred_ref| over the ``outside``
+    pixels (the foreground outside the region, in views with a reference image) / mean |target − target_ref|
+    in the region. 0 for a change confined to the truth's pixels (and for an avatar that ignores its code: read
+    it beside the ratio); an avatar whose code makes the whole head shimmer scores high. None when either set
+    is empty (or the truth does not change)."""
+    if float(region.sum()) <= 0 or float(outside.sum()) <= 0:
+        return None
+    truth = _mean_abs_change(target, target_ref, region)
+    return _mean_abs_change(pred, pred_ref, outside) / truth if truth > 0 else None
+
+
 def example_scores(pred: torch.Tensor, target: torch.Tensor, mask: torch.Tensor | None = None,
                    pred_ref: torch.Tensor | None = None, target_ref: torch.Tensor | None = None,
                    ref_valid: torch.Tensor | None = None) -> dict[str, float | None]:
@@ -293,7 +306,7 @@ def example_scores(pred: torch.Tensor, target: torch.Tensor, mask: torch.Tensor 
     scores = {"psnr": pooled_psnr(pred, target),
               "psnr_fg": foreground_psnr(pred, target, mask) if mask is not None else None,
               "psnr_region": None, "psnr_region_ref": None, "expr_gain": None, "gain_ceiling": None,
-              "response_ratio": None, "aligned_ratio": None, "region_frac": None}
+              "response_ratio": None, "aligned_ratio": None, "leak_ratio": None, "region_frac": None}
     if pred_ref is None or target_ref is None:
         return scores
     region = changing_region(target, target_ref, ref_valid)
@@ -303,12 +316,24 @@ def example_scores(pred: torch.Tensor, target: torch.Tensor, mask: torch.Tensor 
                   gain_ceiling=gain_ceiling(pred_ref, target, target_ref, region),
                   response_ratio=response_ratio(pred, pred_ref, target, target_ref, region),
                   aligned_ratio=aligned_ratio(pred, pred_ref, target, target_ref, region),
+                  leak_ratio=leak_ratio(pred, pred_ref, target, target_ref, region, _outside(region, mask, ref_valid)),
                   region_frac=float(region.float().mean()))
     return scores
 
 
+def _outside(region: torch.Tensor, mask: torch.Tensor | None, ref_valid: torch.Tensor | None) -> torch.Tensor:
+    """(V,H,W) the pixels the leak ratio looks at: not in the region, in the true foreground (everywhere without
+    a mask), in views that have a reference image."""
+    outside = ~region.bool()
+    if mask is not None:
+        outside = outside & (mask > 0.5)
+    if ref_valid is not None:
+        outside = outside & ref_valid.bool().reshape(-1, 1, 1)
+    return outside
+
+
 EXPRESSION_SCORES = ("psnr_fg", "psnr_region", "psnr_region_ref", "expr_gain", "gain_ceiling", "response_ratio",
-                     "aligned_ratio", "region_frac")
+                     "aligned_ratio", "leak_ratio", "region_frac")
 
 
 def expression_group(expr: torch.Tensor, ref_expr: torch.Tensor, names: Sequence[str],

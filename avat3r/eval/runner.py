@@ -39,10 +39,11 @@ BASELINES = ("reprojection", "nearest-view")
 EVAL_SAMPLER_OPTIONS = {"novel_targets": True, "reference_views": True}
 # the columns of metrics.parquet that hold scores, in report order
 SCORES = ("psnr", "psnr_fg", "psnr_region", "psnr_region_ref", "expr_gain", "gain_ceiling", "response_ratio",
-          "aligned_ratio", "region_frac", "ssim", "lpips", "jod", "akd", "csim")
+          "aligned_ratio", "leak_ratio", "region_frac", "ssim", "lpips", "jod", "akd", "csim")
 LABELS = {"psnr": "PSNR", "psnr_fg": "PSNR fg", "psnr_region": "PSNR region",
           "psnr_region_ref": "PSNR region (ref code)", "expr_gain": "gain (dB)", "gain_ceiling": "gain ceiling (dB)",
-          "response_ratio": "ratio", "aligned_ratio": "aligned ratio", "region_frac": "region frac", "ssim": "SSIM",
+          "response_ratio": "ratio", "aligned_ratio": "aligned ratio", "leak_ratio": "leak ratio",
+          "region_frac": "region frac", "ssim": "SSIM",
           "lpips": "LPIPS", "jod": "JOD", "akd": "AKD", "csim": "CSIM"}
 
 
@@ -383,7 +384,8 @@ def score_example(index: int, ex: dict, batch: dict, pred: torch.Tensor, pred_re
 def _response_title(row: dict) -> str:
     """The response block's title: the example, its expression group and its expression scores."""
     scores = [f"{label} {row[key]:{fmt}}" for key, label, fmt in
-              (("expr_gain", "gain", "+.2f"), ("response_ratio", "ratio", ".2f"), ("aligned_ratio", "aligned", ".2f"))
+              (("expr_gain", "gain", "+.2f"), ("response_ratio", "ratio", ".2f"), ("aligned_ratio", "aligned", ".2f"),
+               ("leak_ratio", "leak", ".2f"))
               if row.get(key) is not None]
     return f"example {row['example']} ({row['person']}): {row['expression']}  " + ", ".join(scores)
 
@@ -433,7 +435,7 @@ def _fmt(name: str, value) -> str:
         return "n/a"
     if name in ("psnr", "psnr_fg", "psnr_region", "psnr_region_ref", "expr_gain", "gain_ceiling", "akd", "jod"):
         return f"{value:.2f}"
-    return f"{value:.3f}" if name in ("response_ratio", "aligned_ratio") else f"{value:.4f}"
+    return f"{value:.3f}" if name in ("response_ratio", "aligned_ratio", "leak_ratio") else f"{value:.4f}"
 
 
 def format_stat(name: str, stat: Stat) -> str:
@@ -460,7 +462,8 @@ def write_markdown(report: EvalReport, path: Path, split: str, seed: int) -> Pat
               "ignored); ratio = mean |Δ| of the avatar between the two codes / mean |Δ| of the truth, in the "
               "region (1: moves as much as the truth); aligned ratio = the part of the avatar's change along the "
               "truth's, ⟨Δavatar, Δtruth⟩ / ⟨Δtruth, Δtruth⟩ (1: the truth's change; 0: none, or unrelated to the "
-              "truth's). Gain ceiling = the gain of the avatar at the reference code plus the truth's own change: "
+              "truth's); leak ratio = the avatar's mean |Δ| in the foreground outside the region / the truth's in it "
+              "(0: the code moves only the truth's pixels). Gain ceiling = the gain of the avatar at the reference code plus the truth's own change: "
               "what a perfect response could gain on this reconstruction. Examples without changing pixels have no "
               "region scores (n counts the rest). PSNR/SSIM/CSIM/JOD higher is better, LPIPS/AKD lower is better."), "",
              "## Overall", "", f"| metric | {report.label}: mean ± SE (n) |", "|---|---|"]
@@ -501,13 +504,13 @@ def _expression_table(rows: list[dict]) -> list[str]:
     lines = ["", "## Per expression", "",
              "Group = the code parameter that changes most from the reference to the target (Left/Right merged; "
              "`neutral`: no parameter changes by 0.05 or more).", "",
-             "| expression | n | PSNR region | gain (dB) | gain ceiling (dB) | ratio | aligned ratio | PSNR fg |",
-             "|---|---|---|---|---|---|---|---|"]
+             "| expression | n | PSNR region | gain (dB) | gain ceiling (dB) | ratio | aligned ratio | leak ratio | "
+             "PSNR fg |", "|---|---|---|---|---|---|---|---|---|"]
     by_size = sorted(groups, key=lambda g: (-sum(r["expression"] == g for r in rows), g))
     for group in by_size:
         mine = [r for r in rows if r["expression"] == group]
         stats = [format_stat(n, summarize(r[n] for r in mine))
-                 for n in ("expr_gain", "gain_ceiling", "response_ratio", "aligned_ratio")]
+                 for n in ("expr_gain", "gain_ceiling", "response_ratio", "aligned_ratio", "leak_ratio")]
         lines.append(f"| {group} | {len(mine)} | {_mean_cell('psnr_region', mine, {})} | {' | '.join(stats)} | "
                      f"{_mean_cell('psnr_fg', mine, {})} |")
     return lines
