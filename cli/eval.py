@@ -24,8 +24,10 @@ the target code − region PSNR of the same avatar at the reference code (0: the
 avatar's mean change between the two codes / the truth's mean change in the region (1: as much as the truth);
 aligned ratio = the part of that change along the truth's, <Δavatar, Δtruth> / <Δtruth, Δtruth> (0 for a change
 unrelated to the truth's, which the ratio still counts);
-gain ceiling = the gain of the avatar's reference-code render plus the truth's own change (what a perfect
-response could gain on this reconstruction).
+pasted gain = the gain of the avatar's reference-code render plus the truth's own change (the truth's change
+pasted on: a reference for the gain, not a bound; on a blurry region a redrawn one can score above it); leak
+ratio = the avatar's mean change in the foreground outside the region / the truth's in it (0: the code moves
+only the truth's pixels).
 """
 
 # the flag of each library parameter an error may name

@@ -100,22 +100,22 @@ def test_a_half_way_avatar_scores_ratio_one_half():
     assert M.expression_gain(halfway, ref, target, region) == pytest.approx(10 * math.log10(4), abs=1e-12)
 
 
-def test_gain_ceiling_is_what_a_perfect_response_gains_on_this_reconstruction():
+def test_pasted_gain_is_the_gain_of_the_truths_change_added_to_the_reference_render():
     target, ref = _pair()
     region = M.changing_region(target, ref)
     # an avatar that reconstructs the reference exactly: adding the truth's change makes it perfect (PSNR cap)
-    assert M.gain_ceiling(ref, target, ref, region) == M.expression_gain(target, ref, target, region)
+    assert M.pasted_gain(ref, target, ref, region) == M.expression_gain(target, ref, target, region)
     # an avatar off by a constant 1/8 at the reference code keeps that error whatever it does: MSE (1/8)² both
-    # ways on the unchanged pixels, so the ceiling is the gain from removing the change alone
+    # ways on the unchanged pixels, so the pasted gain is the gain from removing the change alone
     off = ref + 0.125
-    ceiling = M.gain_ceiling(off, target, ref, region)
+    pasted = M.pasted_gain(off, target, ref, region)
     mse_with = 0.125 ** 2  # the perfect response leaves only the offset (no clipping: values stay in [0.375, 0.875])
     mse_without = (16 * ((0.5 - 0.125) ** 2 + (0.25 - 0.125) ** 2 + 0.125 ** 2) / 3 + 20 * 0.125 ** 2) / 36
-    assert ceiling == pytest.approx(10 * math.log10(mse_without / mse_with), abs=1e-12)
-    # a model's own gain never beats its ceiling when its change is the truth's, whatever its base error
-    assert M.expression_gain(off + target - ref, off, target, region) == pytest.approx(ceiling, abs=1e-12)
+    assert pasted == pytest.approx(10 * math.log10(mse_without / mse_with), abs=1e-12)
+    # a model whose change is the truth's scores exactly the pasted gain, whatever its base error
+    assert M.expression_gain(off + target - ref, off, target, region) == pytest.approx(pasted, abs=1e-12)
     # an avatar that already shows the target at the reference code: the truth's change can only overshoot
-    assert M.gain_ceiling(target, target, ref, region) < 0
+    assert M.pasted_gain(target, target, ref, region) < 0
 
 
 def test_the_response_block_shows_each_change_where_it_happens():
@@ -159,7 +159,7 @@ def test_an_empty_region_gives_none_and_no_nan():
     scores = M.example_scores(torch.zeros_like(target), target, torch.ones(2, 5, 5), torch.ones_like(target),
                               target.clone(), torch.tensor([True, True]))
     assert scores["region_frac"] == 0.0
-    assert all(scores[k] is None for k in ("psnr_region", "psnr_region_ref", "expr_gain", "gain_ceiling",
+    assert all(scores[k] is None for k in ("psnr_region", "psnr_region_ref", "expr_gain", "pasted_gain",
                                            "response_ratio", "aligned_ratio", "leak_ratio"))
     assert all(math.isfinite(v) for v in scores.values() if v is not None)
 

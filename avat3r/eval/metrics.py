@@ -249,12 +249,13 @@ def expression_gain(pred: torch.Tensor, pred_ref: torch.Tensor, target: torch.Te
     return None if with_code is None or without is None else with_code - without
 
 
-def gain_ceiling(pred_ref: torch.Tensor, target: torch.Tensor, target_ref: torch.Tensor,
+def pasted_gain(pred_ref: torch.Tensor, target: torch.Tensor, target_ref: torch.Tensor,
                  region: torch.Tensor) -> float | None:
     """The expression gain (dB) this avatar would score if its change between the two codes were exactly the
-    truth's: ``pred_ref + (target − target_ref)``, clipped to [0, 1]. A blurry or misaligned reconstruction caps
-    what any response can gain; a gain far below this ceiling is the code's fault, one near it the
-    reconstruction's. None for an empty region."""
+    truth's, pasted onto its reference-code render: ``pred_ref + (target − target_ref)``, clipped to [0, 1].
+    A reference for the response, not a bound: where the reconstruction is sharp, a gain far below it is the
+    code's fault; where it is blurry the truth's change overshoots the blurred pixels, and an avatar that
+    redraws the region (a closed eyelid over a blurred eye) can score above it. None for an empty region."""
     perfect_response = (pred_ref.double() + target.double() - target_ref.double()).clamp(0, 1)
     return expression_gain(perfect_response, pred_ref, target, region)
 
@@ -305,7 +306,7 @@ def example_scores(pred: torch.Tensor, target: torch.Tensor, mask: torch.Tensor 
     scores are None without the reference images and the avatar at the reference code."""
     scores = {"psnr": pooled_psnr(pred, target),
               "psnr_fg": foreground_psnr(pred, target, mask) if mask is not None else None,
-              "psnr_region": None, "psnr_region_ref": None, "expr_gain": None, "gain_ceiling": None,
+              "psnr_region": None, "psnr_region_ref": None, "expr_gain": None, "pasted_gain": None,
               "response_ratio": None, "aligned_ratio": None, "leak_ratio": None, "region_frac": None}
     if pred_ref is None or target_ref is None:
         return scores
@@ -313,7 +314,7 @@ def example_scores(pred: torch.Tensor, target: torch.Tensor, mask: torch.Tensor 
     scores.update(psnr_region=region_psnr(pred, target, region),
                   psnr_region_ref=region_psnr(pred_ref, target, region),
                   expr_gain=expression_gain(pred, pred_ref, target, region),
-                  gain_ceiling=gain_ceiling(pred_ref, target, target_ref, region),
+                  pasted_gain=pasted_gain(pred_ref, target, target_ref, region),
                   response_ratio=response_ratio(pred, pred_ref, target, target_ref, region),
                   aligned_ratio=aligned_ratio(pred, pred_ref, target, target_ref, region),
                   leak_ratio=leak_ratio(pred, pred_ref, target, target_ref, region, _outside(region, mask, ref_valid)),
@@ -332,7 +333,7 @@ def _outside(region: torch.Tensor, mask: torch.Tensor | None, ref_valid: torch.T
     return outside
 
 
-EXPRESSION_SCORES = ("psnr_fg", "psnr_region", "psnr_region_ref", "expr_gain", "gain_ceiling", "response_ratio",
+EXPRESSION_SCORES = ("psnr_fg", "psnr_region", "psnr_region_ref", "expr_gain", "pasted_gain", "response_ratio",
                      "aligned_ratio", "leak_ratio", "region_frac")
 
 

@@ -38,10 +38,10 @@ BASELINES = ("reprojection", "nearest-view")
 # every evaluation scores novel views only and needs the reference images for the expression metrics
 EVAL_SAMPLER_OPTIONS = {"novel_targets": True, "reference_views": True}
 # the columns of metrics.parquet that hold scores, in report order
-SCORES = ("psnr", "psnr_fg", "psnr_region", "psnr_region_ref", "expr_gain", "gain_ceiling", "response_ratio",
+SCORES = ("psnr", "psnr_fg", "psnr_region", "psnr_region_ref", "expr_gain", "pasted_gain", "response_ratio",
           "aligned_ratio", "leak_ratio", "region_frac", "ssim", "lpips", "jod", "akd", "csim")
 LABELS = {"psnr": "PSNR", "psnr_fg": "PSNR fg", "psnr_region": "PSNR region",
-          "psnr_region_ref": "PSNR region (ref code)", "expr_gain": "gain (dB)", "gain_ceiling": "gain ceiling (dB)",
+          "psnr_region_ref": "PSNR region (ref code)", "expr_gain": "gain (dB)", "pasted_gain": "pasted gain (dB)",
           "response_ratio": "ratio", "aligned_ratio": "aligned ratio", "leak_ratio": "leak ratio",
           "region_frac": "region frac", "ssim": "SSIM",
           "lpips": "LPIPS", "jod": "JOD", "akd": "AKD", "csim": "CSIM"}
@@ -433,7 +433,7 @@ def write_parquet(report: EvalReport, path: Path, meta: dict, split: str, seed: 
 def _fmt(name: str, value) -> str:
     if value is None or (isinstance(value, float) and not math.isfinite(value)):
         return "n/a"
-    if name in ("psnr", "psnr_fg", "psnr_region", "psnr_region_ref", "expr_gain", "gain_ceiling", "akd", "jod"):
+    if name in ("psnr", "psnr_fg", "psnr_region", "psnr_region_ref", "expr_gain", "pasted_gain", "akd", "jod"):
         return f"{value:.2f}"
     return f"{value:.3f}" if name in ("response_ratio", "aligned_ratio", "leak_ratio") else f"{value:.4f}"
 
@@ -463,8 +463,9 @@ def write_markdown(report: EvalReport, path: Path, split: str, seed: int) -> Pat
               "region (1: moves as much as the truth); aligned ratio = the part of the avatar's change along the "
               "truth's, ⟨Δavatar, Δtruth⟩ / ⟨Δtruth, Δtruth⟩ (1: the truth's change; 0: none, or unrelated to the "
               "truth's); leak ratio = the avatar's mean |Δ| in the foreground outside the region / the truth's in it "
-              "(0: the code moves only the truth's pixels). Gain ceiling = the gain of the avatar at the reference code plus the truth's own change: "
-              "what a perfect response could gain on this reconstruction. Examples without changing pixels have no "
+              "(0: the code moves only the truth's pixels). Pasted gain = the gain of the avatar at the reference code plus the truth's own change "
+              "(the truth's change pasted on: a reference, not a bound — on a blurry region a redrawn one can "
+              "score above it). Examples without changing pixels have no "
               "region scores (n counts the rest). PSNR/SSIM/CSIM/JOD higher is better, LPIPS/AKD lower is better."), "",
              "## Overall", "", f"| metric | {report.label}: mean ± SE (n) |", "|---|---|"]
     lines += [f"| {LABELS[n]} | {format_stat(n, overall[n])} |" for n in names]
@@ -504,13 +505,13 @@ def _expression_table(rows: list[dict]) -> list[str]:
     lines = ["", "## Per expression", "",
              "Group = the code parameter that changes most from the reference to the target (Left/Right merged; "
              "`neutral`: no parameter changes by 0.05 or more).", "",
-             "| expression | n | PSNR region | gain (dB) | gain ceiling (dB) | ratio | aligned ratio | leak ratio | "
+             "| expression | n | PSNR region | gain (dB) | pasted gain (dB) | ratio | aligned ratio | leak ratio | "
              "PSNR fg |", "|---|---|---|---|---|---|---|---|---|"]
     by_size = sorted(groups, key=lambda g: (-sum(r["expression"] == g for r in rows), g))
     for group in by_size:
         mine = [r for r in rows if r["expression"] == group]
         stats = [format_stat(n, summarize(r[n] for r in mine))
-                 for n in ("expr_gain", "gain_ceiling", "response_ratio", "aligned_ratio", "leak_ratio")]
+                 for n in ("expr_gain", "pasted_gain", "response_ratio", "aligned_ratio", "leak_ratio")]
         lines.append(f"| {group} | {len(mine)} | {_mean_cell('psnr_region', mine, {})} | {' | '.join(stats)} | "
                      f"{_mean_cell('psnr_fg', mine, {})} |")
     return lines
