@@ -384,7 +384,8 @@ def train(recipe: Recipe, run_dir: str | Path, *, resume: bool = False, max_step
         batch = to_device(batch, device)
         paired = recipe.loss.reference_weight > 0
         with accelerator.autocast():  # paired: one encoding, decoded at the target and the reference code
-            gaussians = predict(model, batch, torch.cat([batch["expr"], batch["ref_expr"]]) if paired else None)
+            gaussians = (predict(model, batch, torch.cat([batch["expr"], batch["ref_expr"]])) if paired
+                         else predict(model, batch))
         cams = batch["target_cameras"]
         pred = render_targets(gaussians, cams * 2 if paired else cams, recipe.run.render_backend)
         pred, pred_ref = pred.split(len(cams)) if paired else (pred, None)
