@@ -10,8 +10,8 @@
 #
 # Trailing --set arguments override the defaults in every run, e.g. the fine-tuning ablation from the shipped
 # weights in docs/results.md:
-#   SEEDS="12 13" recipes/expression_ablation.sh models/synthheads-tiny data/heldout-128-prior/manifest.parquet \
-#       1500 runs/ablation-128 --set loss.expression_weight=15 --set optim.schedule=cosine --set optim.lr=1e-4 \
+#   SEEDS="12 13" recipes/expression_ablation.sh models/synthheads-tiny data/heldout-64-prior/manifest.parquet \
+#       2000 runs/ablation-ft --set loss.expression_weight=15 --set optim.schedule=cosine --set optim.lr=1e-4 \
 #       --set data.n_targets=8
 set -euo pipefail
 init=$1
