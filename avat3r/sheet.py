@@ -39,6 +39,14 @@ def tile_rows(rows: list[torch.Tensor], height: int) -> np.ndarray:
     return np.concatenate(out[:-1], axis=0)
 
 
+def draw_label(img: np.ndarray, text: str, x: int = 2, scale: float = 0.3) -> np.ndarray:
+    """Write ``text`` in white at the top of uint8 ``img`` (in place, from column ``x``); returns ``img``."""
+    from .fileio import opencv
+
+    cv2 = opencv()
+    cv2.putText(img, text, (x, 10), cv2.FONT_HERSHEY_SIMPLEX, scale, (255, 255, 255), 1, cv2.LINE_AA)
+    return img
+
 
 CHANGE_GAIN = 4.0  # |Δ| of 0.25 shows white: the changes worth seeing are small next to the image range
 RESPONSE_COLUMNS = ("truth ref", "truth", "|d| truth x4", "avatar ref", "avatar", "|d| avatar x4")
@@ -56,16 +64,11 @@ def response_block(title: str, truth_ref: torch.Tensor, truth: torch.Tensor, pre
     views with the columns of RESPONSE_COLUMNS (truth and avatar at the reference code and at the target
     code, and each one's change). An avatar that animates right shows its change in the same pixels as the
     truth's, about as bright."""
-    from .fileio import opencv
-
-    cv2 = opencv()
     columns = [truth_ref, truth, change_map(truth, truth_ref), pred_ref, pred, change_map(pred, pred_ref)]
     grid = tile_rows([torch.stack([c[v].float().cpu() for c in columns]) for v in range(min(views, truth.shape[0]))],
                      height)
     tile = (grid.shape[1] - GAP * (len(columns) - 1)) // len(columns)
     for j, name in enumerate(RESPONSE_COLUMNS):
-        cv2.putText(grid, name, (j * (tile + GAP) + 2, 10), cv2.FONT_HERSHEY_SIMPLEX, 0.3, (255, 255, 255), 1,
-                    cv2.LINE_AA)
-    header = np.zeros((14, grid.shape[1], 3), np.uint8)
-    cv2.putText(header, title, (2, 10), cv2.FONT_HERSHEY_SIMPLEX, 0.35, (255, 255, 255), 1, cv2.LINE_AA)
+        draw_label(grid, name, x=j * (tile + GAP) + 2)
+    header = draw_label(np.zeros((14, grid.shape[1], 3), np.uint8), title, scale=0.35)
     return np.concatenate([header, grid], axis=0)

@@ -22,6 +22,7 @@ from avat3r.cameras import view_angle_degrees
 from avat3r.data import synthheads as S
 from avat3r.fileio import opencv
 from avat3r.imageio import read_image, to_uint8, write_png
+from avat3r.sheet import draw_label
 from avat3r.stages.animate import load_animatable
 from avat3r.stages.render import render_image
 
@@ -45,9 +46,7 @@ def _code(values: dict) -> torch.Tensor:
 
 
 def _label(img: np.ndarray, text: str) -> np.ndarray:
-    img = img.copy()
-    cv2.putText(img, text, (2, 10), cv2.FONT_HERSHEY_SIMPLEX, 0.3, (255, 255, 255), 1, cv2.LINE_AA)
-    return img
+    return draw_label(img.copy(), text)
 
 
 def avatar_sheet(avatar_path: str | Path, photos_dir: str | Path, size: int = 128) -> np.ndarray:

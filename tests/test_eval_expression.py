@@ -65,7 +65,7 @@ def test_the_leak_ratio_counts_change_in_the_foreground_outside_the_region():
     region = M.changing_region(target, ref)  # the 4×4 block dilated: rows/cols 1..6
     mask = torch.ones(2, 8, 8)
     mask[:, :, 7] = 0.0  # the last column is background
-    outside = M._outside(region, mask, torch.tensor([True, True]))
+    outside = M.outside_region(region, mask, torch.tensor([True, True]))
     assert M.leak_ratio(target, ref, target, ref, region, outside) == 0.0  # the truth's change stays inside
     shimmer = target.clone()
     shimmer[..., 2] += 0.0625 * (~region.bool()).double()  # blue moves by 1/16 everywhere outside the region
@@ -74,7 +74,7 @@ def test_the_leak_ratio_counts_change_in_the_foreground_outside_the_region():
     background_only = target.clone()
     background_only[:, :, 7] = 1.0  # a change on the background does not count
     assert M.leak_ratio(background_only, ref, target, ref, region, outside) == 0.0
-    one_view = M._outside(region, mask, torch.tensor([False, True]))
+    one_view = M.outside_region(region, mask, torch.tensor([False, True]))
     assert one_view[0].sum() == 0 and one_view[1].sum() == outside[1].sum()
     scores = M.example_scores(shimmer, target, mask, ref, ref, torch.tensor([True, True]))
     assert scores["leak_ratio"] == pytest.approx(0.0625 / 3 / truth_change)

@@ -317,12 +317,12 @@ def example_scores(pred: torch.Tensor, target: torch.Tensor, mask: torch.Tensor 
                   pasted_gain=pasted_gain(pred_ref, target, target_ref, region),
                   response_ratio=response_ratio(pred, pred_ref, target, target_ref, region),
                   aligned_ratio=aligned_ratio(pred, pred_ref, target, target_ref, region),
-                  leak_ratio=leak_ratio(pred, pred_ref, target, target_ref, region, _outside(region, mask, ref_valid)),
+                  leak_ratio=leak_ratio(pred, pred_ref, target, target_ref, region, outside_region(region, mask, ref_valid)),
                   region_frac=float(region.float().mean()))
     return scores
 
 
-def _outside(region: torch.Tensor, mask: torch.Tensor | None, ref_valid: torch.Tensor | None) -> torch.Tensor:
+def outside_region(region: torch.Tensor, mask: torch.Tensor | None, ref_valid: torch.Tensor | None) -> torch.Tensor:
     """(V,H,W) the pixels the leak ratio looks at: not in the region, in the true foreground (everywhere without
     a mask), in views that have a reference image."""
     outside = ~region.bool()

@@ -376,13 +376,13 @@ def train(recipe: Recipe, run_dir: str | Path, *, resume: bool = False, max_step
         return path
 
     model.train()
+    paired = recipe.loss.reference_weight > 0  # two decodes per example (loss.reference_weight)
     t_begin = time.perf_counter()
     t_last, t_step, steps_since = t_begin, t_begin, 0
     step = start
     for step, batch in zip(range(start, stop), loader):
         torch.manual_seed(step_seed(recipe.run.seed, step, rank))
         batch = to_device(batch, device)
-        paired = recipe.loss.reference_weight > 0
         with accelerator.autocast():  # paired: one encoding, decoded at the target and the reference code
             gaussians = (predict(model, batch, torch.cat([batch["expr"], batch["ref_expr"]])) if paired
                          else predict(model, batch))
