@@ -15,7 +15,7 @@ HELP = ("Add position/confidence maps (pos.npy, conf.npy) and optional feature m
 
 # the flag of each library option an error may name
 FLAGS = {"feature_options.ckpt": "--sapiens-ckpt", "position_options": "--dust3r-repo, --dust3r-ckpt",
-         "segments": "--segments", "frames": "--frames"}
+         "segments": "--segments", "frames": "--frames", "downsample": "--downsample"}
 
 
 def _parse_frames(text: str | None) -> tuple[int, ...] | None:
@@ -53,6 +53,10 @@ def register(app: typer.Typer) -> None:
         workers: int = typer.Option(1, min=1, help="Shards processed in parallel (one process each)."),
         segments: str | None = typer.Option(None, help="Comma-separated segments to add priors to (default all)."),
         frames: str | None = typer.Option(None, help="Frames to add priors to, e.g. '0-9,20' (default all)."),
+        downsample: int = typer.Option(1, min=1, help="Compute the maps on views averaged over N×N blocks and store "
+                                       "them at that size: for a model whose input side is 1/N of the stored "
+                                       "images (train it with data.options.input_downsample = N), so it learns "
+                                       "the priors `reconstruct` computes on photos at its input side."),
         dust3r_repo: Path | None = typer.Option(None, help="DUSt3R checkout (else $AVAT3R_DUST3R_REPO)."),
         dust3r_ckpt: Path | None = typer.Option(None, help="DUSt3R .pth checkpoint (else $AVAT3R_DUST3R_CKPT)."),
         dust3r_alignment: str = typer.Option("global", help="DUSt3R alignment: global (optimiser, known poses) "
@@ -87,7 +91,8 @@ def register(app: typer.Typer) -> None:
             feat_opts = {"ckpt": str(sapiens_ckpt) if sapiens_ckpt else None, "input_size": size, "device": device}
         selected = {"segments": _parse_segments(segments), "frames": _parse_frames(frames)}
         try:
-            cfg = PriorStageConfig(position=position, features=features, partners=partners, **selected,
+            cfg = PriorStageConfig(position=position, features=features, partners=partners, downsample=downsample,
+                                   **selected,
                                    position_options=pos_opts, feature_options=feat_opts)
             # build once here so a missing package or checkpoint fails before any work starts
             from avat3r.priors import get_feature_prior, get_position_prior

@@ -323,6 +323,26 @@ def test_input_downsample_averages_inputs_and_keeps_targets_at_full_resolution(t
         ExampleSampler(tiny_set, "train", seed=1, require_prior=False, input_downsample=1.5)
 
 
+def test_priors_computed_at_the_input_side_are_used_as_they_are(tiny_set, tmp_path):
+    """Maps from `prior --downsample 2` reach the model untouched (images still averaged down); maps of a size
+    that fits neither the image nor the input side are refused."""
+    from avat3r.data.examples import ExampleError, ExampleSampler
+    from avat3r.priors.stage import PriorStageConfig, run_prior_stage
+
+    m = run_prior_stage(tiny_set, tmp_path / "half", PriorStageConfig(position="none", downsample=2))
+    sampler = ExampleSampler(m, "train", seed=1, input_downsample=2)
+    ex, plan = sampler.example(4), sampler.plan(4)
+    assert ex["inputs_rgb"].shape == (4, 16, 16, 3) and ex["target_rgb"].shape == (8, 32, 32, 3)
+    for j, r in enumerate(plan.inputs):
+        stored = m.read(r)
+        assert torch.equal(ex["inputs_pos"][j], torch.from_numpy(stored["pos"]))
+        assert torch.equal(ex["inputs_conf"][j], torch.from_numpy(stored["conf"].astype(np.float32)))
+    with pytest.raises(ExampleError, match="fit neither its 32x32 image nor the input side 32x32"):
+        ExampleSampler(m, "train", seed=1).example(4)  # a 32² model cannot take 16² maps
+    with pytest.raises(ExampleError, match="fit neither its 32x32 image nor the input side 8x8"):
+        ExampleSampler(m, "train", seed=1, input_downsample=4).example(4)
+
+
 def test_eval_brings_inputs_to_the_models_resolution_whatever_the_checkpoint_says(tiny_set):
     from avat3r.eval.runner import default_examples
 

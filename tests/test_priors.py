@@ -294,3 +294,39 @@ def test_prior_rerun_with_other_options_never_keeps_stale_results(tmp_path):
     src2.mkdir()
     _tiny_dataset(src2, res=16)
     assert run_prior_stage(src2, out, gt_cfg).read(0)["pos"].shape == (16, 16, 3)
+
+
+def test_prior_stage_downsample_computes_the_maps_reconstruct_would_at_the_input_side(tmp_path):
+    """`prior --downsample 2`: maps equal to the prior run on the views averaged over 2×2 blocks (with their
+    partners, cameras resized), stored at half size; refused where it cannot be right."""
+    from avat3r.priors.stage import PriorStageConfig, run_prior_stage
+
+    src = tmp_path / "src"
+    src.mkdir()
+    cams = _tiny_dataset(src)
+    cfg = PriorStageConfig(position="geometric", partners=3, downsample=2,
+                           position_options={"hull_samples": 32})
+    m = run_prior_stage(src, tmp_path / "half", cfg)
+    s = m.read(0)
+    assert s["pos"].shape == (12, 12, 3) and s["conf"].shape == (12, 12) and s["rgb"].shape == (24, 24, 3)
+    rows = [0] + [int(c[3:]) for c in s["partners"]["partners"]]  # frame 0: row r is camera r
+    views = [m.read(r) for r in rows]
+
+    def pool(x):  # (V,H,W,C) → (V,H/2,W/2,C), the block average a user's downscaled photo has
+        return torch.nn.functional.avg_pool2d(x.permute(0, 3, 1, 2), 2).permute(0, 2, 3, 1)
+
+    images = pool(torch.stack([torch.from_numpy(v["rgb"]).float() / 255 for v in views]))
+    masks = pool(torch.stack([torch.from_numpy(v["mask"]).float()[..., None] / 255 for v in views]))[..., 0]
+    pos, conf = get_position_prior("geometric", hull_samples=32)(images, cams[rows].resized(12, 12), masks)
+    assert np.array_equal(s["pos"], pos[0].numpy()) and np.array_equal(s["conf"], conf[0].numpy().astype(np.float16))
+    assert m.read(1)["pos"].shape == (12, 12, 3)  # partners' maps too
+    # the record names the option, so a rerun without it redoes the work
+    full = run_prior_stage(src, tmp_path / "half", PriorStageConfig(position="geometric", partners=3,
+                                                                     position_options={"hull_samples": 32}))
+    assert full.read(0)["pos"].shape == (24, 24, 3)
+
+    with pytest.raises(PriorError, match="do not divide by --downsample 5"):
+        run_prior_stage(src, tmp_path / "x", PriorStageConfig(position="none", downsample=5))
+    with pytest.raises(PriorError, match="ground-truth.*no --downsample"):
+        run_prior_stage(src, tmp_path / "x", PriorStageConfig(position="ground-truth", downsample=2))
+    assert not (tmp_path / "x").exists()

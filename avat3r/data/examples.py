@@ -16,7 +16,9 @@ an input view would otherwise reproduce the target's expression without reading 
 the pixels that an expression change moves can be found from the truth alone (loss weighting, eval).
 ``input_downsample`` = f > 1 averages the inputs (images, prior maps, confidences) over f×f blocks and scales
 their cameras, while targets keep the stored resolution: supervision at f× the network's input resolution, the
-paper's setting (its inputs are 512², its targets the capture's full resolution).
+paper's setting (its inputs are 512², its targets the capture's full resolution). Prior maps that
+`avat3r prior --downsample f` computed at the input side are used as they are: those are the priors
+`reconstruct` gives the model on photos at its input side.
 
 An example is a pure function of ``(seed, index)``: ``ExampleSampler(manifest, split, seed).example(i)``
 reads its samples by byte span. ``ExampleDataset`` deals indices to ranks and DataLoader workers without
@@ -286,6 +288,16 @@ class ExampleSampler:
                 raise ExampleError(f"{s['__key__']}: image size {s['rgb'].shape[1]}x{s['rgb'].shape[0]} differs from "
                                  f"{w}x{h} of {ins[0]['__key__']}; prep all views at one resolution")
 
+        # prior maps are stored at the image size, or at the input side (`prior --downsample f`)
+        f = self.input_downsample
+        sizes = {(h, w), (h // f, w // f)}
+        ph, pw = ins[0]["pos"].shape[:2] if "pos" in ins[0] else (h, w)
+        for s in ins:
+            if "pos" in s and (s["pos"].shape[:2] != (ph, pw) or (ph, pw) not in sizes):
+                raise ExampleError(f"{s['__key__']}: prior maps of {s['pos'].shape[1]}x{s['pos'].shape[0]} fit "
+                                   f"neither its {w}x{h} image nor the input side {w // f}x{h // f} "
+                                   f"(input_downsample = {f}); recompute them with `avat3r prior`")
+
         # stack in numpy and convert once: cheaper than many small torch ops on a busy CPU
         def prior(s, name, shape):
             if name in s:
@@ -305,8 +317,8 @@ class ExampleSampler:
         out = {
             "inputs_rgb": rgb(ins),
             "inputs_cameras": Cameras.cat([_camera_from_json(s["camera"]) for s in ins]),
-            "inputs_pos": torch.from_numpy(np.stack([prior(s, "pos", (h, w, 3)) for s in ins])),
-            "inputs_conf": torch.from_numpy(np.stack([prior(s, "conf", (h, w)) for s in ins])),
+            "inputs_pos": torch.from_numpy(np.stack([prior(s, "pos", (ph, pw, 3)) for s in ins])),
+            "inputs_conf": torch.from_numpy(np.stack([prior(s, "conf", (ph, pw)) for s in ins])),
             "inputs_expr": torch.from_numpy(m["expr"][list(plan.inputs)].astype(np.float32)),
             "target_rgb": rgb(tgs),
             "target_mask": torch.from_numpy(np.stack([mask(s) for s in tgs])),
@@ -355,11 +367,12 @@ def downsample_inputs(example: dict, factor: int) -> dict:
     def pool(x: torch.Tensor) -> torch.Tensor:  # (V,H,W,C) → (V,H/f,W/f,C)
         return F.avg_pool2d(x.permute(0, 3, 1, 2), factor).permute(0, 2, 3, 1).contiguous()
 
-    weight = pool(conf[..., None])
-    return {"inputs_rgb": pool(rgb),
-            "inputs_pos": torch.where(weight > 0, pool(pos * conf[..., None]) / weight.clamp_min(1e-12), 0.0),
-            "inputs_conf": weight[..., 0],
-            "inputs_cameras": example["inputs_cameras"].resized(W // factor, H // factor)}
+    out = {"inputs_rgb": pool(rgb), "inputs_cameras": example["inputs_cameras"].resized(W // factor, H // factor)}
+    if pos.shape[1:3] == (H, W):  # maps computed at the stored size: averaged down
+        weight = pool(conf[..., None])
+        out["inputs_pos"] = torch.where(weight > 0, pool(pos * conf[..., None]) / weight.clamp_min(1e-12), 0.0)
+        out["inputs_conf"] = weight[..., 0]
+    return out  # maps already at the input side (`prior --downsample`) are kept as they are
 
 
 # -- distributed iteration -----------------------------------------------------------------------

@@ -10,7 +10,11 @@ too reuse them (with the run's other views as their partners) instead of running
 Work goes shard by shard into the hidden sibling ``.OUT.partial`` of the output folder, which is swapped in
 whole when complete: each shard is written under a temp name and renamed when complete, and a rerun with the
 same options skips the shards already there, so a killed run restarts where it stopped and ends with the same
-bytes as an uninterrupted one. The options (and the source manifest's digest) are recorded as ``prior.json``;
+bytes as an uninterrupted one. ``downsample`` = f > 1 computes the maps on the views averaged over f×f
+blocks (cameras resized to match) and stores them at that size: the priors a model with 1/f of the stored
+input side gets from `reconstruct` on such photos, for training with ``data.options.input_downsample = f``
+(averaging maps computed at the stored size instead gives a model priors it never sees at inference).
+The options (and the source manifest's digest) are recorded as ``prior.json``;
 work made with other options is never reused. The manifest is written last, from the output shards' headers.
 """
 
@@ -48,6 +52,7 @@ class PriorStageConfig:
     partners: int = 3
     segments: tuple[str, ...] | None = None  # only samples of these segments get priors (default: all)
     frames: tuple[int, ...] | None = None  # only these frames (default: all)
+    downsample: int = 1  # maps computed on (and stored at) views averaged over downsample² blocks
     position_options: dict = field(default_factory=dict)
     feature_options: dict = field(default_factory=dict)
 
@@ -122,6 +127,17 @@ def _sample_views(index: _Index, rows: list[int]):
     return torch.stack(imgs), Cameras.cat(cams), mask, depth
 
 
+def downsample_views(images: torch.Tensor, cameras: Cameras, masks: torch.Tensor | None, factor: int):
+    """Views averaged over factor×factor blocks (images and masks), cameras resized to match."""
+    W, H = cameras.image_size
+
+    def pool(x: torch.Tensor) -> torch.Tensor:  # (V,H,W,C) → (V,H/f,W/f,C)
+        return torch.nn.functional.avg_pool2d(x.permute(0, 3, 1, 2), factor).permute(0, 2, 3, 1).contiguous()
+
+    return (pool(images), cameras.resized(W // factor, H // factor),
+            None if masks is None else pool(masks[..., None])[..., 0])
+
+
 def sample_prior_entries(index: _Index, row: int, cfg: PriorStageConfig, position, features) -> dict[int, dict[str, bytes]]:
     """The new entries (pos, conf, feat, partners) of one input sample and of its partner views.
 
@@ -134,6 +150,8 @@ def sample_prior_entries(index: _Index, row: int, cfg: PriorStageConfig, positio
     partner_rows = [group[i] for i in choose_partners(cams, group.index(row), cfg.partners)]
     rows = [row] + partner_rows
     images, cameras, masks, depth = _sample_views(index, rows)
+    if cfg.downsample > 1:
+        images, cameras, masks = downsample_views(images, cameras, masks, cfg.downsample)
     if cfg.position == "ground-truth":
         if depth is None:
             raise PriorError(f"sample {index.m['key'][row]}: the ground-truth prior needs depth.npy entries")
@@ -222,6 +240,17 @@ def run_prior_stage(source: str | os.PathLike, out_dir: str | os.PathLike, cfg: 
 def check_selection(manifest: Manifest, manifest_path: str, cfg: PriorStageConfig) -> None:
     """Refuse segments the manifest does not hold, and frames of which none is there: such a run would
     rewrite every shard and add no prior anywhere."""
+    if cfg.downsample < 1 or int(cfg.downsample) != cfg.downsample:
+        raise PriorError(f"--downsample must be a whole number ≥ 1, got {cfg.downsample}", param="downsample")
+    if cfg.downsample > 1:
+        if cfg.position == "ground-truth":
+            raise PriorError("the ground-truth prior unprojects depth at the stored size; it takes no --downsample",
+                             param="downsample")
+        sizes = set(zip(manifest["width"].tolist(), manifest["height"].tolist()))
+        bad = sorted(f"{w}x{h}" for w, h in sizes if w % cfg.downsample or h % cfg.downsample)
+        if bad:
+            raise PriorError(f"{manifest_path}: images of {', '.join(bad)} do not divide by --downsample "
+                             f"{cfg.downsample}", param="downsample")
     present = set(manifest["segment"].tolist())
     if cfg.segments is not None:
         unknown = [s for s in cfg.segments if s not in present]
@@ -244,6 +273,8 @@ def prior_options(manifest_path: str | os.PathLike, cfg: PriorStageConfig) -> di
            "position": cfg.position, "features": cfg.features, "partners": cfg.partners,
            "segments": cfg.segments, "frames": cfg.frames,
            "position_options": cfg.position_options, "feature_options": cfg.feature_options}
+    if cfg.downsample != 1:  # recorded only when used: outputs made before the option stay valid
+        doc["downsample"] = cfg.downsample
     return json.loads(json.dumps(doc, sort_keys=True))
 
 
