@@ -107,7 +107,10 @@ def register(app: typer.Typer) -> None:
         out: Path = typer.Option(..., "-o", "--out", help="Folder for view_*.png, cams.json and truth.json."),
         person: int = typer.Option(..., "--person", min=0, help="SynthHeads person id (held-out ids are the last)."),
         seed: int = typer.Option(0, "--seed", help="Seed of the SynthHeads set."),
-        res: int = typer.Option(64, "--res", min=8, help="Image resolution (square)."),
+        res: int = typer.Option(128, "--res", min=8, help="Image resolution (square). Take the photos above the "
+                                "model's input side (64² for the shipped model) and let `reconstruct` resize them, "
+                                "as a camera's would be: SynthHeads renders are not anti-aliased, so a render at "
+                                "the input side is not what a downscaled photo looks like."),
         cameras: int = typer.Option(12, "--cameras", min=4, help="Cameras in the rig the views are drawn from."),
         views: int = typer.Option(4, "--views", min=1, help="Number of photos."),
         frames: int = typer.Option(2, "--frames", min=1, help="Frames per segment to draw expressions from."),

@@ -10,7 +10,8 @@ ckpt=${2:-models/synthheads-tiny}
 person=${DEMO_PERSON:-219}   # the shipped model trained on persons 0-119 of seed 0
 mkdir -p "$out"
 
-avat3r prep synth-photos --person "$person" --res 64 --neutral -o "$out/inputs"
+# photos at 128²: reconstruct brings them to the model's 64² by area averaging, as it would a camera's
+avat3r prep synth-photos --person "$person" --res 128 --neutral -o "$out/inputs"
 avat3r reconstruct "$out/inputs" --cams "$out/inputs/cams.json" --checkpoint "$ckpt" -o "$out/head.avt" \
     --self-contained
 avat3r animate "$out/head.avt" --builtin demo --quiet | \

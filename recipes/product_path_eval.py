@@ -1,7 +1,10 @@
-"""Score checkpoints the way `reconstruct` feeds them: 4 photos at the model's input side with priors computed
-there, targets rendered at any resolution. `avat3r eval` on data stored above the input side averages the
-stored inputs *and priors* down instead, which is what `data.options.input_downsample` trains on, not what a
-user's photos go through.
+"""Score checkpoints the way `reconstruct` feeds them: 4 photos brought to the model's input side as
+`reconstruct` brings them (area resize), priors computed there, targets rendered at any resolution.
+
+--photo-res sets the side the photos are taken at. SynthHeads renders are not anti-aliased, so a render at the
+input side is not the area average of a larger one (at 64², against the 2×2 average of the 128² render: 17–22 dB
+foreground PSNR): photos taken above the input side and resized (the default, 128²) are what a camera and
+`reconstruct` give; --photo-res 64 scores the aliased 64² renders that models trained on `--res 64` data saw.
 
 For each held-out SynthHeads person (seed 0, persons the shipped model never saw, each through its own rig): a
 neutral reconstruction from 4 non-back views, then the four named expressions decoded from the code and
@@ -22,6 +25,7 @@ import torch
 
 from avat3r.cameras import k_farthest_viewpoints
 from avat3r.data import synthheads as S
+from avat3r.data.images import resize_square
 from avat3r.eval.metrics import changing_region, expression_gain, foreground_psnr
 from avat3r.model.checkpoint import load_checkpoint
 from avat3r.priors import compute_priors
@@ -38,16 +42,26 @@ def code_of(values: dict) -> torch.Tensor:
     return code
 
 
-def score_person(models: dict, person: int, res: int) -> dict:
+def photos(identity, rig, input_res: int):
+    """Neutral photos taken through ``rig`` (8-bit, as files are), brought to ``input_res`` as `reconstruct` does."""
+    rgb, mask, _ = S.render_views(S.head_gaussians(identity, S.neutral_code()), rig)
+    rgb8 = (rgb.clamp(0, 1) * 255).round().to(torch.uint8).numpy()
+    rgb = np.stack([resize_square(im, input_res) for im in rgb8]).astype(np.float32) / 255
+    mask = np.stack([resize_square(m, input_res) for m in mask.numpy()])
+    return torch.from_numpy(rgb), torch.from_numpy(mask)
+
+
+def score_person(models: dict, person: int, res: int, photo_res: int) -> dict:
     """{checkpoint: {"fg": neutral fg PSNR, expression: gain}} for one person."""
     input_res = next(iter(models.values())).config.input_res
     _, rig_in = S.make_rig(0, 12, input_res, person=person)
-    _, rig_out = S.make_rig(0, 12, res, person=person)  # the same cameras at the target resolution
+    _, rig_photo = S.make_rig(0, 12, photo_res, person=person)  # the same cameras at each resolution
+    _, rig_out = S.make_rig(0, 12, res, person=person)
     identity = S.make_identity(0, person)
     inputs = k_farthest_viewpoints(rig_in, 4, generator=torch.Generator().manual_seed(person), exclude_back=True)
     targets = [i for i in range(len(rig_in)) if i not in inputs][:6]
     neutral = S.neutral_code()
-    rgb, mask, _ = S.render_views(S.head_gaussians(identity, neutral), rig_in[inputs])
+    rgb, mask = photos(identity, rig_photo[inputs], input_res)
     pos, conf, _ = compute_priors(rgb, rig_in[inputs], mask, position="geometric")  # as `reconstruct` does
     truth_neutral, truth_mask, _ = S.render_views(S.head_gaussians(identity, neutral), rig_out[targets])
     truths = {name: S.render_views(S.head_gaussians(identity, code_of(v)), rig_out[targets])[0]
@@ -78,13 +92,15 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("checkpoints", nargs="+", help="checkpoint folders (the first is the reference)")
     ap.add_argument("--res", type=int, default=128, help="target image side")
+    ap.add_argument("--photo-res", type=int, default=128, help="side the photos are taken at (resized to the "
+                    "model's input side as reconstruct does)")
     ap.add_argument("--persons", default="200-211", help="held-out persons of seed 0, FIRST-LAST")
     args = ap.parse_args()
     first, last = (int(x) for x in args.persons.split("-"))
     models = {c: load_checkpoint(c)[0].eval() for c in args.checkpoints}
-    rows = [score_person(models, p, args.res) for p in range(first, last + 1)]
+    rows = [score_person(models, p, args.res, args.photo_res) for p in range(first, last + 1)]
     keys = ["fg", *EXPRESSIONS]
-    print(f"| checkpoint ({len(rows)} persons, {args.res}² targets) | " + " | ".join(keys) + " |")
+    print(f"| checkpoint ({len(rows)} persons, {args.photo_res}² photos, {args.res}² targets) | " + " | ".join(keys) + " |")
     print("|---|" + "---|" * len(keys))
     ref = args.checkpoints[0]
     for c in args.checkpoints:

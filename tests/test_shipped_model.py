@@ -25,6 +25,16 @@ def _psnr(a: torch.Tensor, b: torch.Tensor) -> float:
     return float(-10 * torch.log10(((a - b) ** 2).mean()))
 
 
+def _photos(gaussians, cameras, side: int):
+    """8-bit photos through ``cameras``, area-resized to ``side`` as `reconstruct` resizes a user's photos."""
+    from avat3r.data.images import resize_square
+
+    rgb, mask, _ = S.render_views(gaussians, cameras)
+    rgb8 = (rgb.clamp(0, 1) * 255).round().to(torch.uint8).numpy()
+    small = [torch.from_numpy(resize_square(im, side)).float() / 255 for im in rgb8]
+    return torch.stack(small), torch.stack([torch.from_numpy(resize_square(m, side)) for m in mask.numpy()])
+
+
 def test_shipped_model_loads_with_its_metadata():
     model, meta = load_checkpoint(SHIPPED)
     assert meta["expression_space"] == S.EXPRESSION_SPACE
@@ -62,18 +72,20 @@ def test_shipped_model_animates_a_held_out_person_from_neutral_photos():
 
     model, _ = load_checkpoint(SHIPPED)
     model.eval()
-    _, rig = S.make_rig(0, 12, 64, person=HELD_OUT_PERSON)
+    # photos taken at 128² and brought to the model's 64² as `reconstruct` brings them; the avatar seen at 128²
+    _, input_rig = S.make_rig(0, 12, 64, person=HELD_OUT_PERSON)
+    _, rig = S.make_rig(0, 12, 128, person=HELD_OUT_PERSON)
     identity = S.make_identity(0, HELD_OUT_PERSON)
-    inputs = k_farthest_viewpoints(rig, 4, generator=torch.Generator().manual_seed(3), exclude_back=True)
+    inputs = k_farthest_viewpoints(input_rig, 4, generator=torch.Generator().manual_seed(3), exclude_back=True)
     by_frontality = torch.argsort(rig.centers[:, 2], descending=True).tolist()
     front = [i for i in by_frontality if i not in inputs][:4]  # the most frontal novel views: where expressions show
     neutral = S.neutral_code()
-    rgb, mask, _ = S.render_views(S.head_gaussians(identity, neutral), rig[inputs])
-    pos, conf, _ = compute_priors(rgb, rig[inputs], mask, position="geometric")
+    rgb, mask = _photos(S.head_gaussians(identity, neutral), rig[inputs], 64)
+    pos, conf, _ = compute_priors(rgb, input_rig[inputs], mask, position="geometric")
     truth_neutral, _, _ = S.render_views(S.head_gaussians(identity, neutral), rig[front])
     gains, ratios = {}, {}
     with torch.inference_mode():
-        state = model.encode(rgb[None], rig[inputs], pos[None], conf[None])
+        state = model.encode(rgb[None], input_rig[inputs], pos[None], conf[None])
         for name, values in EXPRESSIONS.items():
             code = neutral.clone()
             for k, v in values.items():
@@ -85,12 +97,11 @@ def test_shipped_model_animates_a_held_out_person_from_neutral_photos():
             region = changing_region(truth, truth_neutral)
             gains[name] = expression_gain(pred, pred_neutral, truth, region)
             ratios[name] = response_ratio(pred, pred_neutral, truth, truth_neutral, region)
-    # Floors the legs 1-2 model (trained on 8 fixed codes) fails on every line: its blink gain is 0.003 dB and
-    # its mean ratio 0.19. The shipped model reaches gains of 0.5-1.5 dB on jaw, smile and tongue for this person.
-    # Blinks move but not yet where the truth's do (gain ≈ 0 here and over 96 examples,
-    # docs/results.md), so only their response is floored.
+    # Floors the legs 1-2 model (trained on 8 fixed codes) fails: here its gains are 0.16 / 0.09 / -0.09 /
+    # 0.42 dB and its mean ratio 0.14. The shipped model (leg 15): 1.38 / 0.45 / 0.26 / 1.99 dB, mean ratio 0.50.
+    # Blinks move, but mostly not where the truth's do (docs/results.md), so their floor is low.
     assert all(gains[k] > 0.3 for k in ("jawOpen", "smile", "tongueOut")), (gains, ratios)
-    assert gains["blink"] > -0.2, (gains, ratios)
+    assert gains["blink"] > 0.1, (gains, ratios)
     assert all(0.3 < r < 1.5 for r in ratios.values()), (gains, ratios)
     assert sum(ratios.values()) / len(ratios) > 0.4, (gains, ratios)
 
