@@ -534,3 +534,16 @@ def test_training_supervises_at_twice_the_input_resolution(tmp_path):
     assert preview.shape[0] > 3 * 32  # rows at the targets' 32² (inputs scaled up to match)
     with pytest.raises(ModelInputError, match="16x16 inputs, got 32x32.*input_downsample = 2"):
         train(recipe({}), tmp_path / "run-full", progress=False)
+
+    # scored on targets coarser than it was supervised at, eval says so; at its supervision size, not
+    from avat3r.eval.runner import evaluate
+
+    write_tiny_set(tmp_path / "set16", res=16)
+    for data, expect_note in (("set16", True), ("set", False)):
+        said = []
+        evaluate(tmp_path / f"eval-{data}", checkpoint=result.checkpoint, manifest=tmp_path / data / "manifest.parquet",
+                 split="train", n_examples=1, progress=False, log=said.append)
+        notes = [m for m in said if m.startswith("note:")]
+        assert notes == (["note: this model's renders were supervised at 32², these targets are 16²: its splats are "
+                          "sized for finer pixels, so whole-frame scores understate it (data at 32² scores it as "
+                          "trained)"] if expect_note else []), said

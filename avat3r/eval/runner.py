@@ -129,6 +129,22 @@ def nearest_view(inputs_rgb: torch.Tensor, inputs_cameras: Cameras, target_camer
     return picked
 
 
+def resolution_note(meta: dict, input_res: int | None, examples) -> str | None:
+    """A one-line note when the targets are coarser than the resolution the model's renders were supervised at
+    (``input_res`` × its training ``input_downsample``): its splats are sized for finer pixels and spread at
+    coarser ones, so whole-frame scores there understate it."""
+    factor = int(_data_options(meta).get("input_downsample", 1) or 1)
+    manifest = getattr(examples, "manifest", None)
+    if input_res is None or factor <= 1 or manifest is None or not len(manifest):
+        return None
+    supervised, stored = input_res * factor, int(manifest["width"][0])
+    if stored >= supervised:
+        return None
+    return (f"note: this model's renders were supervised at {supervised}², these targets are {stored}²: its splats "
+            f"are sized for finer pixels, so whole-frame scores understate it (data at {supervised}² scores it "
+            f"as trained)")
+
+
 def _data_options(meta: dict) -> dict:
     """Sampler options the model was trained with (input/target resolution etc.), from its checkpoint."""
     data = meta.get("data") or meta.get("train", {}).get("recipe", {}).get("data", {})
@@ -247,6 +263,9 @@ def evaluate(out_dir: str | Path, *, checkpoint: str | Path | None = None, manif
         config = getattr(model, "config", None)
         examples = default_examples(manifest, split, seed, {**_data_options(meta), **(sampler_options or {})},
                                     input_res=getattr(config, "input_res", None))
+        note = resolution_note(meta, getattr(config, "input_res", None), examples)
+        if note:
+            log(note)
     _check_space(meta, examples)
     predictor, label, model = _predictor(model, baseline, label, examples, device, render_backend)
     if video is not None and model is None:
