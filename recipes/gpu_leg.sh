@@ -10,8 +10,9 @@
 #
 # Environment (default): OUT (required), INIT (models/synthheads-tiny; empty = from scratch), PERSONS (120),
 # STEPS (20000), BATCH (8), LR (2e-4), TARGETS (8), SEED (20), TRAIN_MINUTES (5), WORKERS (all cores),
-# RES (64: the training images' side; 128 supervises at 2× the model's 64² inputs, which are block-averaged
-# down: data.options.input_downsample; the held-out set stays at 64², comparable with docs/results.md),
+# RES (128: the images' side, training and held-out; 128 supervises at 2× the model's 64² inputs, which are
+# block-averaged down (data.options.input_downsample) with priors computed at 64² (prior --downsample), as the
+# shipped model's last leg; 64: the legs before it; the held-out set is scored at RES),
 # DATA (data/gpu-leg; sets already built there are reused), RUN (runs/gpu-leg: the run folder, kept out of OUT).
 #
 # OUT receives: model/ (model.safetensors, config.json, train.json: what `load_checkpoint` reads; train_state/
@@ -22,7 +23,7 @@ set -euo pipefail
 INIT=${INIT-models/synthheads-tiny}
 PERSONS=${PERSONS:-120} STEPS=${STEPS:-20000} BATCH=${BATCH:-8} LR=${LR:-2e-4} TARGETS=${TARGETS:-8}
 SEED=${SEED:-20} TRAIN_MINUTES=${TRAIN_MINUTES:-5} WORKERS=${WORKERS:-$(nproc)} DATA=${DATA:-data/gpu-leg}
-RES=${RES:-64} FRAMES=6 CAMERAS=12 HELDOUT=32 EXAMPLES=96 DEVICE=cuda
+RES=${RES:-128} FRAMES=6 CAMERAS=12 HELDOUT=32 EXAMPLES=96 DEVICE=cuda
 if [[ -n "${DRY_RUN:-}" ]]; then
     PERSONS=3 STEPS=3 BATCH=1 FRAMES=2 CAMERAS=8 HELDOUT=2 EXAMPLES=2 DEVICE=cpu TRAIN_MINUTES=2
 fi
@@ -57,19 +58,19 @@ EOF
 fi
 
 # the training set of the shipped model (same seed: the same persons, rigs and codes), its priors at frames 0-1
-train_set="$DATA/rand-$RES" heldout="$DATA/heldout-64"
+train_set="$DATA/rand-$RES" heldout="$DATA/heldout-$RES" factor=$(( RES / 64 ))
 if [[ ! -f "$train_set-prior/manifest.parquet" ]]; then
     step prep-train avat3r prep synth -o "$train_set" --persons "$PERSONS" --frames "$FRAMES" --cameras "$CAMERAS" \
         --res "$RES" --seed 0 --segments random --val-persons 0 --test-persons 0 --workers "$WORKERS" --shard-mb 4
     step prior-train avat3r prior "$train_set" -o "$train_set-prior" --position geometric --frames 0-1 \
-        --workers "$WORKERS"
+        --downsample "$factor" --workers "$WORKERS"
 fi
 if [[ ! -f "$heldout-prior/manifest.parquet" ]]; then
     step prep-heldout avat3r prep synth -o "$heldout" --persons "$HELDOUT" --frames 1 --cameras "$CAMERAS" \
-        --res 64 --seed 1 --segments neutral --segments EXP_jaw003 --segments EXP_smile --segments EXP_blink \
+        --res "$RES" --seed 1 --segments neutral --segments EXP_jaw003 --segments EXP_smile --segments EXP_blink \
         --segments EXP_tongue001 --test-persons "$HELDOUT" --val-persons 0 --workers "$WORKERS" --shard-mb 2
     step prior-heldout avat3r prior "$heldout" -o "$heldout-prior" --position geometric \
-        --segments neutral,EXP_jaw003,EXP_smile --workers "$WORKERS"
+        --segments neutral,EXP_jaw003,EXP_smile --downsample "$factor" --workers "$WORKERS"
 fi
 if [[ -n "${build:-}" ]]; then
     step gsplat-build wait "$build"
@@ -81,7 +82,7 @@ step train avat3r train --recipe recipes/synthheads-tiny.toml -o "$run" --quiet 
     --set optim.max_steps="$STEPS" --set optim.batch_size="$BATCH" --set optim.lr="$LR" \
     --set data.n_targets="$TARGETS" --set data.num_workers="$(( WORKERS > 8 ? 8 : 0 ))" \
     --set data.seed="$SEED" --set run.seed="$SEED" --set run.checkpoint_every=1000 --set run.keep_checkpoints=1 \
-    --set "data.options={avoid_target_timestep=true, reference_views=true, input_downsample=$(( RES / 64 ))}"
+    --set "data.options={avoid_target_timestep=true, reference_views=true, input_downsample=$factor}"
 ckpt=$(ls -d "$run"/checkpoints/step_* | sort | tail -n 1)
 mkdir -p "$OUT/model"
 cp -r "$ckpt"/. "$OUT/model/"

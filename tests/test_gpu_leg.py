@@ -1,6 +1,6 @@
 """recipes/gpu_leg.sh, the one-job GPU training leg, in its CPU dry run: every command it runs (data, priors,
-training from the shipped model, both held-out evaluations) and what it leaves in OUT. RES=128: the training
-data at twice the model's input side (inputs block-averaged, targets at 128²), the held-out set at 64²."""
+training from the shipped model, both held-out evaluations) and what it leaves in OUT. RES=128 (the default): the
+data at twice the model's input side (inputs block-averaged, priors computed at 64², targets at 128²)."""
 
 from __future__ import annotations
 
@@ -19,7 +19,7 @@ ROOT = Path(__file__).parents[1]
 def test_gpu_leg_dry_run_leaves_a_loadable_model_and_both_evaluations(tmp_path):
     out = tmp_path / "out"
     env = {**os.environ, "DRY_RUN": "1", "OUT": str(out), "DATA": str(tmp_path / "data"),
-           "RUN": str(tmp_path / "run"), "OMP_NUM_THREADS": "1", "RES": "128"}
+           "RUN": str(tmp_path / "run"), "OMP_NUM_THREADS": "1"}
     proc = subprocess.run(["bash", str(ROOT / "recipes" / "gpu_leg.sh")], cwd=ROOT, env=env, capture_output=True,
                           text=True, timeout=900)
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
@@ -34,4 +34,6 @@ def test_gpu_leg_dry_run_leaves_a_loadable_model_and_both_evaluations(tmp_path):
     for name in ("prep-train", "prior-train", "prep-heldout", "prior-heldout", "train", "eval-other", "eval-mixed"):
         assert f"[{name}] done in" in log
     assert not (out / "run").exists()  # the run folder stays out of what is carried back
-    assert (tmp_path / "data" / "rand-128-prior" / "manifest.parquet").is_file()
+    for name in ("rand-128-prior", "heldout-128-prior"):  # priors at the model's 64² input side
+        prior = json.loads((tmp_path / "data" / name / "prior.json").read_text())
+        assert prior["downsample"] == 2, prior
