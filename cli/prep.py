@@ -52,6 +52,9 @@ def register(app: typer.Typer) -> None:
         rig: str = typer.Option("person", "--rig", help="'person': every person filmed by its own rig (layout, "
                                 "distance, focal length, aim and head pose jittered, as across real captures); "
                                 "'shared': one rig for the whole set."),
+        supersample: int = typer.Option(1, "--supersample", min=1, max=8, help="Render at N× the side and average "
+                                        "N×N blocks: camera-like images (at 1, splats below a pixel come out "
+                                        "brighter and coarser than in a downscaled photo)."),
         preview: Path | None = typer.Option(None, "--preview", help="Also write a contact sheet PNG here."),
         maxsize_mb: float = typer.Option(1024, "--shard-mb", help="Largest shard size in MB."),
         source: str = typer.Option("avat3r.data.synthheads", "--source", hidden=True,
@@ -88,10 +91,10 @@ def register(app: typer.Typer) -> None:
             summary = prep_synth(out, persons, frames, cameras, res, seed=seed, segments=segments,
                                  workers=workers, n_val=val_persons, n_test=test_persons, depth=depth, source=source,
                                  maxsize=max(1, int(maxsize_mb * 1e6)), person_rig=rig == "person",
-                                 progress=bar.update)
+                                 supersample=supersample, progress=bar.update)
         except ValueError as err:
             bar.close()
-            fail_error(err, {"person_rig": "--rig shared"})
+            fail_error(err, {"person_rig": "--rig shared", "supersample": "--supersample"})
         bar.close()
         counts = {s: sum(1 for v in summary.splits.values() if v == s) for s in ("train", "val", "test")}
         info(f"wrote {summary.n_samples} samples in {len(summary.shards)} shard(s), {summary.bytes / 1e6:.1f} MB; "
@@ -119,6 +122,8 @@ def register(app: typer.Typer) -> None:
         view_seed: int = typer.Option(0, "--view-seed", help="Seed of the view and timestep choice."),
         rig: str = typer.Option("person", "--rig", help="'person': the person's own rig (as `prep synth --rig "
                                 "person`); 'shared': the set's one rig."),
+        supersample: int = typer.Option(1, "--supersample", min=1, max=8, help="Render at N× the side and average "
+                                        "N×N blocks (as `prep synth --supersample`)."),
     ) -> None:
         """Write posed photos of one SynthHeads person (PNGs + cams.json), ready for `avat3r reconstruct`."""
         from avat3r.data.synth.photos import write_synth_photos
@@ -128,7 +133,7 @@ def register(app: typer.Typer) -> None:
         _check_res(res)
         try:
             names = write_synth_photos(out, person, seed, res, cameras, views, frames, mixed, view_seed,
-                                       person_rig=rig == "person")
+                                       person_rig=rig == "person", supersample=supersample)
         except (*user_errors(), ValueError) as err:
             fail_error(err)
         info(f"avat3r prep synth-photos: {len(names)} photos of person {person} → {out}")

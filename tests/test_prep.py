@@ -141,6 +141,18 @@ def test_prep_synth_with_synthheads(tmp_path):
     assert np.array_equal(got["rgb"], want["rgb"]) and np.array_equal(got["expr"], want["expr"])
     assert np.array_equal(got["depth"], want["depth"])
 
+    # --supersample: the stored images are the area-sampled renders; the fake source cannot, and says so
+    r = runner.invoke(app, ["prep", "synth", "--supersample", "2", "--persons", "1", "--frames", "1", "--cameras",
+                            "2", "--res", "16", "--segments", seg, "--rig", "shared", "--val-persons", "0",
+                            "--test-persons", "0", "-o", str(tmp_path / "ss")])
+    assert r.exit_code == 0, r.output
+    want = sh.render_sample(0, 0, seg, 0, 1, 1, 2, 16, supersample=2)
+    assert np.array_equal(read_manifest(tmp_path / "ss").read(1)["rgb"], want["rgb"])
+    assert not np.array_equal(want["rgb"], got["rgb"])
+    bad = prep_synth_cli(tmp_path / "x", "--supersample", "2")
+    assert bad.exit_code != 0 and bad.output.strip().splitlines()[-1] == (
+        f"avat3r: error: the source {FAKE} cannot supersample its renders (--supersample)"), bad.output
+
 
 # -- prep images -----------------------------------------------------------------------------------
 W, H = 160, 120

@@ -61,6 +61,7 @@ class SynthJob:
     res: int
     depth: bool
     person_rig: bool = False
+    supersample: int = 1
 
 
 def _mask_u8(mask: np.ndarray) -> np.ndarray:
@@ -76,6 +77,8 @@ def render_job(job: SynthJob) -> list[tuple[str, dict[str, bytes], dict, np.ndar
     src = load_source(job.source)
     rig = {"person_rig": True} if job.person_rig else {}  # sources without per-person rigs need no keyword
     cam_names, _ = src.make_rig(job.seed, job.n_cameras, job.res, **({"person": job.person} if rig else {}))
+    if job.supersample > 1:  # nor those that cannot supersample
+        rig["supersample"] = job.supersample
     person = src.person_name(job.person)
     out = []
     if hasattr(src, "render_frame_samples"):  # builds the head once per frame
@@ -127,15 +130,24 @@ def prep_synth(out: str | os.PathLike, persons: int, frames: int, cameras: int, 
                segments: Sequence[str] | None = None, workers: int = 1, n_val: int | None = None,
                n_test: int | None = None, depth: bool = True, source: str = DEFAULT_SOURCE,
                maxcount: int = DEFAULT_MAXCOUNT, maxsize: int = DEFAULT_MAXSIZE, person_rig: bool = False,
-               progress: Callable[[int], None] | None = None) -> PrepSummary:
+               supersample: int = 1, progress: Callable[[int], None] | None = None) -> PrepSummary:
     """Render ``persons`` identities × ``segments`` × ``frames`` × ``cameras`` into ``out`` (shards +
-    manifest.parquet), each person through its own rig when ``person_rig``. ``progress(n)`` is called with the number of samples each finished frame added."""
+    manifest.parquet), each person through its own rig when ``person_rig``, each image area-sampled from a
+    ``supersample``× render when > 1 (camera-like, see synth.render.render_views). ``progress(n)`` is called
+    with the number of samples each finished frame added."""
     src = load_source(source)
     segments = tuple(segments) if segments else tuple(src.SEGMENTS)
     check_size(persons, frames, cameras, res, len(segments))
     if person_rig and "person" not in inspect.signature(src.make_rig).parameters:
         raise PrepError(f"the source {source} has no per-person rigs; use one rig for all persons",
                         param="person_rig")
+    if int(supersample) != supersample or not 1 <= supersample <= 8:
+        raise PrepError(f"supersample must be a whole number from 1 to 8, got {supersample}", param="supersample")
+    renderer = getattr(src, "render_frame_samples", src.render_sample)
+    if supersample > 1 and "supersample" not in inspect.signature(renderer).parameters:
+        raise PrepError(f"the source {source} cannot supersample its renders", param="supersample")
+    if res * supersample > MAX_RES:
+        raise PrepError(f"--res {res} × --supersample {supersample} renders above {MAX_RES}²", param="supersample")
     known = tuple(getattr(src, "ALL_SEGMENTS", src.SEGMENTS))
     unknown = [s for s in segments if s not in known]
     if unknown:
@@ -149,7 +161,7 @@ def prep_synth(out: str | os.PathLike, persons: int, frames: int, cameras: int, 
     splits = assign_splits(names, n_val, n_test)
 
     # key order: person → segment → frame → camera (the rig's order)
-    jobs = [SynthJob(source, seed, p, seg, f, frames, cameras, res, depth, person_rig)
+    jobs = [SynthJob(source, seed, p, seg, f, frames, cameras, res, depth, person_rig, int(supersample))
             for p in range(persons) for seg in segments for f in range(frames)]
     records, rows, exprs = [], [], []
     workers = max(1, min(workers, len(jobs)))

@@ -27,17 +27,18 @@ def _is_photo_file(name: str) -> bool:
 
 def write_synth_photos(out_dir: str | os.PathLike, person: int, seed: int = 0, res: int = 64, n_cameras: int = 12,
                        n_views: int = 4, n_frames: int = 2, mixed_expressions: bool = True,
-                       view_seed: int = 0, person_rig: bool = False) -> list[str]:
+                       view_seed: int = 0, person_rig: bool = False, supersample: int = 1) -> list[str]:
     """Render ``n_views`` k-farthest rig views of ``person`` (each at a random frame of an expressive segment
     when ``mixed_expressions``, else all neutral) to ``out_dir``/view_i.png + cams.json; returns the names.
-    ``truth.json`` records the segment/frame of each view and whether the person's own rig filmed them."""
+    ``truth.json`` records the segment/frame of each view and whether the person's own rig filmed them;
+    ``supersample``: see :func:`avat3r.data.synth.render.render_views`."""
     with StagedFolder(out_dir, _is_photo_file, "synth photos") as stage:
         return _write_photos(stage.path, person, seed, res, n_cameras, n_views, n_frames, mixed_expressions,
-                             view_seed, person_rig)
+                             view_seed, person_rig, supersample)
 
 
 def _write_photos(out: Path, person, seed, res, n_cameras, n_views, n_frames, mixed_expressions, view_seed,
-                  person_rig) -> list[str]:
+                  person_rig, supersample) -> list[str]:
     _, cams = make_rig(seed, n_cameras, res, person if person_rig else None)
     g = torch.Generator().manual_seed(view_seed * 1_000_003 + person)
     views = k_farthest_viewpoints(cams, n_views, generator=g)
@@ -48,14 +49,16 @@ def _write_photos(out: Path, person, seed, res, n_cameras, n_views, n_frames, mi
             frame = int(torch.randint(n_frames, (1,), generator=g))
         else:
             segment, frame = SEGMENTS[0], 0
-        s = render_frame_samples(seed, person, segment, frame, [cam], n_frames, n_cameras, res, person_rig)[0]
+        s = render_frame_samples(seed, person, segment, frame, [cam], n_frames, n_cameras, res, person_rig,
+                                 supersample)[0]
         name = f"view_{i}.png"
         write_png(out / name, s["rgb"])
         names.append(name)
         truth.append({"image": name, "camera": int(cam), "segment": segment, "frame": frame})
     write_cams_json(out / "cams.json", cams[views], names)
     atomic_write_bytes(out / "truth.json", (json.dumps({"person": person, "seed": seed, "person_rig": bool(person_rig),
-                                                       "n_cameras": n_cameras, "views": truth},
+                                                       "n_cameras": n_cameras, "supersample": supersample,
+                                                       "views": truth},
                                                       indent=1) + "\n").encode())
     return names
 

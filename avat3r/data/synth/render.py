@@ -26,13 +26,28 @@ def _torch_backend_is_dense() -> bool:
     return tiled.rasterize_tiled is dense.rasterize_dense
 
 
-def render_views(gaussians: Gaussians, cameras: Cameras):
+def render_views(gaussians: Gaussians, cameras: Cameras, supersample: int = 1):
     """Render on black → rgb (V,H,W,3), alpha mask (V,H,W), depth (V,H,W), float32 on the CPU.
+
+    ``supersample`` = s > 1 renders at s× the side and averages s×s blocks (depth weighted by alpha): an
+    area-sampled image, like a camera's photo scaled down. At s = 1 each pixel samples the splats at its centre,
+    and splats below a pixel are dilated to 0.3 px without losing opacity, so a low-resolution render is
+    brighter and coarser than the average of a high-resolution one.
 
     While the torch backend is the dense reference (memory ∝ pixels × Gaussians), the image is rendered in
     square crops so a full head fits in memory; crops composite every pixel exactly as a whole image would.
     """
     W, H = cameras.image_size
+    if supersample > 1:
+        rgb, alpha, depth = render_views(gaussians, cameras.resized(W * supersample, H * supersample))
+
+        def pool(x: torch.Tensor) -> torch.Tensor:  # (V,sH,sW[,C]) → (V,H,W[,C])
+            x4 = x[..., None] if x.ndim == 3 else x
+            out = torch.nn.functional.avg_pool2d(x4.permute(0, 3, 1, 2), supersample).permute(0, 2, 3, 1)
+            return out[..., 0] if x.ndim == 3 else out.contiguous()
+
+        a = pool(alpha)
+        return pool(rgb), a, torch.where(a > 0, pool(alpha * depth) / a.clamp_min(1e-12), torch.zeros_like(a))
     with torch.no_grad():
         dense = gaussians.device.type != "cuda" and _torch_backend_is_dense()
         if not dense or W * H * len(gaussians) <= PAIR_BUDGET:
@@ -86,7 +101,7 @@ def _codes(segment: str, n_frames: int) -> torch.Tensor:
 
 @lru_cache(maxsize=1)
 def _render_frame(seed: int, person: int, segment: str, frame: int, n_frames: int, n_cameras: int, res: int,
-                  person_rig: bool = False):
+                  person_rig: bool = False, supersample: int = 1):
     """All rig cameras of one frame in one batched render (about 2× faster than one camera at a time).
     Every sample comes from this full-rig render, so a sample's bytes never depend on which other cameras
     were asked for; the cache makes consecutive calls for the same frame cheap."""
@@ -101,16 +116,19 @@ def _render_frame(seed: int, person: int, segment: str, frame: int, n_frames: in
         expr = _codes(segment, int(n_frames))[int(frame)].clone()
     g = head_gaussians(make_identity(seed, person), expr)
     with single_thread():
-        rgb, alpha, depth = render_views(g, cams)
+        rgb, alpha, depth = render_views(g, cams, supersample)
     return names, cams, expr, rgb, alpha, depth
 
 
 def render_frame_samples(seed: int, person: int, segment: str, frame: int, cameras=None, n_frames: int = 30,
-                         n_cameras: int = 64, res: int = 256, person_rig: bool = False) -> list[dict]:
+                         n_cameras: int = 64, res: int = 256, person_rig: bool = False,
+                         supersample: int = 1) -> list[dict]:
     """The samples of one frame seen by several rig cameras (names or indices; all by default), each
-    byte-identical to :func:`render_sample`'s. ``person_rig``: the person's own rig, not the shared one."""
+    byte-identical to :func:`render_sample`'s. ``person_rig``: the person's own rig, not the shared one;
+    ``supersample``: see :func:`render_views`."""
     names, cams, expr, rgb, alpha, depth = _render_frame(int(seed), int(person), segment, int(frame),
-                                                         int(n_frames), int(n_cameras), int(res), bool(person_rig))
+                                                         int(n_frames), int(n_cameras), int(res), bool(person_rig),
+                                                         int(supersample))
     indices = range(len(names)) if cameras is None else [_camera_index(c, names) for c in cameras]
     return [{
         "rgb": np.round(rgb[k].clamp(0, 1).numpy() * 255).astype(np.uint8),
@@ -122,10 +140,11 @@ def render_frame_samples(seed: int, person: int, segment: str, frame: int, camer
 
 
 def render_sample(seed: int, person: int, segment: str, frame: int, camera, n_frames: int = 30,
-                  n_cameras: int = 64, res: int = 256, person_rig: bool = False) -> dict:
+                  n_cameras: int = 64, res: int = 256, person_rig: bool = False, supersample: int = 1) -> dict:
     """One sample (DESIGN §4) as a pure function of its arguments: ``rgb`` uint8 H×W×3, ``mask`` uint8 H×W,
     ``depth`` float32 H×W, ``camera`` {K, w2c, width, height}, ``expr`` float32 (E,)."""
-    return render_frame_samples(seed, person, segment, frame, [camera], n_frames, n_cameras, res, person_rig)[0]
+    return render_frame_samples(seed, person, segment, frame, [camera], n_frames, n_cameras, res, person_rig,
+                                supersample)[0]
 
 
 def _code(**values) -> np.ndarray:
