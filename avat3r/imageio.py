@@ -1,7 +1,8 @@
 """Image files: PNG bytes and image files through OpenCV, RGB at the API (OpenCV's own order is BGR).
 
 Every PNG the project writes or reads (rendered frames, sheets, shard entries, photos) goes through here, so
-they share one channel order, one uint8 conversion and one error.
+they share one channel order, one uint8 conversion and one error; and the one block average that brings an
+image down by a whole factor (what an area resize of a photo does).
 """
 
 from __future__ import annotations
@@ -18,6 +19,13 @@ from .fileio import atomic_write_bytes, opencv
 
 class ImageError(Avat3rError, ValueError):
     """An image cannot be read, decoded or encoded; the message says which and why."""
+
+
+def block_mean(images: torch.Tensor, factor: int) -> torch.Tensor:
+    """(V,H,W) or (V,H,W,C) images averaged over factor×factor blocks → (V,H/f,W/f[,C])."""
+    x = images[..., None] if images.ndim == 3 else images
+    out = torch.nn.functional.avg_pool2d(x.permute(0, 3, 1, 2), factor).permute(0, 2, 3, 1).contiguous()
+    return out[..., 0] if images.ndim == 3 else out
 
 
 def to_uint8(image: torch.Tensor | np.ndarray) -> np.ndarray:

@@ -40,10 +40,10 @@ from typing import Protocol
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 
 from ..cameras import Cameras, cameras_from_dicts, k_farthest_viewpoints
 from ..errors import Avat3rError
+from ..imageio import block_mean
 from .manifest import Manifest, read_manifest
 
 
@@ -364,13 +364,12 @@ def downsample_inputs(example: dict, factor: int) -> dict:
     if H % factor or W % factor:
         raise ExampleError(f"input images of {W}x{H} do not divide by input_downsample = {factor}")
 
-    def pool(x: torch.Tensor) -> torch.Tensor:  # (V,H,W,C) → (V,H/f,W/f,C)
-        return F.avg_pool2d(x.permute(0, 3, 1, 2), factor).permute(0, 2, 3, 1).contiguous()
-
-    out = {"inputs_rgb": pool(rgb), "inputs_cameras": example["inputs_cameras"].resized(W // factor, H // factor)}
+    out = {"inputs_rgb": block_mean(rgb, factor),
+           "inputs_cameras": example["inputs_cameras"].resized(W // factor, H // factor)}
     if pos.shape[1:3] == (H, W):  # maps computed at the stored size: averaged down
-        weight = pool(conf[..., None])
-        out["inputs_pos"] = torch.where(weight > 0, pool(pos * conf[..., None]) / weight.clamp_min(1e-12), 0.0)
+        weight = block_mean(conf, factor)[..., None]
+        out["inputs_pos"] = torch.where(weight > 0, block_mean(pos * conf[..., None], factor) / weight.clamp_min(1e-12),
+                                        0.0)
         out["inputs_conf"] = weight[..., 0]
     return out  # maps already at the input side (`prior --downsample`) are kept as they are
 

@@ -37,6 +37,7 @@ from ..cameras import Cameras, cameras_from_dicts, farthest_point_sampling, is_b
 from ..data.manifest import MANIFEST_NAME, Manifest, is_dataset_file, read_manifest, write_manifest
 from ..data.shards import ShardError, ShardWriter, decode_entry, encode_npy, index_shard, read_members
 from ..fileio import StagedFolder, atomic_write_bytes
+from ..imageio import block_mean
 from . import get_feature_prior, get_position_prior
 from .base import PriorError
 
@@ -130,12 +131,8 @@ def _sample_views(index: _Index, rows: list[int]):
 def downsample_views(images: torch.Tensor, cameras: Cameras, masks: torch.Tensor | None, factor: int):
     """Views averaged over factor×factor blocks (images and masks), cameras resized to match."""
     W, H = cameras.image_size
-
-    def pool(x: torch.Tensor) -> torch.Tensor:  # (V,H,W,C) → (V,H/f,W/f,C)
-        return torch.nn.functional.avg_pool2d(x.permute(0, 3, 1, 2), factor).permute(0, 2, 3, 1).contiguous()
-
-    return (pool(images), cameras.resized(W // factor, H // factor),
-            None if masks is None else pool(masks[..., None])[..., 0])
+    return (block_mean(images, factor), cameras.resized(W // factor, H // factor),
+            None if masks is None else block_mean(masks, factor))
 
 
 def sample_prior_entries(index: _Index, row: int, cfg: PriorStageConfig, position, features) -> dict[int, dict[str, bytes]]:

@@ -11,6 +11,7 @@ import torch
 
 from ...cameras import Cameras, camera_dict
 from ...gaussians import Gaussians
+from ...imageio import block_mean
 from ...render import rasterize
 from .expressions import ALL_SEGMENTS, EXPR_INDEX, RANDOM_SEGMENT, check_code, random_code, segment_codes
 from .identity import make_identity
@@ -40,14 +41,9 @@ def render_views(gaussians: Gaussians, cameras: Cameras, supersample: int = 1):
     W, H = cameras.image_size
     if supersample > 1:
         rgb, alpha, depth = render_views(gaussians, cameras.resized(W * supersample, H * supersample))
-
-        def pool(x: torch.Tensor) -> torch.Tensor:  # (V,sH,sW[,C]) → (V,H,W[,C])
-            x4 = x[..., None] if x.ndim == 3 else x
-            out = torch.nn.functional.avg_pool2d(x4.permute(0, 3, 1, 2), supersample).permute(0, 2, 3, 1)
-            return out[..., 0] if x.ndim == 3 else out.contiguous()
-
-        a = pool(alpha)
-        return pool(rgb), a, torch.where(a > 0, pool(alpha * depth) / a.clamp_min(1e-12), torch.zeros_like(a))
+        a = block_mean(alpha, supersample)
+        return (block_mean(rgb, supersample), a,
+                torch.where(a > 0, block_mean(alpha * depth, supersample) / a.clamp_min(1e-12), torch.zeros_like(a)))
     with torch.no_grad():
         dense = gaussians.device.type != "cuda" and _torch_backend_is_dense()
         if not dense or W * H * len(gaussians) <= PAIR_BUDGET:
