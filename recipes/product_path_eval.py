@@ -25,7 +25,7 @@ import torch
 
 from avat3r.cameras import k_farthest_viewpoints
 from avat3r.data import synthheads as S
-from avat3r.data.images import resize_square
+from avat3r.data.images import as_resized_photos
 from avat3r.eval.metrics import changing_region, expression_gain, foreground_psnr
 from avat3r.model.checkpoint import load_checkpoint
 from avat3r.priors import compute_priors
@@ -42,15 +42,6 @@ def code_of(values: dict) -> torch.Tensor:
     return code
 
 
-def photos(identity, rig, input_res: int):
-    """Neutral photos taken through ``rig`` (8-bit, as files are), brought to ``input_res`` as `reconstruct` does."""
-    rgb, mask, _ = S.render_views(S.head_gaussians(identity, S.neutral_code()), rig)
-    rgb8 = (rgb.clamp(0, 1) * 255).round().to(torch.uint8).numpy()
-    rgb = np.stack([resize_square(im, input_res) for im in rgb8]).astype(np.float32) / 255
-    mask = np.stack([resize_square(m, input_res) for m in mask.numpy()])
-    return torch.from_numpy(rgb), torch.from_numpy(mask)
-
-
 def score_person(models: dict, person: int, res: int, photo_res: int) -> dict:
     """{checkpoint: {"fg": neutral fg PSNR, expression: gain}} for one person."""
     input_res = next(iter(models.values())).config.input_res
@@ -61,7 +52,8 @@ def score_person(models: dict, person: int, res: int, photo_res: int) -> dict:
     inputs = k_farthest_viewpoints(rig_in, 4, generator=torch.Generator().manual_seed(person), exclude_back=True)
     targets = [i for i in range(len(rig_in)) if i not in inputs][:6]
     neutral = S.neutral_code()
-    rgb, mask = photos(identity, rig_photo[inputs], input_res)
+    rgb, mask, _ = S.render_views(S.head_gaussians(identity, neutral), rig_photo[inputs])
+    rgb, mask = as_resized_photos(rgb, mask, input_res)  # neutral photos, as `reconstruct` gets them
     pos, conf, _ = compute_priors(rgb, rig_in[inputs], mask, position="geometric")  # as `reconstruct` does
     truth_neutral, truth_mask, _ = S.render_views(S.head_gaussians(identity, neutral), rig_out[targets])
     truths = {name: S.render_views(S.head_gaussians(identity, code_of(v)), rig_out[targets])[0]

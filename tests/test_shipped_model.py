@@ -11,6 +11,7 @@ import torch
 
 from avat3r.cameras import k_farthest_viewpoints
 from avat3r.data import synthheads as S
+from avat3r.data.images import as_resized_photos
 from avat3r.eval.runner import reprojection_baseline
 from avat3r.model.checkpoint import load_checkpoint
 from avat3r.priors import compute_priors
@@ -23,16 +24,6 @@ HELD_OUT_PERSON = 215  # the shipped model trained on persons 0–119 of seed 0,
 
 def _psnr(a: torch.Tensor, b: torch.Tensor) -> float:
     return float(-10 * torch.log10(((a - b) ** 2).mean()))
-
-
-def _photos(gaussians, cameras, side: int):
-    """8-bit photos through ``cameras``, area-resized to ``side`` as `reconstruct` resizes a user's photos."""
-    from avat3r.data.images import resize_square
-
-    rgb, mask, _ = S.render_views(gaussians, cameras)
-    rgb8 = (rgb.clamp(0, 1) * 255).round().to(torch.uint8).numpy()
-    small = [torch.from_numpy(resize_square(im, side)).float() / 255 for im in rgb8]
-    return torch.stack(small), torch.stack([torch.from_numpy(resize_square(m, side)) for m in mask.numpy()])
 
 
 def test_shipped_model_loads_with_its_metadata():
@@ -80,7 +71,7 @@ def test_shipped_model_animates_a_held_out_person_from_neutral_photos():
     by_frontality = torch.argsort(rig.centers[:, 2], descending=True).tolist()
     front = [i for i in by_frontality if i not in inputs][:4]  # the most frontal novel views: where expressions show
     neutral = S.neutral_code()
-    rgb, mask = _photos(S.head_gaussians(identity, neutral), rig[inputs], 64)
+    rgb, mask = as_resized_photos(*S.render_views(S.head_gaussians(identity, neutral), rig[inputs])[:2], 64)
     pos, conf, _ = compute_priors(rgb, input_rig[inputs], mask, position="geometric")
     truth_neutral, _, _ = S.render_views(S.head_gaussians(identity, neutral), rig[front])
     gains, ratios = {}, {}

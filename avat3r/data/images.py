@@ -91,6 +91,15 @@ def resize_square(image: np.ndarray, res: int) -> np.ndarray:
     return cv2.resize(image, (res, res), interpolation=interp)
 
 
+def as_resized_photos(rgb: torch.Tensor, mask: torch.Tensor, res: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Rendered views (V,H,W,3) in [0,1] and masks (V,H,W) as `reconstruct` gets them from photo files of that
+    size: rgb through 8 bits, both resized to ``res`` by :func:`resize_square` (an area average when shrinking)."""
+    rgb8 = (rgb.clamp(0, 1) * 255).round().to(torch.uint8).cpu().numpy()
+    small = np.stack([resize_square(im, res) for im in rgb8]).astype(np.float32) / 255
+    masks = np.stack([resize_square(m, res) for m in mask.float().cpu().numpy()])
+    return torch.from_numpy(small), torch.from_numpy(masks)
+
+
 def head_box_rect(camera: Cameras, width: int, height: int) -> tuple[int, int, int, int]:
     """(x, y, w, h) bounding box of the projected head-and-neck box, clipped to the image."""
     corners = torch.tensor([[x, y, z] for x in HEAD_BOX[0] for y in HEAD_BOX[1] for z in HEAD_BOX[2]],

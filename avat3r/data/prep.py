@@ -75,18 +75,19 @@ def render_job(job: SynthJob) -> list[tuple[str, dict[str, bytes], dict, np.ndar
     """Every camera's sample of one frame as (key, encoded entries, manifest fields, expr). Top-level, so
     spawned workers can run it."""
     src = load_source(job.source)
-    rig = {"person_rig": True} if job.person_rig else {}  # sources without per-person rigs need no keyword
-    cam_names, _ = src.make_rig(job.seed, job.n_cameras, job.res, **({"person": job.person} if rig else {}))
-    if job.supersample > 1:  # nor those that cannot supersample
-        rig["supersample"] = job.supersample
+    # keywords only where used: sources without per-person rigs or supersampling need not take them
+    options = {"person_rig": True} if job.person_rig else {}
+    cam_names, _ = src.make_rig(job.seed, job.n_cameras, job.res, **({"person": job.person} if job.person_rig else {}))
+    if job.supersample > 1:
+        options["supersample"] = job.supersample
     person = src.person_name(job.person)
     out = []
     if hasattr(src, "render_frame_samples"):  # builds the head once per frame
         frame_samples = src.render_frame_samples(job.seed, job.person, job.segment, job.frame, None, job.n_frames,
-                                                 job.n_cameras, job.res, **rig)
+                                                 job.n_cameras, job.res, **options)
     else:
         frame_samples = [src.render_sample(job.seed, job.person, job.segment, job.frame, c, job.n_frames,
-                                           job.n_cameras, job.res, **rig) for c in range(len(cam_names))]
+                                           job.n_cameras, job.res, **options) for c in range(len(cam_names))]
     for cam_name, s in zip(cam_names, frame_samples):
         sample = {"rgb": np.asarray(s["rgb"], dtype=np.uint8), "mask": _mask_u8(s["mask"]),
                   "camera": s["camera"], "expr": np.asarray(s["expr"], dtype=np.float32),

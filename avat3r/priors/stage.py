@@ -201,6 +201,7 @@ def run_prior_stage(source: str | os.PathLike, out_dir: str | os.PathLike, cfg: 
     if out.resolve() == manifest.root.resolve():
         raise PriorError("the output folder must differ from the input folder (shards are rewritten)")
     check_selection(manifest, manifest_path, cfg)
+    check_downsample(manifest, manifest_path, cfg)
     options = prior_options(manifest_path, cfg)
     if _recorded_options(out) == options and (out / MANIFEST_NAME).is_file():
         if progress is not None:  # done before with these very options
@@ -234,9 +235,9 @@ def run_prior_stage(source: str | os.PathLike, out_dir: str | os.PathLike, cfg: 
     return result
 
 
-def check_selection(manifest: Manifest, manifest_path: str, cfg: PriorStageConfig) -> None:
-    """Refuse segments the manifest does not hold, and frames of which none is there: such a run would
-    rewrite every shard and add no prior anywhere."""
+def check_downsample(manifest: Manifest, manifest_path: str, cfg: PriorStageConfig) -> None:
+    """Refuse a ``downsample`` that is not a whole number ≥ 1, that does not divide the images, or that the
+    ground-truth prior (depth at the stored size) cannot take."""
     if cfg.downsample < 1 or int(cfg.downsample) != cfg.downsample:
         raise PriorError(f"--downsample must be a whole number ≥ 1, got {cfg.downsample}", param="downsample")
     if cfg.downsample > 1:
@@ -248,6 +249,11 @@ def check_selection(manifest: Manifest, manifest_path: str, cfg: PriorStageConfi
         if bad:
             raise PriorError(f"{manifest_path}: images of {', '.join(bad)} do not divide by --downsample "
                              f"{cfg.downsample}", param="downsample")
+
+
+def check_selection(manifest: Manifest, manifest_path: str, cfg: PriorStageConfig) -> None:
+    """Refuse segments the manifest does not hold, and frames of which none is there: such a run would
+    rewrite every shard and add no prior anywhere."""
     present = set(manifest["segment"].tolist())
     if cfg.segments is not None:
         unknown = [s for s in cfg.segments if s not in present]
