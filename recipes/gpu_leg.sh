@@ -10,9 +10,11 @@
 #
 # Environment (default): OUT (required), INIT (models/synthheads-tiny; empty = from scratch), PERSONS (120),
 # STEPS (20000), BATCH (8), LR (2e-4), TARGETS (8), SEED (20), TRAIN_MINUTES (5), WORKERS (all cores),
-# RES (128: the images' side, training and held-out; 128 supervises at 2× the model's 64² inputs, which are
-# block-averaged down (data.options.input_downsample) with priors computed at 64² (prior --downsample), as the
-# shipped model's last leg; 64: the legs before it; the held-out set is scored at RES),
+# RES (128: the images' side, training and held-out; the held-out set is scored at RES),
+# INPUT (the model's input side: INIT's, 64 from scratch; the patch is INPUT / 8, so the token grid stays 8×8 and
+# an INIT with a smaller side starts from its lifted weights, avat3r.model.upres; RES > INPUT supervises at
+# RES / INPUT × the inputs, which are block-averaged down, data.options.input_downsample, with priors computed at
+# the input side, prior --downsample),
 # DATA (data/gpu-leg; sets already built there are reused), RUN (runs/gpu-leg: the run folder, kept out of OUT).
 #
 # OUT receives: model/ (model.safetensors, config.json, train.json: what `load_checkpoint` reads; train_state/
@@ -27,8 +29,14 @@ RES=${RES:-128} FRAMES=6 CAMERAS=12 HELDOUT=32 EXAMPLES=96 DEVICE=cuda
 if [[ -n "${DRY_RUN:-}" ]]; then
     PERSONS=3 STEPS=3 BATCH=1 FRAMES=2 CAMERAS=8 HELDOUT=2 EXAMPLES=2 DEVICE=cpu TRAIN_MINUTES=2
 fi
-if (( RES % 64 )); then
-    echo "gpu_leg.sh: RES must be a multiple of 64 (the model's input side), got $RES" >&2
+if [[ -z "${INPUT:-}" ]]; then  # the checkpoint's input side (64 from scratch)
+    INPUT=64
+    [[ -n "$INIT" ]] && INPUT=$(python -c 'import sys; from avat3r.model.checkpoint import read_checkpoint_config
+from avat3r.shipped import resolve_model_path
+print(read_checkpoint_config(resolve_model_path(sys.argv[1]))[0].input_res)' "$INIT")
+fi
+if (( INPUT % 64 || RES % INPUT )); then
+    echo "gpu_leg.sh: INPUT must be a multiple of 64 and RES a multiple of INPUT, got INPUT=$INPUT RES=$RES" >&2
     exit 2
 fi
 mkdir -p "$OUT" "$DATA"
@@ -58,18 +66,18 @@ EOF
 fi
 
 # the training set of the shipped model (same seed: the same persons, rigs and codes), its priors at frames 0-1
-train_set="$DATA/rand-$RES" heldout="$DATA/heldout-$RES" factor=$(( RES / 64 ))
-if [[ ! -f "$train_set-prior/manifest.parquet" ]]; then
+train_set="$DATA/rand-$RES" heldout="$DATA/heldout-$RES" factor=$(( RES / INPUT ))
+if [[ ! -f "$train_set-prior$INPUT/manifest.parquet" ]]; then
     step prep-train avat3r prep synth -o "$train_set" --persons "$PERSONS" --frames "$FRAMES" --cameras "$CAMERAS" \
         --res "$RES" --seed 0 --segments random --val-persons 0 --test-persons 0 --workers "$WORKERS" --shard-mb 4
-    step prior-train avat3r prior "$train_set" -o "$train_set-prior" --position geometric --frames 0-1 \
+    step prior-train avat3r prior "$train_set" -o "$train_set-prior$INPUT" --position geometric --frames 0-1 \
         --downsample "$factor" --workers "$WORKERS"
 fi
-if [[ ! -f "$heldout-prior/manifest.parquet" ]]; then
+if [[ ! -f "$heldout-prior$INPUT/manifest.parquet" ]]; then
     step prep-heldout avat3r prep synth -o "$heldout" --persons "$HELDOUT" --frames 1 --cameras "$CAMERAS" \
         --res "$RES" --seed 1 --segments neutral --segments EXP_jaw003 --segments EXP_smile --segments EXP_blink \
         --segments EXP_tongue001 --test-persons "$HELDOUT" --val-persons 0 --workers "$WORKERS" --shard-mb 2
-    step prior-heldout avat3r prior "$heldout" -o "$heldout-prior" --position geometric \
+    step prior-heldout avat3r prior "$heldout" -o "$heldout-prior$INPUT" --position geometric \
         --segments neutral,EXP_jaw003,EXP_smile --downsample "$factor" --workers "$WORKERS"
 fi
 if [[ -n "${build:-}" ]]; then
@@ -78,10 +86,11 @@ fi
 
 run=${RUN:-runs/gpu-leg}
 step train avat3r train --recipe recipes/synthheads-tiny.toml -o "$run" --quiet --time-limit "$TRAIN_MINUTES" \
-    --set "data.manifest=\"$train_set-prior/manifest.parquet\"" --set "model.init=\"$INIT\"" \
+    --set "data.manifest=\"$train_set-prior$INPUT/manifest.parquet\"" --set "model.init=\"$INIT\"" \
     --set optim.max_steps="$STEPS" --set optim.batch_size="$BATCH" --set optim.lr="$LR" \
     --set data.n_targets="$TARGETS" --set data.num_workers="$(( WORKERS > 8 ? 8 : 0 ))" \
     --set data.seed="$SEED" --set run.seed="$SEED" --set run.checkpoint_every=1000 --set run.keep_checkpoints=1 \
+    --set "model.overrides={input_res=$INPUT, patch=$(( INPUT / 8 ))}" \
     --set "data.options={avoid_target_timestep=true, reference_views=true, input_downsample=$factor}"
 ckpt=$(ls -d "$run"/checkpoints/step_* | sort | tail -n 1)
 mkdir -p "$OUT/model"
@@ -93,7 +102,7 @@ tail -n 1 "$OUT/scalars.jsonl" | tee -a "$LOG"
 for mode in other mixed; do
     segments=()
     [[ "$mode" == other ]] && segments=(--input-segments neutral)
-    step "eval-$mode" avat3r eval -c "$OUT/model" -m "$heldout-prior/manifest.parquet" --inputs "$mode" \
+    step "eval-$mode" avat3r eval -c "$OUT/model" -m "$heldout-prior$INPUT/manifest.parquet" --inputs "$mode" \
         "${segments[@]}" -n "$EXAMPLES" --device "$DEVICE" -o "$OUT/eval-$mode" --quiet
 done
 grep -A 12 "^## Overall" "$OUT/eval-other/metrics.md" | tee -a "$LOG"

@@ -43,23 +43,24 @@ def code_of(values: dict) -> torch.Tensor:
 
 
 def score_person(models: dict, person: int, res: int, photo_res: int) -> dict:
-    """{checkpoint: {"fg": neutral fg PSNR, expression: gain}} for one person."""
-    input_res = next(iter(models.values())).config.input_res
-    _, rig_in = S.make_rig(0, 12, input_res, person=person)
+    """{checkpoint: {"fg": neutral fg PSNR, expression: gain}} for one person; each model gets the same photos
+    brought to its own input side."""
     _, rig_photo = S.make_rig(0, 12, photo_res, person=person)  # the same cameras at each resolution
     _, rig_out = S.make_rig(0, 12, res, person=person)
     identity = S.make_identity(0, person)
-    inputs = k_farthest_viewpoints(rig_in, 4, generator=torch.Generator().manual_seed(person), exclude_back=True)
-    targets = [i for i in range(len(rig_in)) if i not in inputs][:6]
+    inputs = k_farthest_viewpoints(rig_photo, 4, generator=torch.Generator().manual_seed(person), exclude_back=True)
+    targets = [i for i in range(len(rig_photo)) if i not in inputs][:6]
     neutral = S.neutral_code()
-    rgb, mask, _ = S.render_views(S.head_gaussians(identity, neutral), rig_photo[inputs])
-    rgb, mask = as_resized_photos(rgb, mask, input_res)  # neutral photos, as `reconstruct` gets them
-    pos, conf, _ = compute_priors(rgb, rig_in[inputs], mask, position="geometric")  # as `reconstruct` does
+    photos = S.render_views(S.head_gaussians(identity, neutral), rig_photo[inputs])[:2]
     truth_neutral, truth_mask, _ = S.render_views(S.head_gaussians(identity, neutral), rig_out[targets])
     truths = {name: S.render_views(S.head_gaussians(identity, code_of(v)), rig_out[targets])[0]
               for name, v in EXPRESSIONS.items()}
     out = {}
     for name, model in models.items():
+        input_res = model.config.input_res
+        _, rig_in = S.make_rig(0, 12, input_res, person=person)
+        rgb, mask = as_resized_photos(*photos, input_res)  # neutral photos, as `reconstruct` gets them
+        pos, conf, _ = compute_priors(rgb, rig_in[inputs], mask, position="geometric")  # as `reconstruct` does
         with torch.inference_mode():
             state = model.encode(rgb[None], rig_in[inputs], pos[None], conf[None])
 

@@ -401,6 +401,51 @@ META = {"expression_space": "synthheads-v1", "expression_names": [f"e{i}" for i 
         "neutral": [0.0] * 13, "position_prior": "geometric", "feature_prior": "none", "step": 7}
 
 
+def test_lifted_weights_are_the_model_on_block_averages():
+    """input_res and patch × 2: tokens equal the original's on 2×2 block averages, each Gaussian becomes a 2×2
+    block with the original's raw attributes, and on a block-constant scene the two models render alike."""
+    from avat3r.model.upres import upres_factor, upres_state
+
+    small = tiny()
+    big = small.replace(input_res=64, patch=16)
+    assert upres_factor(small, big) == 2 and upres_factor(big, small) is None
+    assert upres_factor(small, small.replace(input_res=64)) is None  # a new token grid is not a lift
+    assert upres_factor(small, big.replace(dim=64)) is None
+    model = make_model(small)
+    with torch.no_grad():  # a trained-looking model: every Δ head and cross-attention output non-zero
+        model.decoder.heads.unpatchify.weight.normal_(0, 0.05)
+        for blk in model.decoder.blocks:
+            blk.attn.proj.weight.normal_(0, 0.02)
+    lifted = Avat3r(big).eval()
+    lifted.load_state_dict(upres_state(model.state_dict(), small, 2))
+    x = torch.randn(3, small.input_channels, 64, 64, generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        assert torch.allclose(lifted.encoder.embed(x), model.encoder.embed(torch.nn.functional.avg_pool2d(x, 2)),
+                              atol=1e-5)
+        t = torch.randn(3, 8, 8, small.out_width, generator=torch.Generator().manual_seed(2))
+        raw_small, raw_big = model.decoder.heads.split(t), lifted.decoder.heads.split(t)
+        for name, m in raw_small.items():
+            assert torch.equal(raw_big[name], m.repeat_interleave(2, 1).repeat_interleave(2, 2)), name
+        # a scene seen at 32² and, block-constant, at 64²: the Gaussians agree block for block (the Plücker
+        # rays of the finer pixels differ only at second order), the splats at half the pixel footprint
+        images, cams, pos, conf = sphere_scene(32)
+        up = lambda a: a.repeat_interleave(2, 2).repeat_interleave(2, 3)  # noqa: E731
+        from avat3r.cameras import intrinsics_from_fov
+
+        K2 = intrinsics_from_fov(30.0, 64, 64).expand(len(cams), 3, 3)
+        cams2 = Cameras(K2, cams.w2c, 64, 64)
+        codes = torch.tensor([[0.8, 0.0, 0.3] + [0.0] * 10])
+        g1 = model.decode(model.encode(images, cams, pos, conf), codes)
+        g2 = lifted.decode(lifted.encode(up(images), cams2, up(pos), up(conf)), codes)
+        shape = (1, 4, 32, 32)
+        for name, tol in (("means", 2e-3), ("colors", 2e-2), ("opacities", 2e-2)):
+            a = getattr(g1, name).reshape(*shape, -1)
+            b = getattr(g2, name).reshape(1, 4, 64, 64, -1)[:, :, ::2, ::2]
+            assert (a - b).abs().max() < tol, name
+        ratio = g2.scales.reshape(1, 4, 64, 64, 3)[:, :, ::2, ::2] / g1.scales.reshape(*shape, 3)
+        assert torch.allclose(ratio, torch.full_like(ratio, 0.5), rtol=2e-2)
+
+
 def test_checkpoint_round_trip_is_bit_exact(tmp_path):
     cfg = tiny()
     model = make_model(cfg, seed=11)

@@ -505,6 +505,18 @@ def test_the_real_network_trains_checkpoints_and_evaluates(tmp_path, monkeypatch
     with pytest.raises(TrainError, match="another architecture"):
         default_model_factory(tiny_recipe(model={"overrides": {**recipe.model.overrides, "dim": 64},
                                                  "init": str(result.checkpoint)}), info)
+    # twice the input side with the same token grid starts from the lifted weights (avat3r.model.upres)
+    from avat3r.model.upres import upres_state
+
+    side, patch = model.config.input_res, model.config.patch
+    lifted = default_model_factory(tiny_recipe(model={"overrides": {**recipe.model.overrides, "input_res": 2 * side,
+                                                                    "patch": 2 * patch},
+                                                      "init": str(result.checkpoint)}), info)
+    want = upres_state(model.state_dict(), model.config, 2)
+    assert all(torch.equal(v, want[k]) for k, v in lifted.state_dict().items())
+    with pytest.raises(TrainError, match="another architecture"):  # a finer token grid is not a lift
+        default_model_factory(tiny_recipe(model={"overrides": {**recipe.model.overrides, "input_res": 2 * side},
+                                                 "init": str(result.checkpoint)}), info)
     # The fixed example was trained on: the network beats its untrained (reprojection) self on it.
     assert trained.rows[0]["psnr"] > base.rows[0]["psnr"]
 

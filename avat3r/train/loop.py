@@ -15,6 +15,7 @@ With ``data.loader = "stream"`` the same holds for batches streamed from WebData
 from __future__ import annotations
 
 import math
+import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -202,12 +203,21 @@ def default_model_factory(recipe: Recipe, info: DataInfo) -> torch.nn.Module:
 
 def init_from_checkpoint(model: torch.nn.Module, path: str) -> None:
     """Copy a trained checkpoint's weights into ``model`` (fine-tuning). Only the architecture must match: a
-    config that differs in non-structural fields (e.g. expression_conditioning) is what an ablation changes."""
+    config that differs in non-structural fields (e.g. expression_conditioning) is what an ablation changes.
+    A recipe whose input_res and patch are both f× the checkpoint's starts from its lifted weights
+    (avat3r.model.upres)."""
     from ..model.checkpoint import load_checkpoint
+    from ..model.upres import upres_factor, upres_state
 
     loaded = load_checkpoint(resolve_checkpoint(path), "cpu")
     source = loaded[0] if isinstance(loaded, tuple) else loaded
     theirs, ours = source.state_dict(), model.state_dict()
+    factor = upres_factor(source.config, model.config)
+    if factor:  # the recipe asks for f× the input side with the same token grid: start from the lifted weights
+        theirs = upres_state(theirs, source.config, factor)
+        print(f"model.init: {path} lifted from {source.config.input_res}² to {model.config.input_res}² inputs "
+              f"(patch {source.config.patch} → {model.config.patch}; the same model on {factor}×{factor} block "
+              "averages)", file=sys.stderr)
     if set(theirs) != set(ours) or any(theirs[k].shape != ours[k].shape for k in ours):
         raise TrainError(f"model.init: {path} has another architecture than the recipe's model")
     model.load_state_dict(theirs)
