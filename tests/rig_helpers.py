@@ -21,7 +21,7 @@ def shipped_avatar(path: Path, person: int = HELD_OUT_PERSON) -> Path:
     """Write ``person``'s avatar (self-contained, neutral inputs) to ``path``."""
     model, meta = load_checkpoint(SHIPPED)
     model.eval()
-    _, rig = S.make_rig(0, 12, 64, person=person)
+    _, rig = S.make_rig(0, 12, model.config.input_res, person=person)
     inputs = k_farthest_viewpoints(rig, 4, generator=torch.Generator().manual_seed(3))
     rgb, mask, _ = S.render_views(S.head_gaussians(S.make_identity(0, person), S.neutral_code()), rig[inputs])
     pos, conf, _ = compute_priors(rgb, rig[inputs], mask, position="geometric")

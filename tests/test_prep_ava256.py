@@ -337,12 +337,13 @@ def test_a_synthheads_checkpoint_reconstructs_from_converted_views(given_out):
     """4 converted views of one frame in, the render at a fifth converted camera (frontal, not an input) out:
     clearly better than the target's mean colour, which a model blind to the geometry could reach."""
     from avat3r.data import synthheads as S
+    from avat3r.data.images import as_resized_photos
     from avat3r.model.checkpoint import load_checkpoint
     from avat3r.priors import compute_priors
     from avat3r.render import rasterize
 
     model, meta = load_checkpoint(REPO / "models" / "synthheads-tiny")
-    assert model.config.input_res == RES
+    side = model.config.input_res  # the converted views are brought to it as `reconstruct` brings photos
     m, rows = _rows(given_out)
 
     def view(cam):
@@ -354,7 +355,8 @@ def test_a_synthheads_checkpoint_reconstructs_from_converted_views(given_out):
     inputs = [view(c) for c in ("400943", "401029", "400263", "401031")]
     rgb = torch.stack([v[0] for v in inputs])
     mask = torch.stack([v[1] for v in inputs])
-    cams = Cameras.cat([v[2] for v in inputs])
+    cams = Cameras.cat([v[2] for v in inputs]).resized(side, side)
+    rgb, mask = as_resized_photos(rgb, mask, side)
     target, _, target_cam = view("401168")
     pos, conf, _ = compute_priors(rgb, cams, mask, position="geometric")
     with torch.inference_mode():
