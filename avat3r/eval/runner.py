@@ -173,6 +173,9 @@ def default_examples(manifest: str | Path, split: str, seed: int, options: dict,
     options = dict(options)
     if input_res is not None and len(m):
         stored = int(m["width"][0])
+        if stored < input_res:
+            raise EvalError(f"{manifest} holds {stored}² images, smaller than the model's {input_res}² inputs; "
+                            f"prepare the evaluation set at {input_res}² or more (e.g. prep synth --res {input_res})")
         options["input_downsample"] = stored // input_res if stored % input_res == 0 and stored > input_res else 1
     return ExampleSampler(m, split, seed, **{**options, **EVAL_SAMPLER_OPTIONS})
 
