@@ -410,7 +410,8 @@ def test_lifted_weights_are_the_model_on_block_averages():
     big = small.replace(input_res=64, patch=16)
     assert upres_factor(small, big) == 2 and upres_factor(big, small) is None
     assert upres_factor(small, small.replace(input_res=64)) is None  # a new token grid is not a lift
-    assert upres_factor(small, big.replace(dim=64)) is None
+    assert upres_factor(small, small.replace(input_res=128, patch=32)) == 4  # 4× the side and the patch
+    assert upres_factor(small, small.replace(input_res=128, patch=16)) is None
     model = make_model(small)
     with torch.no_grad():  # a trained-looking model: every Δ head and cross-attention output non-zero
         model.decoder.heads.unpatchify.weight.normal_(0, 0.05)

@@ -509,11 +509,14 @@ def test_the_real_network_trains_checkpoints_and_evaluates(tmp_path, monkeypatch
     from avat3r.model.upres import upres_state
 
     side, patch = model.config.input_res, model.config.patch
-    lifted = default_model_factory(tiny_recipe(model={"overrides": {**recipe.model.overrides, "input_res": 2 * side,
-                                                                    "patch": 2 * patch},
-                                                      "init": str(result.checkpoint)}), info)
     want = upres_state(model.state_dict(), model.config, 2)
-    assert all(torch.equal(v, want[k]) for k, v in lifted.state_dict().items())
+    for conditioning in ("code", "constant"):  # the ablation's constant arm lifts alike
+        lifted = default_model_factory(tiny_recipe(model={
+            "overrides": {**recipe.model.overrides, "input_res": 2 * side, "patch": 2 * patch,
+                          "expression_conditioning": conditioning},
+            "init": str(result.checkpoint)}), info)
+        assert lifted.config.expression_conditioning == conditioning
+        assert all(torch.equal(v, want[k]) for k, v in lifted.state_dict().items())
     with pytest.raises(TrainError, match="another architecture"):  # a finer token grid is not a lift
         default_model_factory(tiny_recipe(model={"overrides": {**recipe.model.overrides, "input_res": 2 * side},
                                                  "init": str(result.checkpoint)}), info)
