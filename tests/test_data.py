@@ -353,10 +353,11 @@ def test_eval_brings_inputs_to_the_models_resolution_whatever_the_checkpoint_say
         assert default_examples(m, "train", 0, options, input_res=32).example(0)["inputs_rgb"].shape[1:3] == (32, 32)
         ex = default_examples(m, "train", 0, options, input_res=8).example(0)
         assert ex["inputs_rgb"].shape[1:3] == (8, 8) and ex["target_rgb"].shape[1:3] == (32, 32)
-    from avat3r.eval.runner import EvalError
+    from avat3r.eval.runner import EvalError, _check_input_side
 
     with pytest.raises(EvalError, match="holds 32² images, smaller than the model's 64² inputs"):
-        default_examples(m, "train", 0, {"require_prior": False}, input_res=64)
+        _check_input_side(64, default_examples(m, "train", 0, {"require_prior": False}, input_res=64))
+    _check_input_side(32, default_examples(m, "train", 0, {"require_prior": False}, input_res=32))
 
 
 def test_inputs_avoid_the_target_timestep_and_targets_are_novel_views(tiny_set):

@@ -145,6 +145,18 @@ def resolution_note(meta: dict, input_res: int | None, examples) -> str | None:
             f"as trained)")
 
 
+def _check_input_side(input_res: int | None, examples) -> None:
+    """Refuse, before any example is drawn, a set stored below the model's input side (inputs are only ever
+    averaged down to it, never enlarged)."""
+    manifest = getattr(examples, "manifest", None)
+    if input_res is None or manifest is None or not len(manifest):
+        return
+    stored = int(manifest["width"][0])
+    if stored < input_res:
+        raise EvalError(f"this set holds {stored}² images, smaller than the model's {input_res}² inputs; prepare "
+                        f"the evaluation set at {input_res}² or more (e.g. prep synth --res {input_res})")
+
+
 def _data_options(meta: dict) -> dict:
     """Sampler options the model was trained with (input/target resolution etc.), from its checkpoint."""
     data = meta.get("data") or meta.get("train", {}).get("recipe", {}).get("data", {})
@@ -173,9 +185,6 @@ def default_examples(manifest: str | Path, split: str, seed: int, options: dict,
     options = dict(options)
     if input_res is not None and len(m):
         stored = int(m["width"][0])
-        if stored < input_res:
-            raise EvalError(f"{manifest} holds {stored}² images, smaller than the model's {input_res}² inputs; "
-                            f"prepare the evaluation set at {input_res}² or more (e.g. prep synth --res {input_res})")
         options["input_downsample"] = stored // input_res if stored % input_res == 0 and stored > input_res else 1
     return ExampleSampler(m, split, seed, **{**options, **EVAL_SAMPLER_OPTIONS})
 
@@ -270,6 +279,7 @@ def evaluate(out_dir: str | Path, *, checkpoint: str | Path | None = None, manif
         if note:
             log(note)
     _check_space(meta, examples)
+    _check_input_side(getattr(getattr(model, "config", None), "input_res", None), examples)
     predictor, label, model = _predictor(model, baseline, label, examples, device, render_backend)
     if video is not None and model is None:
         raise EvalError(f"the video protocol needs an avatar model; the {baseline} baseline has none",
