@@ -23,9 +23,7 @@ extra=("$@")
 seeds=${SEEDS:-0 1}
 mkdir -p "$out"
 # both arms keep INIT's input side and patch (the tiny preset's are 64 and 8)
-read -r side patch < <(python -c 'import sys; from avat3r.model.checkpoint import read_checkpoint_config
-from avat3r.shipped import resolve_model_path
-c = read_checkpoint_config(resolve_model_path(sys.argv[1]))[0]; print(c.input_res, c.patch)' "$init")
+read -r side patch < <(python "$(dirname "$0")/checkpoint_input.py" "$init")
 
 train() {  # name seed conditioning
     OMP_NUM_THREADS=1 avat3r train --recipe recipes/synthheads-tiny.toml -o "$out/$1" --max-steps "$steps" --quiet \

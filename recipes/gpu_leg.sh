@@ -31,9 +31,7 @@ if [[ -n "${DRY_RUN:-}" ]]; then
 fi
 if [[ -z "${INPUT:-}" ]]; then  # the checkpoint's input side (64 from scratch)
     INPUT=64
-    [[ -n "$INIT" ]] && INPUT=$(python -c 'import sys; from avat3r.model.checkpoint import read_checkpoint_config
-from avat3r.shipped import resolve_model_path
-print(read_checkpoint_config(resolve_model_path(sys.argv[1]))[0].input_res)' "$INIT")
+    [[ -n "$INIT" ]] && read -r INPUT _ < <(python "$(dirname "$0")/checkpoint_input.py" "$INIT")
 fi
 if (( INPUT % 64 || RES % INPUT )); then
     echo "gpu_leg.sh: INPUT must be a multiple of 64 and RES a multiple of INPUT, got INPUT=$INPUT RES=$RES" >&2

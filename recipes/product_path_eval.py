@@ -55,14 +55,16 @@ def score_person(models: dict, person: int, res: int, photo_res: int) -> dict:
     truth_neutral, truth_mask, _ = S.render_views(S.head_gaussians(identity, neutral), rig_out[targets])
     truths = {name: S.render_views(S.head_gaussians(identity, code_of(v)), rig_out[targets])[0]
               for name, v in EXPRESSIONS.items()}
+    views = {}  # input side → what `reconstruct` makes of the photos there: resized photos, cameras, priors
+    for side in sorted({model.config.input_res for model in models.values()}):
+        rig_in = S.make_rig(0, 12, side, person=person)[1][inputs]
+        rgb, mask = as_resized_photos(*photos, side)
+        views[side] = (rgb, rig_in, *compute_priors(rgb, rig_in, mask, position="geometric")[:2])
     out = {}
     for name, model in models.items():
-        input_res = model.config.input_res
-        _, rig_in = S.make_rig(0, 12, input_res, person=person)
-        rgb, mask = as_resized_photos(*photos, input_res)  # neutral photos, as `reconstruct` gets them
-        pos, conf, _ = compute_priors(rgb, rig_in[inputs], mask, position="geometric")  # as `reconstruct` does
+        rgb, rig_in, pos, conf = views[model.config.input_res]
         with torch.inference_mode():
-            state = model.encode(rgb[None], rig_in[inputs], pos[None], conf[None])
+            state = model.encode(rgb[None], rig_in, pos[None], conf[None])
 
             def render(code: torch.Tensor) -> torch.Tensor:
                 return rasterize(model.decode(state, code[None])[0], rig_out[targets])[0].clamp(0, 1)
