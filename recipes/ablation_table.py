@@ -7,6 +7,9 @@ says how many: region scores are missing where the truth does not change). Folde
 existed simply lack its columns.
 
     python recipes/ablation_table.py --ref eval/trained-mixed eval/trained-mixed eval/no-expression ...
+
+``--by-expression SCORE`` (animation mode) prints one column per target expression instead: each model's mean
+of SCORE (e.g. ``expr_gain``) and its paired difference to the reference, per expression.
 """
 
 from __future__ import annotations
@@ -25,11 +28,13 @@ SCORES = (("psnr", "PSNR", 1.0), ("psnr_fg", "PSNR fg", 1.0), ("psnr_region", "P
 
 
 def load(folder: str) -> dict[str, np.ndarray]:
-    """Score columns sorted by example, nulls as NaN."""
+    """Score columns (and the target expression, where written) sorted by example, nulls as NaN."""
     t = pq.read_table(f"{folder}/metrics.parquet")
     wanted = ["example"] + [name for name, _, _ in SCORES]
     cols = {name: np.asarray(t.column(name).to_numpy(zero_copy_only=False), dtype=np.float64)
             for name in wanted if name in t.column_names}
+    if "expression" in t.column_names:
+        cols["expression"] = np.asarray(t.column("expression").to_pylist(), dtype=object)
     order = np.argsort(cols["example"])
     return {k: v[order] for k, v in cols.items()}
 
@@ -48,11 +53,26 @@ def paired(a: np.ndarray, b: np.ndarray) -> str:
     return f"{d.mean():+.2f} ± {se} ({len(d)})"
 
 
+def by_expression(score: str, labels: list[str], tables: list[dict], ref: dict) -> None:
+    """Per target expression: each model's mean of ``score`` and its paired difference to the reference."""
+    if score not in ref or "expression" not in ref:
+        raise SystemExit(f"the reference has no {score!r} or no target expressions (an animation-mode evaluation?)")
+    names = sorted({e for e in ref["expression"] if e})
+    print("| model | " + " | ".join(f"{e} | Δ {e} (paired, n)" for e in names) + " |")
+    print("|---|" + "---|---|" * len(names))
+    for label, m in zip(labels, tables):
+        cells = [f"{mean_cell(m[score][ref['expression'] == e])} | "
+                 f"{paired(m[score][ref['expression'] == e], ref[score][ref['expression'] == e])}" for e in names]
+        print(f"| {label} | " + " | ".join(cells) + " |")
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("folders", nargs="+", help="eval output folders (rows, in order)")
     ap.add_argument("--ref", required=True, help="eval folder the paired differences are taken against")
     ap.add_argument("--labels", default="", help="comma-separated row labels (default: folder names)")
+    ap.add_argument("--by-expression", metavar="SCORE", default="",
+                    help="one column per target expression for this score column (e.g. expr_gain)")
     args = ap.parse_args()
     labels = args.labels.split(",") if args.labels else [f.rstrip("/").split("/")[-1] for f in args.folders]
     ref = load(args.ref)
@@ -60,6 +80,9 @@ def main() -> None:
     for folder, m in zip(args.folders, tables):
         if not np.array_equal(m["example"], ref["example"]):
             raise SystemExit(f"{folder}: its examples differ from {args.ref}'s; compare runs of one input mode")
+    if args.by_expression:
+        by_expression(args.by_expression, labels, tables, ref)
+        return
     scores = [s for s in SCORES if s[0] in ref and all(s[0] in m for m in tables)]
     header = [f"{title} | Δ {title} (paired, n)" for _, title, _ in scores]
     print("| model | " + " | ".join(header) + " |")
