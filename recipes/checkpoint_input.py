@@ -1,7 +1,7 @@
-"""Print a checkpoint's input side, patch and per-pixel head width ("128 16 64"; 0 = none), for the shell
-recipes that keep them when they train from it. Takes a checkpoint folder or a shipped model's name.
+"""Print a checkpoint's input side and patch ("128 16"), for the shell recipes that keep them when they train
+from it. Takes a checkpoint folder or a shipped model's name.
 
-    read -r side patch pixel_mlp < <(python recipes/checkpoint_input.py models/synthheads-tiny)
+    read -r side patch < <(python recipes/checkpoint_input.py models/synthheads-tiny)
 """
 
 from __future__ import annotations
@@ -15,4 +15,4 @@ if __name__ == "__main__":
     if len(sys.argv) != 2:
         sys.exit("usage: python recipes/checkpoint_input.py CHECKPOINT")
     config = read_checkpoint_config(resolve_model_path(sys.argv[1]))[0]
-    print(config.input_res, config.patch, config.pixel_mlp)
+    print(config.input_res, config.patch)

@@ -22,13 +22,13 @@ shift $(( $# < 4 ? $# : 4 ))
 extra=("$@")
 seeds=${SEEDS:-0 1}
 mkdir -p "$out"
-# both arms keep INIT's input side, patch and per-pixel head (the tiny preset's are 64, 8 and none)
-read -r side patch pixel_mlp < <(python "$(dirname "$0")/checkpoint_input.py" "$init")
+# both arms keep INIT's input side and patch (the tiny preset's are 64 and 8)
+read -r side patch < <(python "$(dirname "$0")/checkpoint_input.py" "$init")
 
 train() {  # name seed conditioning
     OMP_NUM_THREADS=1 avat3r train --recipe recipes/synthheads-tiny.toml -o "$out/$1" --max-steps "$steps" --quiet \
         --set model.init="$init" \
-        --set "model.overrides={input_res=$side, patch=$patch, pixel_mlp=$pixel_mlp, expression_conditioning=\"$3\"}" \
+        --set "model.overrides={input_res=$side, patch=$patch, expression_conditioning=\"$3\"}" \
         --set data.seed="$2" --set run.seed="$2" --set run.checkpoint_every=250 --set run.keep_checkpoints=0 \
         --set optim.max_steps="$steps" --set loss.expression_weight=5 --set optim.schedule=constant "${extra[@]}" \
         > "$out/$1.log" 2>&1

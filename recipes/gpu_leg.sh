@@ -15,7 +15,6 @@
 # an INIT with a smaller side starts from its lifted weights, avat3r.model.upres; RES > INPUT supervises at
 # RES / INPUT × the inputs, which are block-averaged down, data.options.input_downsample, with priors computed at
 # the input side, prior --downsample),
-# PIXEL_MLP (the per-pixel head's width: INIT's, 0 from scratch; a head INIT lacks starts at zero output),
 # DATA (data/gpu-leg; sets already built there are reused), RUN (runs/gpu-leg: the run folder, kept out of OUT).
 #
 # OUT receives: model/ (model.safetensors, config.json, train.json: what `load_checkpoint` reads; train_state/
@@ -30,11 +29,10 @@ RES=${RES:-128} FRAMES=6 CAMERAS=12 HELDOUT=32 EXAMPLES=96 DEVICE=cuda
 if [[ -n "${DRY_RUN:-}" ]]; then
     PERSONS=3 STEPS=3 BATCH=1 FRAMES=2 CAMERAS=8 HELDOUT=2 EXAMPLES=2 DEVICE=cpu TRAIN_MINUTES=2
 fi
-init_input=64 init_pixel_mlp=0  # from scratch: the tiny preset's side, no per-pixel head
-if [[ -n "$INIT" ]]; then  # else the checkpoint's input side and per-pixel head
-    read -r init_input _ init_pixel_mlp < <(python "$(dirname "$0")/checkpoint_input.py" "$INIT")
+if [[ -z "${INPUT:-}" ]]; then  # the checkpoint's input side (64 from scratch)
+    INPUT=64
+    [[ -n "$INIT" ]] && read -r INPUT _ < <(python "$(dirname "$0")/checkpoint_input.py" "$INIT")
 fi
-INPUT=${INPUT:-$init_input} PIXEL_MLP=${PIXEL_MLP:-$init_pixel_mlp}
 if (( INPUT % 64 || RES % INPUT )); then
     echo "gpu_leg.sh: INPUT must be a multiple of 64 and RES a multiple of INPUT, got INPUT=$INPUT RES=$RES" >&2
     exit 2
@@ -90,7 +88,7 @@ step train avat3r train --recipe recipes/synthheads-tiny.toml -o "$run" --quiet 
     --set optim.max_steps="$STEPS" --set optim.batch_size="$BATCH" --set optim.lr="$LR" \
     --set data.n_targets="$TARGETS" --set data.num_workers="$(( WORKERS > 8 ? 8 : 0 ))" \
     --set data.seed="$SEED" --set run.seed="$SEED" --set run.checkpoint_every=1000 --set run.keep_checkpoints=1 \
-    --set "model.overrides={input_res=$INPUT, patch=$(( INPUT / 8 )), pixel_mlp=$PIXEL_MLP}" \
+    --set "model.overrides={input_res=$INPUT, patch=$(( INPUT / 8 ))}" \
     --set "data.options={avoid_target_timestep=true, reference_views=true, input_downsample=$factor}"
 ckpt=$(ls -d "$run"/checkpoints/step_* | sort | tail -n 1)
 mkdir -p "$OUT/model"
