@@ -3,7 +3,6 @@ encode/decode split, the step-0 reprojection baseline, checkpoints and gradients
 
 from __future__ import annotations
 
-import hashlib
 import json
 import math
 import os
@@ -75,9 +74,6 @@ def analytic_param_count(c: Avat3rConfig) -> int:
     channels = (3 if c.use_position_prior else 1) + 3 + 3 + 4 + 1
     n += w_in * channels * c.unpatch ** 2 + channels * c.unpatch ** 2
     n += 0 if c.use_position_prior else 1  # learned depth offset
-    if c.pixel_mlp:  # per-pixel head: its own unpatchify, then Linear(F + 3 → hidden), Linear(hidden → channels)
-        F, h = c.pixel_features, c.pixel_mlp
-        n += w_in * F * c.unpatch ** 2 + F * c.unpatch ** 2 + (F + 3) * h + h + h * channels + channels
     return n
 
 
@@ -95,10 +91,6 @@ def test_config_presets_and_json_round_trip():
     for c in (paper, t, tiny(use_position_prior=False)):
         assert Avat3rConfig.from_json(c.to_json()) == c and Avat3rConfig.from_dict(c.to_dict()).hash() == c.hash()
     assert paper.hash() != t.hash()
-    # fields added later count in the hash only off their defaults: avatars written before them still decode
-    first_release = {k: v for k, v in t.to_dict().items() if k not in ("pixel_mlp", "pixel_features")}
-    assert t.hash() == hashlib.sha256(json.dumps(first_release, sort_keys=True).encode()).hexdigest()[:16]
-    assert t.replace(pixel_mlp=32).hash() != t.hash() != t.replace(pixel_features=8).hash()
     with pytest.raises(ConfigError, match="multiple of patch"):
         Avat3rConfig.preset("tiny", input_res=60)
     with pytest.raises(ConfigError, match="unknown fields: bogus"):
@@ -109,7 +101,7 @@ def test_config_presets_and_json_round_trip():
 
 def test_parameter_count_matches_analytic_formula():
     for c in (tiny(), tiny(use_features=True, feature_dim=16, upsample_steps=2), tiny(use_position_prior=False),
-              tiny(use_expression=False), tiny(pixel_mlp=16, pixel_features=4)):
+              tiny(use_expression=False)):
         assert n_params(Avat3r(c)) == analytic_param_count(c)
     paper = Avat3rConfig.preset("paper")
     with torch.device("meta"):  # no memory: only the shapes matter
@@ -409,14 +401,12 @@ META = {"expression_space": "synthheads-v1", "expression_names": [f"e{i}" for i 
         "neutral": [0.0] * 13, "position_prior": "geometric", "feature_prior": "none", "step": 7}
 
 
-@pytest.mark.parametrize("pixel_mlp", [0, 8])
-def test_lifted_weights_are_the_model_on_block_averages(pixel_mlp):
+def test_lifted_weights_are_the_model_on_block_averages():
     """input_res and patch × 2: tokens equal the original's on 2×2 block averages, each Gaussian becomes a 2×2
-    block with the original's raw attributes, and on a block-constant scene the two models render alike (also
-    with the per-pixel head, which reads each finer pixel's own colour)."""
+    block with the original's raw attributes, and on a block-constant scene the two models render alike."""
     from avat3r.model.upres import upres_factor, upres_state
 
-    small = tiny(pixel_mlp=pixel_mlp)
+    small = tiny()
     big = small.replace(input_res=64, patch=16)
     assert upres_factor(small, big) == 2 and upres_factor(big, small) is None
     assert upres_factor(small, small.replace(input_res=64)) is None  # a new token grid is not a lift
@@ -427,8 +417,6 @@ def test_lifted_weights_are_the_model_on_block_averages(pixel_mlp):
         model.decoder.heads.unpatchify.weight.normal_(0, 0.05)
         for blk in model.decoder.blocks:
             blk.attn.proj.weight.normal_(0, 0.02)
-        if pixel_mlp:
-            model.decoder.heads.pixel_mlp[-1].weight.normal_(0, 0.5)
     lifted = Avat3r(big).eval()
     lifted.load_state_dict(upres_state(model.state_dict(), small, 2))
     x = torch.randn(3, small.input_channels, 64, 64, generator=torch.Generator().manual_seed(1))
@@ -436,13 +424,9 @@ def test_lifted_weights_are_the_model_on_block_averages(pixel_mlp):
         assert torch.allclose(lifted.encoder.embed(x), model.encoder.embed(torch.nn.functional.avg_pool2d(x, 2)),
                               atol=1e-5)
         t = torch.randn(3, 8, 8, small.out_width, generator=torch.Generator().manual_seed(2))
-        rgb = torch.rand(3, 32, 32, 3, generator=torch.Generator().manual_seed(3))
-        raw_small = model.decoder.heads.split(t, rgb)
-        raw_big = lifted.decoder.heads.split(t, rgb.repeat_interleave(2, 1).repeat_interleave(2, 2))
+        raw_small, raw_big = model.decoder.heads.split(t), lifted.decoder.heads.split(t)
         for name, m in raw_small.items():
-            # bit-exact without the pixel head; with it, the MLP's matmuls on 4× the rows may round differently
-            assert torch.allclose(raw_big[name], m.repeat_interleave(2, 1).repeat_interleave(2, 2),
-                                  rtol=0, atol=1e-6 if pixel_mlp else 0), name
+            assert torch.equal(raw_big[name], m.repeat_interleave(2, 1).repeat_interleave(2, 2)), name
         # a scene seen at 32² and, block-constant, at 64²: the Gaussians agree block for block (the Plücker
         # rays of the finer pixels differ only at second order), the splats at half the pixel footprint
         images, cams, pos, conf = sphere_scene(32)
@@ -461,36 +445,6 @@ def test_lifted_weights_are_the_model_on_block_averages(pixel_mlp):
             assert (a - b).abs().max() < tol, name
         ratio = g2.scales.reshape(1, 4, 64, 64, 3)[:, :, ::2, ::2] / g1.scales.reshape(*shape, 3)
         assert torch.allclose(ratio, torch.full_like(ratio, 0.5), rtol=2e-2)
-
-
-def test_pixel_head_starts_as_the_same_function_and_reads_each_pixels_colour():
-    """pixel_mlp: with its last layer at zero the model is the one without it (weights shared); once trained,
-    a pixel's raw attributes depend on its own input colour, and on no other pixel's, within one token's block."""
-    plain = make_model(tiny())
-    with torch.no_grad():
-        plain.decoder.heads.unpatchify.weight.normal_(0, 0.05)
-    headed = make_model(tiny(pixel_mlp=8), seed=5)
-    missing = headed.load_state_dict(plain.state_dict(), strict=False).missing_keys
-    assert missing and all(k.startswith("decoder.heads.pixel_") for k in missing)
-    assert n_params(headed) == analytic_param_count(headed.config) > n_params(plain)
-    images, cams, pos, conf = sphere_scene(32)
-    codes = torch.tensor([[0.5] + [0.0] * 12])
-    with torch.no_grad():
-        a = plain(images, cams, pos, conf, codes)
-        b = headed(images, cams, pos, conf, codes)
-        assert all(torch.equal(getattr(a, k), getattr(b, k)) for k in ("means", "colors", "scales", "opacities"))
-        headed.decoder.heads.pixel_mlp[-1].weight.normal_(0, 0.5)
-        g = headed.config.gaussian_res // headed.config.unpatch  # upsampled tokens per side (4×4 pixels each)
-        t = torch.randn(1, g, g, headed.config.out_width, generator=torch.Generator().manual_seed(2))
-        rgb = torch.rand(1, 32, 32, 3, generator=torch.Generator().manual_seed(3))
-        other = rgb.clone()
-        other[0, 5, 6] = 1 - other[0, 5, 6]  # one pixel of the block at rows and columns 4..7
-        r0, r1 = headed.decoder.heads.split(t, rgb), headed.decoder.heads.split(t, other)
-        moved = sum((r1[k] - r0[k]).abs().sum(-1) for k in r0)[0]
-        assert moved[5, 6] > 1e-3 and moved.sum() == moved[5, 6]
-        # the plain head cannot tell the pixels of a block apart by their colour
-        p0, p1 = plain.decoder.heads.split(t, rgb), plain.decoder.heads.split(t, other)
-        assert all(torch.equal(p0[k], p1[k]) for k in p0)
 
 
 def test_checkpoint_round_trip_is_bit_exact(tmp_path):

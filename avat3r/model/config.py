@@ -23,10 +23,8 @@ class ConfigError(Avat3rError, ValueError):
 # sizes that must be > 0 and counts that may be 0 (a block-free ablation); checked by Avat3rConfig
 _POSITIVE = ("dim", "heads", "mlp_ratio", "input_res", "patch", "expression_dim", "expression_hidden",
              "expression_tokens", "upsampler_window", "upsampler_head_dim", "upsampler_min_width",
-             "position_scale", "pixel_features")
-_NON_NEGATIVE = ("self_layers", "cross_layers", "feature_dim", "upsample_steps", "upsampler_layers", "pixel_mlp")
-# fields added after the first release, with the value that leaves the network as it was before them
-_LATER_FIELDS = {"pixel_mlp": 0, "pixel_features": 16}
+             "position_scale")
+_NON_NEGATIVE = ("self_layers", "cross_layers", "feature_dim", "upsample_steps", "upsampler_layers")
 MAX_INPUT_RES = 4096  # pixels a side; beyond any GPU's memory for V·R² Gaussians
 
 
@@ -70,14 +68,6 @@ class Avat3rConfig:
     scale_log_max: float = 5.0  # ... 150 px, so exp() never overflows and splats never cover the frame
     opacity_bias: float = 0.0  # added before the sigmoid (GRM uses -2; 0 keeps step-0 renders opaque)
     color_eps: float = 1e-4  # RGB clamp before the logit of Eq. 12 (black background → logit finite)
-    # -- per-pixel head (ours; 0 = the paper's linear unpatchify alone) ---------------------------------
-    # With a short upsampler (the tiny preset stops at one step) the linear unpatchify gives every pixel of a
-    # token's block a fixed linear read-out of one shared feature, so "close this eye" cannot depend on which
-    # pixels show the eye. This MLP sees, per pixel, its own input colour beside ``pixel_features`` channels
-    # unpatchified from the upsampler and adds to the raw attributes; its last layer starts at zero, so a model
-    # with it starts as the same function as one without.
-    pixel_mlp: int = 0  # hidden width
-    pixel_features: int = 16  # upsampled channels each pixel reads
 
     def __post_init__(self):
         # types and signs first, so a bad value is named here and not met as a traceback deep in torch
@@ -208,11 +198,8 @@ class Avat3rConfig:
         return Avat3rConfig.from_dict(json.loads(text))
 
     def hash(self) -> str:
-        """Short content hash, stored with every IdentityState so a state is only decoded by its model. Fields
-        added after the first release count only when they differ from their defaults, so avatars written
-        before they existed keep decoding."""
-        d = {k: v for k, v in self.to_dict().items() if k not in _LATER_FIELDS or v != _LATER_FIELDS[k]}
-        return hashlib.sha256(json.dumps(d, sort_keys=True).encode()).hexdigest()[:16]
+        """Short content hash, stored with every IdentityState so a state is only decoded by its model."""
+        return hashlib.sha256(self.to_json().encode()).hexdigest()[:16]
 
 
 PRESETS: dict[str, Avat3rConfig] = {

@@ -34,23 +34,10 @@ class GaussianHeads(nn.Module):
             start += k
         # GRM: depth = raw + |camera origin|; the learned offset (metres) lets training move that anchor
         self.depth_offset = None if config.use_position_prior else nn.Parameter(torch.zeros(()))
-        self.pixel_unpatchify = self.pixel_mlp = None
-        if config.pixel_mlp:  # see Avat3rConfig.pixel_mlp: its last layer starts at zero (the same function)
-            self.pixel_unpatchify = nn.Linear(config.out_width, config.pixel_features * r * r)
-            nn.init.normal_(self.pixel_unpatchify.weight, std=0.02)
-            nn.init.zeros_(self.pixel_unpatchify.bias)
-            self.pixel_mlp = nn.Sequential(nn.Linear(config.pixel_features + 3, config.pixel_mlp), nn.GELU(),
-                                           nn.Linear(config.pixel_mlp, self.channels))
-            nn.init.zeros_(self.pixel_mlp[-1].weight)
-            nn.init.zeros_(self.pixel_mlp[-1].bias)
 
-    def split(self, x: torch.Tensor, rgb: torch.Tensor) -> dict[str, torch.Tensor]:
-        """(N, g, g, C') upsampled tokens, rgb (N, G, G, 3) input colours → attribute maps {name: (N, G, G, k)}."""
-        r = self.config.unpatch
-        maps = pixel_shuffle_tokens(self.unpatchify(x), r)
-        if self.pixel_mlp is not None:  # each pixel's own colour beside its upsampled features
-            feats = pixel_shuffle_tokens(self.pixel_unpatchify(x), r)
-            maps = maps + self.pixel_mlp(torch.cat([feats, 2 * rgb - 1], dim=-1))
+    def split(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
+        """(N, g, g, C') → attribute maps {name: (N, G, G, k)}."""
+        maps = pixel_shuffle_tokens(self.unpatchify(x), self.config.unpatch)
         return dict(zip(self.layout, maps.split(list(self.layout.values()), dim=-1)))
 
     def forward(self, x: torch.Tensor, rgb: torch.Tensor, pos: torch.Tensor | None, conf: torch.Tensor,
@@ -60,7 +47,7 @@ class GaussianHeads(nn.Module):
         cfg = self.config
         device_type = x.device.type if torch.amp.is_autocast_available(x.device.type) else "cpu"  # meta: cpu
         with torch.autocast(device_type=device_type, enabled=False):
-            raw = self.split(x.float(), rgb.float())
+            raw = self.split(x.float())
             G = cfg.gaussian_res
             # Eq. 11: position = P_v + Δp (Δp in units of position_scale)
             delta = raw["position"] * cfg.position_scale

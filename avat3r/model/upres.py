@@ -2,8 +2,7 @@
 
 The lifted model is the original one run on f×f block averages of its inputs: each patchify kernel tap is
 spread over the f×f input pixels it now covers (weight / f²), and each Gaussian of the original attribute map
-becomes f×f Gaussians with its raw attributes (the unpatchify rows repeated; so are those of the optional
-per-pixel head, whose MLP then reads each of the f×f pixels' own colour). Tokens, attention and the
+becomes f×f Gaussians with its raw attributes (the unpatchify rows repeated). Tokens, attention and the
 upsampler are untouched, so fine-tuning starts from the trained model's behaviour, while the colour and
 position skips (Eq. 11-12) and the Gaussians already see the finer pixels.
 """
@@ -31,10 +30,7 @@ def upres_state(state: dict[str, torch.Tensor], source: Avat3rConfig, factor: in
     out["encoder.embed.patchify.weight"] = w.repeat_interleave(factor, 2).repeat_interleave(factor, 3) / factor ** 2
     # unpatchify rows are ordered (channel, row r, column r) within each token (pixel_shuffle_tokens)
     r = source.unpatch
-    for name in ("decoder.heads.unpatchify.weight", "decoder.heads.unpatchify.bias",
-                 "decoder.heads.pixel_unpatchify.weight", "decoder.heads.pixel_unpatchify.bias"):
-        if name not in state:  # the per-pixel head is optional; its MLP is per pixel and lifts as it is
-            continue
+    for name in ("decoder.heads.unpatchify.weight", "decoder.heads.unpatchify.bias"):
         t = state[name]
         grid = t.reshape(-1, r, r, *t.shape[1:])
         out[name] = grid.repeat_interleave(factor, 1).repeat_interleave(factor, 2).reshape(-1, *t.shape[1:])

@@ -201,14 +201,11 @@ def default_model_factory(recipe: Recipe, info: DataInfo) -> torch.nn.Module:
     return model
 
 
-PIXEL_HEAD_KEYS = ("decoder.heads.pixel_unpatchify.", "decoder.heads.pixel_mlp.")
-
-
 def init_from_checkpoint(model: torch.nn.Module, path: str) -> None:
     """Copy a trained checkpoint's weights into ``model`` (fine-tuning). Only the architecture must match: a
     config that differs in non-structural fields (e.g. expression_conditioning) is what an ablation changes.
     A recipe whose input_res and patch are both f× the checkpoint's starts from its lifted weights
-    (avat3r.model.upres); one that adds the per-pixel head (pixel_mlp) starts with that head at zero output."""
+    (avat3r.model.upres)."""
     from ..model.checkpoint import load_checkpoint
     from ..model.upres import upres_factor, upres_state
 
@@ -221,11 +218,6 @@ def init_from_checkpoint(model: torch.nn.Module, path: str) -> None:
         print(f"model.init: {path} lifted from {source.config.input_res}² to {model.config.input_res}² inputs "
               f"(patch {source.config.patch} → {model.config.patch}; the same model on {factor}×{factor} block "
               "averages)", file=sys.stderr)
-    new_head = sorted(k for k in set(ours) - set(theirs) if k.startswith(PIXEL_HEAD_KEYS))
-    if new_head:  # a per-pixel head the checkpoint lacks starts as its own init: zero output, the same function
-        theirs = {**theirs, **{k: ours[k] for k in new_head}}
-        print(f"model.init: {path} has no per-pixel head; it starts at zero output (model.overrides.pixel_mlp)",
-              file=sys.stderr)
     if set(theirs) != set(ours) or any(theirs[k].shape != ours[k].shape for k in ours):
         raise TrainError(f"model.init: {path} has another architecture than the recipe's model")
     model.load_state_dict(theirs)
