@@ -15,6 +15,7 @@
 # an INIT with a smaller side starts from its lifted weights, avat3r.model.upres; RES > INPUT supervises at
 # RES / INPUT × the inputs, which are block-averaged down, data.options.input_downsample, with priors computed at
 # the input side, prior --downsample),
+# DIM (from scratch only, INIT empty: the model width, the tiny preset's 128 by default; heads stay 4),
 # DATA (data/gpu-leg; sets already built there are reused), RUN (runs/gpu-leg: the run folder, kept out of OUT).
 #
 # OUT receives: model/ (model.safetensors, config.json, train.json: what `load_checkpoint` reads; train_state/
@@ -28,6 +29,10 @@ SEED=${SEED:-20} TRAIN_MINUTES=${TRAIN_MINUTES:-5} WORKERS=${WORKERS:-$(nproc)} 
 RES=${RES:-128} FRAMES=6 CAMERAS=12 HELDOUT=32 EXAMPLES=96 DEVICE=cuda
 if [[ -n "${DRY_RUN:-}" ]]; then
     PERSONS=3 STEPS=3 BATCH=1 FRAMES=2 CAMERAS=8 HELDOUT=2 EXAMPLES=2 DEVICE=cpu TRAIN_MINUTES=2
+fi
+if [[ -n "${DIM:-}" && -n "$INIT" ]]; then  # a checkpoint's width is its own; widening is not a lift
+    echo "gpu_leg.sh: DIM sets the width of a model trained from scratch; set INIT= (empty) with it" >&2
+    exit 2
 fi
 if [[ -z "${INPUT:-}" ]]; then  # the checkpoint's input side (64 from scratch)
     INPUT=64
@@ -88,7 +93,7 @@ step train avat3r train --recipe recipes/synthheads-tiny.toml -o "$run" --quiet 
     --set optim.max_steps="$STEPS" --set optim.batch_size="$BATCH" --set optim.lr="$LR" \
     --set data.n_targets="$TARGETS" --set data.num_workers="$(( WORKERS > 8 ? 8 : 0 ))" \
     --set data.seed="$SEED" --set run.seed="$SEED" --set run.checkpoint_every=1000 --set run.keep_checkpoints=1 \
-    --set "model.overrides={input_res=$INPUT, patch=$(( INPUT / 8 ))}" \
+    --set "model.overrides={input_res=$INPUT, patch=$(( INPUT / 8 ))${DIM:+, dim=$DIM}}" \
     --set "data.options={avoid_target_timestep=true, reference_views=true, input_downsample=$factor}"
 ckpt=$(ls -d "$run"/checkpoints/step_* | sort | tail -n 1)
 mkdir -p "$OUT/model"

@@ -42,3 +42,12 @@ def test_gpu_leg_dry_run_leaves_a_loadable_model_and_both_evaluations(tmp_path):
     for name in (f"rand-128-prior{side}", f"heldout-128-prior{side}"):  # priors at the model's input side
         prior = json.loads((tmp_path / "data" / name / "prior.json").read_text())
         assert prior.get("downsample", 1) == 128 // side, prior
+
+
+def test_gpu_leg_refuses_a_width_for_a_checkpoint(tmp_path):
+    """DIM widens a model trained from scratch only: with INIT set it stops at once, before any data or training."""
+    env = {**os.environ, "DRY_RUN": "1", "OUT": str(tmp_path / "out"), "DATA": str(tmp_path / "data"), "DIM": "256"}
+    proc = subprocess.run(["bash", str(ROOT / "recipes" / "gpu_leg.sh")], cwd=ROOT, env=env, capture_output=True,
+                          text=True, timeout=60)
+    assert proc.returncode == 2 and "set INIT= (empty)" in proc.stderr
+    assert not (tmp_path / "out").exists() and not (tmp_path / "data").exists()
