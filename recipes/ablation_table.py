@@ -55,8 +55,9 @@ def paired(a: np.ndarray, b: np.ndarray) -> str:
 
 def by_expression(score: str, labels: list[str], tables: list[dict], ref: dict) -> None:
     """Per target expression: each model's mean of ``score`` and its paired difference to the reference."""
-    if score not in ref or "expression" not in ref:
-        raise SystemExit(f"the reference has no {score!r} or no target expressions (an animation-mode evaluation?)")
+    if score not in ref or "expression" not in ref or any(score not in m for m in tables):
+        raise SystemExit(f"every folder needs a {score!r} column and the reference its target expressions "
+                         "(animation-mode evaluations)")
     names = sorted({e for e in ref["expression"] if e})
     print("| model | " + " | ".join(f"{e} | Δ {e} (paired, n)" for e in names) + " |")
     print("|---|" + "---|---|" * len(names))
