@@ -61,9 +61,9 @@ def by_expression(score: str, labels: list[str], tables: list[dict], ref: dict) 
     names = sorted({e for e in ref["expression"] if e})
     print("| model | " + " | ".join(f"{e} | Δ {e} (paired, n)" for e in names) + " |")
     print("|---|" + "---|---|" * len(names))
+    masks = [ref["expression"] == e for e in names]
     for label, m in zip(labels, tables):
-        cells = [f"{mean_cell(m[score][ref['expression'] == e])} | "
-                 f"{paired(m[score][ref['expression'] == e], ref[score][ref['expression'] == e])}" for e in names]
+        cells = [f"{mean_cell(m[score][k])} | {paired(m[score][k], ref[score][k])}" for k in masks]
         print(f"| {label} | " + " | ".join(cells) + " |")
 
 
