@@ -401,41 +401,6 @@ META = {"expression_space": "synthheads-v1", "expression_names": [f"e{i}" for i 
         "neutral": [0.0] * 13, "position_prior": "geometric", "feature_prior": "none", "step": 7}
 
 
-def test_widened_upsampler_is_the_same_function_and_breaks_the_tie():
-    """upsampler_min_width × 2: every upsampler channel carried twice computes the same Gaussians (to float
-    rounding, for one and two upsampler steps), and the twin channels get different gradients."""
-    from avat3r.model.upres import widen_factor, widen_state
-
-    for steps, patch in ((1, 8), (2, 8)):
-        small = tiny(upsample_steps=steps, patch=patch)
-        wide = small.replace(upsampler_min_width=2 * small.upsampler_min_width)
-        assert widen_factor(small, wide) and not widen_factor(wide, small)
-        assert not widen_factor(small, wide.replace(dim=256))  # another change besides the width
-        model = make_model(small)
-        with torch.no_grad():  # a trained-looking model: every Δ head and cross-attention output non-zero
-            model.decoder.heads.unpatchify.weight.normal_(0, 0.05)
-            for blk in model.decoder.blocks:
-                blk.attn.proj.weight.normal_(0, 0.02)
-        widened = Avat3r(wide).eval()
-        widened.load_state_dict(widen_state(model.state_dict(), small, seed=3))
-        assert n_params(widened) > n_params(model)
-        images, cams, pos, conf = sphere_scene(32)
-        codes = torch.tensor([[0.8, 0.0, 0.3] + [0.0] * 10, [0.0] * 4 + [1.0, 1.0] + [0.0] * 7])
-        with torch.no_grad():
-            g1 = model.decode(model.encode(images, cams, pos, conf), codes)
-            g2 = widened.decode(widened.encode(images, cams, pos, conf), codes)
-        for name in ("means", "colors", "scales", "opacities", "quats"):
-            a, b = getattr(g1, name), getattr(g2, name)
-            assert torch.allclose(a, b, atol=2e-5, rtol=1e-4), (steps, name, (a - b).abs().max())
-        # the twins start equal but learn apart: their gradients differ
-        widened.train()
-        g = widened.decode(widened.encode(images, cams, pos, conf), codes)
-        (g.colors.square().sum() + g.means.square().sum()).backward()
-        grad = widened.decoder.upsampler.norm.weight.grad
-        half = grad.shape[0] // 2
-        assert not torch.allclose(grad[:half], grad[half:], atol=1e-6)
-
-
 def test_lifted_weights_are_the_model_on_block_averages():
     """input_res and patch × 2: tokens equal the original's on 2×2 block averages, each Gaussian becomes a 2×2
     block with the original's raw attributes, and on a block-constant scene the two models render alike."""

@@ -215,10 +215,10 @@ def default_model_factory(recipe: Recipe, info: DataInfo) -> torch.nn.Module:
 def init_from_checkpoint(model: torch.nn.Module, path: str) -> None:
     """Copy a trained checkpoint's weights into ``model`` (fine-tuning). Only the architecture must match: a
     config that differs in non-structural fields (e.g. expression_conditioning) is what an ablation changes.
-    A recipe whose input_res and patch are both f× the checkpoint's, or whose upsampler is twice as wide,
-    starts from its lifted weights (avat3r.model.upres)."""
+    A recipe whose input_res and patch are both f× the checkpoint's starts from its lifted weights
+    (avat3r.model.upres)."""
     from ..model.checkpoint import load_checkpoint
-    from ..model.upres import upres_factor, upres_state, widen_factor, widen_state
+    from ..model.upres import upres_factor, upres_state
 
     loaded = load_checkpoint(resolve_checkpoint(path), "cpu")
     source = loaded[0] if isinstance(loaded, tuple) else loaded
@@ -229,10 +229,6 @@ def init_from_checkpoint(model: torch.nn.Module, path: str) -> None:
         print(f"model.init: {path} lifted from {source.config.input_res}² to {model.config.input_res}² inputs "
               f"(patch {source.config.patch} → {model.config.patch}; the same model on {factor}×{factor} block "
               "averages)", file=sys.stderr)
-    elif widen_factor(source.config, model.config):  # the same model with each upsampler channel twice
-        theirs = widen_state(theirs, source.config, seed=torch.initial_seed())
-        print(f"model.init: {path} widened to upsampler widths {model.config.upsampler_widths()} (the same "
-              "function; the twin channels learn apart)", file=sys.stderr)
     if set(theirs) != set(ours) or any(theirs[k].shape != ours[k].shape for k in ours):
         raise TrainError(f"model.init: {path} has another architecture than the recipe's model")
     model.load_state_dict(theirs)
