@@ -86,13 +86,9 @@ def fx(tmp_path_factory):
 
 
 def write_tiny_set(out: Path, persons=("p0000", "p0001"), segments=("neutral", "EXP_smile"), n_cams: int = 8,
-                   res: int = 8, codes: dict[str, float] | None = None, still: bool = False,
-                   conf: float = 0.5) -> None:
+                   res: int = 8) -> None:
     """A dataset as `prep synth` + `prior` leave it (shards + manifest.parquet, pos/conf entries), written
-    directly: 2 persons (train, test) × 2 segments × 1 frame × 8 cameras at 8². ``codes``: segment → the value
-    of every expression parameter in it (0 otherwise); ``still``: each camera sees the same image in every
-    segment (a truth that no expression changes); ``conf``: the prior's confidence everywhere (0.5 is below
-    the tiny model's threshold: no pixel spawns a Gaussian)."""
+    directly: 2 persons (train, test) × 2 segments × 1 frame × 8 cameras at 8²."""
     from avat3r.cameras import camera_dict
     from avat3r.data.manifest import MANIFEST_NAME, build_manifest, write_manifest
     from avat3r.data.shards import ShardWriter, encode_sample, make_key
@@ -100,24 +96,21 @@ def write_tiny_set(out: Path, persons=("p0000", "p0001"), segments=("neutral", "
     cams = ring(n_cams, res)
     rng = np.random.default_rng(0)
     records, rows = [], []
-    code = lambda seg: (codes or {}).get(seg, 0.0)  # noqa: E731
     with ShardWriter(out) as writer:
         for p, person in enumerate(persons):
             for seg in segments:
                 for c in range(n_cams):
-                    pixels = np.random.default_rng([p, c]) if still else rng
-                    sample = {"rgb": pixels.integers(0, 256, (res, res, 3), dtype=np.uint8),
+                    sample = {"rgb": rng.integers(0, 256, (res, res, 3), dtype=np.uint8),
                               "mask": np.full((res, res), 255, np.uint8),
                               "camera": camera_dict(cams.K[c], cams.w2c[c], res, res),
-                              "expr": np.full(E, code(seg), np.float32), "pos": rng.normal(size=(res, res, 3)) * 0.1,
-                              "conf": np.full((res, res), conf)}
+                              "expr": np.zeros(E, np.float32), "pos": rng.normal(size=(res, res, 3)) * 0.1,
+                              "conf": np.full((res, res), 0.5)}
                     key = make_key(person, seg, 0, f"c{c:02d}")
                     records.append(writer.write(key, encode_sample(sample)))
                     rows.append({"person": person, "segment": seg, "frame": 0, "camera": f"c{c:02d}",
                                  "width": res, "height": res, "split": "train" if p == 0 else "test",
                                  "has_prior": True})
-    exprs = np.array([np.full(E, code(r["segment"])) for r in rows], np.float32)
-    write_manifest(out / MANIFEST_NAME, build_manifest(records, rows, exprs,
+    write_manifest(out / MANIFEST_NAME, build_manifest(records, rows, np.zeros((len(rows), E), np.float32),
                                                        "synthheads-v1", "synth", out))
 
 

@@ -228,59 +228,8 @@ def test_paired_training_adds_the_reference_term_to_the_loss(tmp_path):
     reference = logged[0]["train/reference"]
     assert reference > 0 and all(math.isfinite(r["train/reference"]) for r in logged)
     assert paired.losses[0] == pytest.approx(plain.losses[0] + 0.5 * reference, rel=1e-5)
-    with pytest.raises(RecipeError, match="reference_weight and loss.leak_weight need data.options.reference_views"):
+    with pytest.raises(RecipeError, match="reference_weight need data.options.reference_views"):
         recipe_from_dict({"loss": {"reference_weight": 1.0}, "data": {"options": {}}}, source="test")
-
-
-def test_leak_loss_counts_change_only_where_the_truth_stays():
-    """Truth changes in the left half only; the avatar changes by 0.3 in the left half and 0.1 in the right:
-    the leak is 0.1 (the right half's mean change), and 0 for an avatar that changes only on the left."""
-    from avat3r.train.loop import leak_loss
-
-    truth_ref = torch.full((1, 2, 8, 8, 3), 0.5)
-    truth = truth_ref.clone()
-    truth[..., :, :4, :] = 0.9  # the changing region: columns 0-3 (dilated by one pixel: 0-4)
-    batch = {"target_rgb": truth, "target_ref_rgb": truth_ref, "target_ref_valid": torch.ones(1, 2)}
-    pred_ref = torch.full((1, 2, 8, 8, 3), 0.4, requires_grad=True)
-    pred = pred_ref.detach() + torch.where(torch.arange(8) < 4, 0.3, 0.1)[None, None, None, :, None]
-    assert leak_loss(pred, pred_ref, batch).item() == pytest.approx(0.1)
-    local = pred_ref.detach() + torch.where(torch.arange(8) < 5, 0.3, 0.0)[None, None, None, :, None]
-    assert leak_loss(local, pred_ref, batch).item() == pytest.approx(0.0, abs=1e-7)
-    batch["target_ref_valid"] = torch.tensor([[1.0, 0.0]])  # a view without a reference image is left out
-    pred2 = pred.clone()
-    pred2[:, 1] += 5.0
-    assert leak_loss(pred2, pred_ref, batch).item() == pytest.approx(0.1)
-    loss = leak_loss(pred, pred_ref, batch)
-    loss.backward()
-    assert pred_ref.grad[:, 1].abs().max() == 0 and pred_ref.grad[:, 0, :, 6].abs().min() > 0
-
-
-def test_leak_weight_adds_the_logged_leak_term_to_the_loss(tmp_path):
-    """loss.leak_weight = w: the loss is the one-decode loss + w × the logged leak term. A new model's code
-    changes nothing (zero-initialised cross-attention outputs), so the leak and its gradient are 0 at step 0:
-    both runs take the same first step, and at step 1 the code moves the avatar."""
-    from test_bad_inputs import write_tiny_set
-
-    write_tiny_set(tmp_path / "set", res=16, codes={"EXP_smile": 1.0}, still=True, conf=0.9)
-    small = {"dim": 32, "heads": 2, "self_layers": 1, "cross_layers": 1, "input_res": 16, "patch": 8,
-             "expression_hidden": 16, "upsampler_window": 16}
-
-    def run(weight, name):
-        recipe = recipe_from_dict({"model": {"preset": "tiny", "overrides": small},
-                                   "data": {"manifest": str(tmp_path / "set" / "manifest.parquet"), "n_targets": 2,
-                                            "options": {"reference_views": True, "avoid_target_timestep": True}},
-                                   "optim": {"max_steps": 2, "warmup_steps": 0},
-                                   "loss": {"lpips": 0.0, "leak_weight": weight},
-                                   "run": {"checkpoint_every": 2, "preview_every": 2, "log_every": 1}},
-                                  source="test")
-        return train(recipe, tmp_path / name, progress=False)
-
-    plain, leaky = run(0.0, "plain"), run(2.0, "leaky")
-    logged = [json.loads(line) for line in (tmp_path / "leaky" / "logs" / "scalars.jsonl").read_text().splitlines()]
-    assert logged[0]["train/leak"] == 0 and leaky.losses[0] == pytest.approx(plain.losses[0], rel=1e-6)
-    leak = logged[1]["train/leak"]
-    assert math.isfinite(leak) and leak > 0
-    assert leaky.losses[1] == pytest.approx(plain.losses[1] + 2.0 * leak, rel=1e-5)
 
 
 def test_photometric_loss_weights_and_lpips_schedule():

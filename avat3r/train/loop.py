@@ -129,17 +129,6 @@ def reference_loss(loss_fn, pred_ref: torch.Tensor, batch: dict, step: int,
     return loss_fn(pred_ref[valid], batch["target_ref_rgb"][valid].float(), step, weight)[0]
 
 
-def leak_loss(pred: torch.Tensor, pred_ref: torch.Tensor, batch: dict) -> torch.Tensor:
-    """Mean |avatar at the target code − avatar at the reference code| (renders (B,T,H,W,3)) over the pixels
-    of the target views where the truth does not change (views without a reference image left out)."""
-    valid = batch["target_ref_valid"].bool()
-    if not bool(valid.any()):
-        return pred_ref.sum() * 0.0  # keeps every rank's graph the same shape
-    still = 1.0 - changing_region(batch["target_rgb"], batch["target_ref_rgb"], batch["target_ref_valid"])[valid]
-    change = (pred[valid] - pred_ref[valid]).abs().mean(dim=-1)
-    return (change * still).sum() / still.sum().clamp_min(1.0)
-
-
 def _past(over: bool, accelerator) -> bool:
     """Whether any process is past the time limit: all of them then stop at the same step (a process that
     stopped alone would leave the others waiting in the next collective)."""
@@ -397,8 +386,7 @@ def train(recipe: Recipe, run_dir: str | Path, *, resume: bool = False, max_step
         return path
 
     model.train()
-    # two decodes per example (loss.reference_weight, loss.leak_weight)
-    paired = recipe.loss.reference_weight > 0 or recipe.loss.leak_weight > 0
+    paired = recipe.loss.reference_weight > 0  # two decodes per example (loss.reference_weight)
     t_begin = time.perf_counter()
     t_last, t_step, steps_since = t_begin, t_begin, 0
     step = start
@@ -414,12 +402,9 @@ def train(recipe: Recipe, run_dir: str | Path, *, resume: bool = False, max_step
         target = batch["target_rgb"].float()
         pixel_weight = expression_pixel_weight(batch, recipe.loss.expression_weight, recipe.loss.expression_share)
         loss, parts = loss_fn(pred, target, step, pixel_weight)
-        if recipe.loss.reference_weight > 0:
+        if paired:
             ref = reference_loss(loss_fn, pred_ref, batch, step, pixel_weight)
             loss, parts["reference"] = loss + recipe.loss.reference_weight * ref, ref.detach()
-        if recipe.loss.leak_weight > 0:
-            leak = leak_loss(pred, pred_ref, batch)
-            loss, parts["leak"] = loss + recipe.loss.leak_weight * leak, leak.detach()
         if not torch.isfinite(loss):
             raise TrainError(f"the loss became {loss.item()} at step {step}; lower optim.lr or check the data")
         accelerator.backward(loss)

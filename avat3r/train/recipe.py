@@ -100,10 +100,6 @@ class LossSection:
     # Both expressions from one encoding: a change of code pays only where the truth changes. Needs
     # data.options.reference_views; 0 = off (one decode per example).
     reference_weight: float = 0.0
-    # Weight of a leak penalty: the same reconstruction decoded at the reference code, and the mean |change|
-    # between the two renders over the pixels where the truth does not change (the eval's leak ratio, as a
-    # loss): the code may move only what the expression moves. Needs data.options.reference_views; 0 = off.
-    leak_weight: float = 0.0
 
 
 @dataclass
@@ -161,16 +157,16 @@ class Recipe:
         if len(betas) != 2 or not all(isinstance(b, (int, float)) and 0 <= b < 1 for b in betas):
             problems.append("optim.betas must be two values in [0, 1)")
         if min(self.loss.l1, self.loss.ssim, self.loss.lpips, self.loss.expression_weight,
-               self.loss.reference_weight, self.loss.leak_weight) < 0:
+               self.loss.reference_weight) < 0:
             problems.append("loss weights must be ≥ 0")
         if not 0 <= self.loss.expression_share < 1:
             problems.append(f"loss.expression_share must lie in [0, 1), got {self.loss.expression_share}")
         if self.loss.expression_weight > 0 and self.loss.expression_share > 0:
             problems.append("set one of loss.expression_weight and loss.expression_share, not both")
-        if (self.loss.expression_weight > 0 or self.loss.expression_share > 0 or self.loss.reference_weight > 0
-                or self.loss.leak_weight > 0) and not self.data.options.get("reference_views", False):
-            problems.append("loss.expression_weight, loss.expression_share, loss.reference_weight and "
-                            "loss.leak_weight need data.options.reference_views = true")
+        if (self.loss.expression_weight > 0 or self.loss.expression_share > 0 or self.loss.reference_weight > 0) \
+                and not self.data.options.get("reference_views", False):
+            problems.append("loss.expression_weight, loss.expression_share and loss.reference_weight need "
+                            "data.options.reference_views = true")
         if self.loss.lpips_net not in ("alex", "vgg"):
             problems.append(f"loss.lpips_net must be 'alex' or 'vgg', not {self.loss.lpips_net!r}")
         if self.run.mixed_precision not in ("auto", "no", "bf16"):
