@@ -88,7 +88,8 @@ def fx(tmp_path_factory):
 def write_tiny_set(out: Path, persons=("p0000", "p0001"), segments=("neutral", "EXP_smile"), n_cams: int = 8,
                    res: int = 8) -> None:
     """A dataset as `prep synth` + `prior` leave it (shards + manifest.parquet, pos/conf entries), written
-    directly: 2 persons (train, test) × 2 segments × 1 frame × 8 cameras at 8²."""
+    directly: 2 persons (train, test) × 2 segments × 1 frame × 8 cameras at 8². Confidence 0.9 everywhere
+    (above the threshold), so every pixel spawns a Gaussian and training on it renders something."""
     from avat3r.cameras import camera_dict
     from avat3r.data.manifest import MANIFEST_NAME, build_manifest, write_manifest
     from avat3r.data.shards import ShardWriter, encode_sample, make_key
@@ -104,7 +105,7 @@ def write_tiny_set(out: Path, persons=("p0000", "p0001"), segments=("neutral", "
                               "mask": np.full((res, res), 255, np.uint8),
                               "camera": camera_dict(cams.K[c], cams.w2c[c], res, res),
                               "expr": np.zeros(E, np.float32), "pos": rng.normal(size=(res, res, 3)) * 0.1,
-                              "conf": np.full((res, res), 0.5)}
+                              "conf": np.full((res, res), 0.9)}
                     key = make_key(person, seg, 0, f"c{c:02d}")
                     records.append(writer.write(key, encode_sample(sample)))
                     rows.append({"person": person, "segment": seg, "frame": 0, "camera": f"c{c:02d}",
